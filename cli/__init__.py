@@ -1,0 +1,1 @@
+"""The hessian-lab command-line interface."""

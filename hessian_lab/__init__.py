@@ -1,0 +1,3 @@
+"""hessian-lab: curvature of loss landscapes while networks train."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Studies that reproduce known phenomena of training dynamics."""
