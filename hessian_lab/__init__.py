@@ -1,3 +1,64 @@
-"""hessian-lab: curvature of loss landscapes while networks train."""
+"""hessian-lab: curvature of loss landscapes while networks train.
+
+Operators (the only code that sees models, losses and data) build matrix-free products;
+estimators see only a ``matvec`` (or a dense array) and return named results.
+
+Example:
+  >>> import jax, jax.numpy as jnp, hessian_lab as hl
+  >>> loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+  >>> x, y = jnp.eye(4) * jnp.arange(1.0, 5.0), jnp.zeros(4)
+  >>> p = {"w": jnp.zeros(4)}
+  >>> H = hl.full_data_hvp(loss, p, (x, y), chunk_size=3)
+  >>> round(float(hl.top_eigs(H, {"w": jnp.ones(4)}, k=1, num_iters=4).values[0]), 4)
+  4.0
+"""
+
+from . import tree as tree
+from ._full_data import full_data_ggn as full_data_ggn
+from ._full_data import full_data_hvp as full_data_hvp
+from ._lanczos import EigResult as EigResult
+from ._lanczos import bottom_eigs as bottom_eigs
+from ._lanczos import top_eigs as top_eigs
+from ._ntk import ntk_top_eig as ntk_top_eig
+from ._ntk import ntk_trace as ntk_trace
+from ._operators import Operator as Operator
+from ._operators import check_deterministic as check_deterministic
+from ._operators import ggn as ggn
+from ._operators import hvp as hvp
+from ._operators import linearized_hvp as linearized_hvp
+from ._operators import ntk as ntk
+from ._operators import restrict as restrict
+from ._power import power_iteration as power_iteration
+from ._precond import adam_preconditioner as adam_preconditioner
+from ._precond import preconditioned_sharpness as preconditioned_sharpness
+from ._slq import DensityResult as DensityResult
+from ._slq import spectral_density as spectral_density
+from ._trace import TraceResult as TraceResult
+from ._trace import trace as trace
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DensityResult",
+    "EigResult",
+    "Operator",
+    "TraceResult",
+    "adam_preconditioner",
+    "bottom_eigs",
+    "check_deterministic",
+    "full_data_ggn",
+    "full_data_hvp",
+    "ggn",
+    "hvp",
+    "linearized_hvp",
+    "ntk",
+    "ntk_top_eig",
+    "ntk_trace",
+    "power_iteration",
+    "preconditioned_sharpness",
+    "restrict",
+    "spectral_density",
+    "top_eigs",
+    "trace",
+    "tree",
+]

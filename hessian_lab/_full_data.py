@@ -1,0 +1,150 @@
+"""Full-data curvature operators, accumulated over chunks of a dataset in one scan.
+
+The Hessian of the mean loss over ``n`` examples split into chunks ``C_j`` of sizes ``n_j`` is
+
+    H = sum_j (n_j / n) H_j,      H_j = Hessian of the mean loss over chunk j,
+
+so weighting each chunk's product by its size gives exactly the full-data Hessian, for an
+unequal last chunk too. This is *not* the mean of per-batch top eigenvalues: by convexity of
+lambda_max that average is biased upward. Chunks are read with ``dynamic_slice`` inside a
+``lax.scan``, so the peak temporary memory is set by ``chunk_size``, not by ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import tree as tu
+from ._operators import Operator, ggn, hvp, shape_struct
+
+__all__ = ["chunked_operator", "full_data_ggn", "full_data_hvp", "num_examples"]
+
+PyTree = Any
+
+
+def num_examples(data: PyTree, name: str = "data") -> int:
+    """Return the common leading dimension of every leaf of ``data``; raise if they differ."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name}: must hold at least one array")
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+    if None in sizes or len(sizes) != 1:
+        shapes = [jnp.shape(x) for x in leaves]
+        raise ValueError(
+            f"{name}: every array must share the leading (example) axis, got shapes {shapes}"
+        )
+    return int(sizes.pop())
+
+
+def _check_chunk_size(chunk_size: Any, n: int) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise ValueError(f"chunk_size: must be an int in [1, n={n}], got {chunk_size!r}")
+    if not 1 <= chunk_size <= n:
+        raise ValueError(
+            f"chunk_size: must be in [1, n={n}] (number of examples), got {chunk_size}"
+        )
+    return chunk_size
+
+
+def chunked_operator(
+    make_matvec: Callable[[PyTree], Callable[[PyTree], PyTree]],
+    like: PyTree,
+    data: PyTree,
+    *,
+    chunk_size: int,
+    name: str = "full_data",
+) -> Operator:
+    """Sum per-chunk products weighted by chunk size / n, over the whole of ``data``.
+
+    Args:
+      make_matvec: ``chunk -> (v -> A_chunk v)``, where ``A_chunk`` is the operator of the
+        *mean* loss over the chunk.
+      like: shape skeleton of the operator's input vectors.
+      data: pytree of arrays with a shared leading axis of ``n`` examples.
+      chunk_size: examples per chunk; the last chunk holds the remainder ``n mod chunk_size``.
+
+    Raises:
+      ValueError: ``data`` leaves disagree in length, or ``chunk_size`` is not in [1, n].
+    """
+    n = num_examples(data)
+    c = _check_chunk_size(chunk_size, n)
+    num_full, rem = divmod(n, c)
+
+    def matvec(v: PyTree) -> PyTree:
+        def body(acc, i):
+            chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, c), data)
+            out = make_matvec(chunk)(v)
+            return tu.axpy(c / n, out, acc), None
+
+        acc = tu.zeros_like(v)
+        acc, _ = jax.lax.scan(body, acc, jnp.arange(num_full))
+        if rem:
+            tail = jax.tree.map(lambda x: x[num_full * c :], data)
+            acc = tu.axpy(rem / n, make_matvec(tail)(v), acc)
+        return acc
+
+    return Operator(matvec, like, name)
+
+
+def full_data_hvp(
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    *,
+    chunk_size: int,
+) -> Operator:
+    """Return ``v -> H v`` for the Hessian of the mean of ``loss_fn`` over the whole dataset.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> mean loss over the batch``.
+      params: the point at which the Hessian is taken.
+      data: the dataset, any pytree of arrays with a leading axis of ``n`` examples (e.g.
+        ``(x, y)``); chunks of it are passed to ``loss_fn`` as ``batch``.
+      chunk_size: examples per chunk (memory knob); the result does not depend on it.
+
+    Raises:
+      ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n].
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
+      >>> x, y = jnp.eye(3), jnp.zeros(3)
+      >>> full_data_hvp(loss, jnp.zeros(3), (x, y), chunk_size=2)(jnp.ones(3))
+      Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
+    """
+    tu.check_finite(params, "params")
+    return chunked_operator(
+        lambda chunk: hvp(loss_fn, params, chunk),
+        shape_struct(params),
+        data,
+        chunk_size=chunk_size,
+        name="full_data_hvp",
+    )
+
+
+def full_data_ggn(
+    apply_fn: Callable[[PyTree, Any], jax.Array],
+    output_loss: Callable[[jax.Array, Any], jax.Array],
+    params: PyTree,
+    x: Any,
+    y: Any,
+    *,
+    chunk_size: int,
+) -> Operator:
+    """Return ``v -> G v`` for the GGN of the mean loss over the dataset ``(x, y)``, in chunks.
+
+    ``output_loss(outputs, y)`` must be the *mean* over the examples of a chunk. See
+    :func:`hessian_lab.ggn` for the product and :func:`full_data_hvp` for the weighting.
+    """
+    tu.check_finite(params, "params")
+    return chunked_operator(
+        lambda chunk: ggn(apply_fn, output_loss, params, chunk[0], chunk[1]),
+        shape_struct(params),
+        (x, y),
+        chunk_size=chunk_size,
+        name="full_data_ggn",
+    )

@@ -1,0 +1,141 @@
+"""Operators against dense references: HVP, GGN, NTK, full-data chunking, blocks, determinism."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from core_problems import make_problem
+
+import hessian_lab as hl
+from hessian_lab import testing
+from hessian_lab import tree as tu
+
+CASES = [("tanh", "mse"), ("relu", "mse"), ("tanh", "xent"), ("relu", "xent")]
+
+
+def _flat(t):
+    return np.asarray(tu.ravel(t)[0])
+
+
+@pytest.mark.parametrize(("act", "loss"), CASES)
+def test_hvp_and_linearized_hvp_match_dense_hessian(act, loss, getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey(), act, loss)
+    H = testing.dense_hessian(loss_fn, params, batch)
+    v = tu.random_like(getkey(), params)
+    for op in (hl.hvp(loss_fn, params, batch), hl.linearized_hvp(loss_fn, params, batch)):
+        np.testing.assert_allclose(_flat(op(v)), H @ _flat(v), rtol=1e-10, atol=1e-12)
+    # the dense materialisation of the operator is the Hessian, column by column
+    np.testing.assert_allclose(
+        testing.dense_operator(hl.hvp(loss_fn, params, batch), params), H, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(("act", "loss"), CASES)
+def test_ggn_matches_dense_jt_h_j(act, loss, getkey):
+    params, apply, out_loss, _, (x, y) = make_problem(getkey(), act, loss)
+    G = testing.dense_ggn(apply, out_loss, params, x, y)
+    v = tu.random_like(getkey(), params)
+    got = _flat(hl.ggn(apply, out_loss, params, x, y)(v))
+    np.testing.assert_allclose(got, G @ _flat(v), rtol=1e-10, atol=1e-12)
+    # for MSE the GGN is J^T J / n: check against the Jacobian directly
+    if loss == "mse":
+        flat, unravel = tu.ravel(params)
+        J = jax.jacobian(lambda w: apply(unravel(w), x).ravel())(flat)
+        np.testing.assert_allclose(G, J.T @ J / x.shape[0], atol=1e-12)
+
+
+def test_ntk_product_matches_dense_jjt(getkey):
+    params, apply, _, _, (x, _) = make_problem(getkey())
+    K = testing.dense_ntk(apply, params, x)
+    u = jax.random.normal(getkey(), apply(params, x).shape)
+    got = hl.ntk(apply, params, x)(u)
+    np.testing.assert_allclose(np.ravel(got), K @ np.ravel(u), rtol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 7, 10])
+@pytest.mark.parametrize(("act", "loss"), [("tanh", "mse"), ("relu", "xent")])
+def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(chunk_size, act, loss, getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey(), act, loss, n=10)
+    H = testing.dense_hessian(loss_fn, params, batch)  # mean loss over all 10 examples
+    v = tu.random_like(getkey(), params)
+    op = jax.jit(lambda p, v: hl.full_data_hvp(loss_fn, p, batch, chunk_size=chunk_size)(v))
+    np.testing.assert_allclose(_flat(op(params, v)), H @ _flat(v), rtol=1e-10, atol=1e-12)
+
+
+def test_full_data_ggn_matches_dense(getkey):
+    params, apply, out_loss, _, (x, y) = make_problem(getkey(), "tanh", "xent", n=9)
+    G = testing.dense_ggn(apply, out_loss, params, x, y)
+    v = tu.random_like(getkey(), params)
+    got = hl.full_data_ggn(apply, out_loss, params, x, y, chunk_size=4)(v)
+    np.testing.assert_allclose(_flat(got), G @ _flat(v), rtol=1e-10, atol=1e-12)
+
+
+def test_mean_of_batch_sharpness_is_not_the_sharpness(getkey):
+    """The trap older tools fell into: averaging per-batch top eigenvalues biases upward."""
+    params, _, _, loss_fn, (x, y) = make_problem(getkey(), "tanh", "mse", n=12)
+    full = np.linalg.eigvalsh(testing.dense_hessian(loss_fn, params, (x, y)))[-1]
+    per_batch = [
+        np.linalg.eigvalsh(testing.dense_hessian(loss_fn, params, (x[i : i + 3], y[i : i + 3])))[-1]
+        for i in range(0, 12, 3)
+    ]
+    assert np.mean(per_batch) > full  # convexity of lambda_max
+    op = hl.full_data_hvp(loss_fn, params, (x, y), chunk_size=3)
+    got = hl.top_eigs(op, tu.random_like(getkey(), params), k=1, num_iters=30).values[0]
+    np.testing.assert_allclose(got, full, rtol=1e-8)
+
+
+def test_restrict_gives_the_diagonal_block(getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey())
+    params = {"first": params["w"][0], "rest": (params["w"][1:], params["b"])}
+
+    def loss2(p, b):
+        return loss_fn({"w": [p["first"], *p["rest"][0]], "b": p["rest"][1]}, b)
+
+    H = testing.dense_hessian(loss2, params, batch)
+    m = params["first"].size  # "first" ravels first (dict keys sorted)
+    op, block = hl.restrict(hl.hvp(loss2, params, batch), params, ["first"])
+    np.testing.assert_allclose(testing.dense_operator(op, block), H[:m, :m], atol=1e-12)
+    with pytest.raises(ValueError, match="keys"):
+        hl.restrict(op, params, ["nope"])
+
+
+def test_check_deterministic(getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey())
+    v = tu.random_like(getkey(), params)
+    hl.check_deterministic(hl.hvp(loss_fn, params, batch), v)  # passes silently
+    calls = []
+
+    def dropout_like(v):  # a different mask on every call, as dropout would draw
+        calls.append(None)
+        mask = jax.random.bernoulli(jax.random.key(len(calls)), 0.5, (5,))
+        return jax.tree.map(lambda a: a * mask.sum(), v)
+
+    with pytest.raises(ValueError, match="not deterministic"):
+        hl.check_deterministic(dropout_like, v)
+
+
+def test_operators_reject_non_finite_params(getkey):
+    params, apply, out_loss, loss_fn, (x, y) = make_problem(getkey())
+    bad = jax.tree.map(lambda a: a, params)
+    bad["w"][1] = bad["w"][1].at[0, 0].set(jnp.nan)
+    for make in (
+        lambda: hl.hvp(loss_fn, bad, (x, y)),
+        lambda: hl.ggn(apply, out_loss, bad, x, y),
+        lambda: hl.ntk(apply, bad, x),
+        lambda: hl.full_data_hvp(loss_fn, bad, (x, y), chunk_size=2),
+    ):
+        with pytest.raises(ValueError, match=r"params.*\['w'\]\[1\]"):
+            make()
+
+
+@pytest.mark.parametrize("chunk_size", [0, 11, 2.5, True])
+def test_full_data_rejects_chunk_size_that_does_not_fit(chunk_size, getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey(), n=10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        hl.full_data_hvp(loss_fn, params, batch, chunk_size=chunk_size)
+
+
+def test_full_data_rejects_mismatched_data(getkey):
+    params, _, _, loss_fn, (x, y) = make_problem(getkey(), n=10)
+    with pytest.raises(ValueError, match="leading"):
+        hl.full_data_hvp(loss_fn, params, (x, y[:9]), chunk_size=2)
