@@ -1,0 +1,306 @@
+"""The hessian-lab command line, driven through typer's CliRunner and (for SIGKILL) a subprocess."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fake_study
+import numpy as np
+import pytest
+from hessian_lab.cli.app import app
+from hessian_lab.studies import registry
+from typer.testing import CliRunner
+
+from hessian_lab.io import load_run
+
+TESTS = Path(__file__).parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def fake(monkeypatch):
+    monkeypatch.delenv("FAKE_STUDY_SLEEP", raising=False)
+    with fake_study.registered("fake") as module:
+        yield module
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _assert_one_line_error(result, code=2, match=""):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert match in err, err
+
+
+def _snapshot(folder):
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file()
+    }
+
+
+def _arrays(run_dir):
+    return load_run(run_dir)[1]
+
+
+def _assert_same_arrays(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["study"],
+        ["study", "list"],
+        ["study", "show"],
+        ["study", "run"],
+        ["merge"],
+        ["phase-diagram"],
+        ["report"],
+        ["sharpness"],
+    ],
+)
+def test_every_help_works(command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: hessian-lab" in result.output and "Examples" in result.output
+
+
+def test_no_arguments_shows_help():
+    result = cli()
+    assert "Usage: hessian-lab" in result.output and "study" in result.output
+
+
+def test_study_list_and_show():
+    result = cli("study", "list")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert "fake" in names and names == [n for n in registry.names()]
+    assert "fake_variant" not in names
+    everything = cli("study", "list", "--all").stdout
+    assert "warmup" in everything and ("unavailable" in everything or "warmup" in names)
+    shown = cli("study", "show", "fake", "--preset", "tiny")
+    assert shown.exit_code == 0
+    assert "lrs" in shown.stdout and "tuple[float, ...]" in shown.stdout
+    assert "sweep points (tiny): 4" in shown.stdout
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = cli("study", "run", "fake", "--preset", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.stdout
+    for name in ("config.json", "arrays.npz", "summary.json", "study.json", "report.html"):
+        assert (out / name).is_file(), name
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) == 2 and len(list((out / "figures").glob("*.svg"))) == 2
+    page = (out / "report.html").read_text()
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+        assert base64.b64encode(data).decode() in page
+    expected = fake_study.run(fake_study.TINY)
+    np.testing.assert_array_equal(_arrays(out)["losses"], expected.losses)
+    # a rerun of a complete run recomputes nothing and exits 0
+    before = (out / "arrays.npz").stat().st_mtime_ns
+    again = cli("study", "run", "fake", "--preset", "tiny", "--out", out, "--quiet", "--no-report")
+    assert again.exit_code == 0 and again.stdout == ""
+    assert (out / "arrays.npz").stat().st_mtime_ns == before
+
+
+def test_set_and_config_file(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"lrs": [0.5, 0.25], "mode": "grow"}))
+    result = cli("study", "run", "fake", "--preset", "tiny", "--config", cfg, "--set",
+                 "num_seeds=1", "-s", "log_y=true", "-s", "width=none", "--out", tmp_path / "r",
+                 "-q", "--no-report")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert stored["lrs"] == [0.5, 0.25] and stored["mode"] == "grow"
+    assert stored["num_seeds"] == 1 and stored["log_y"] is True and stored["width"] is None
+    assert stored["steps"] == fake_study.TINY.steps
+    assert not (tmp_path / "r" / "report.html").exists()
+    # a run's own config.json reproduces it
+    again = cli("study", "run", "fake", "--config", tmp_path / "r" / "config.json",
+                "--out", tmp_path / "r2", "-q", "--no-report")  # fmt: skip
+    assert again.exit_code == 0
+    _assert_same_arrays(_arrays(tmp_path / "r"), _arrays(tmp_path / "r2"))
+
+
+@pytest.fixture
+def existing(tmp_path):
+    """A complete run, a corrupted run and a plain file, to check errors overwrite nothing."""
+    for name in ("run", "corrupt"):
+        cli("study", "run", "fake", "--preset", "tiny", "--out", tmp_path / name, "-q",
+            "--no-report")  # fmt: skip
+    (tmp_path / "corrupt" / "arrays.npz").write_bytes(b"\x00garbage")
+    (tmp_path / "afile").write_text("keep me")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["study", "run", "nope", "--out", "{d}/run"], "unknown study 'nope'"),
+        (["study", "run", "fake", "--preset", "tiny", "--set", "foo=1", "--out", "{d}/run"],
+         "unknown config key 'foo'"),
+        (["study", "run", "fake", "--preset", "tiny", "--set", "scale=30", "--out", "{d}/run"],
+         "scale: must be in (0, 10]"),
+        (["study", "run", "fake", "--preset", "tiny", "--set", "scale=2", "--out", "{d}/run"],
+         "different config (scale: 1.0 != 2.0)"),
+        (["study", "run", "fake", "--preset", "tiny", "--out", "{d}/afile"],
+         "exists and is not a directory"),
+        (["study", "run", "fake", "--preset", "tiny", "--out", "{d}/corrupt"],
+         "cannot read"),
+        (["report", "{d}/corrupt"], "cannot read"),
+        (["study", "run", "fake", "--preset", "tiny", "--shard", "4/3", "--out", "{d}/run"],
+         "--shard: expected i/n with 0 <= i < n, got '4/3'"),
+        (["study", "run", "fake", "--preset", "tiny", "--config", "{d}/afile", "--out", "{d}/x"],
+         "cannot read"),
+        (["merge", "{d}/run", "--out", "{d}/afile"], "exists and is not a directory"),
+        (["study", "run", "fake", "--preset", "huge", "--out", "{d}/run"], "--preset"),
+        (["study", "run", "fake", "--bogus", "--out", "{d}/run"], "No such option: --bogus"),
+    ],
+)  # fmt: skip
+def test_bad_input_one_line_error_nothing_overwritten(existing, args, match):
+    before = _snapshot(existing)
+    result = cli(*(a.format(d=existing) for a in args))
+    _assert_one_line_error(result, 2, match)
+    assert _snapshot(existing) == before
+    assert not (existing / "x").exists()
+
+
+def test_runtime_failure_exits_1(tmp_path):
+    def run_point(config, point):
+        raise FloatingPointError("loss is nan")
+
+    with fake_study.registered("bad", fake_study.variant(run_point=run_point)):
+        result = cli("study", "run", "bad", "--preset", "tiny", "--out", tmp_path / "r")
+    _assert_one_line_error(result, 1, "bad.run_point failed: FloatingPointError: loss is nan")
+
+
+def test_shards_then_merge_equal_unsharded(tmp_path):
+    common = ["--quiet", "--no-report"]
+    assert cli("study", "run", "fake", "--out", tmp_path / "full", *common).exit_code == 0
+    for i in range(3):
+        result = cli("study", "run", "fake", "--shard", f"{i}/3", "--out", tmp_path / f"s{i}")
+        assert result.exit_code == 0 and "merge" in result.stdout
+        assert not (tmp_path / f"s{i}" / "config.json").exists()
+    shards = [tmp_path / f"s{i}" for i in range(3)]
+    result = cli("merge", *shards, "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    _assert_same_arrays(_arrays(tmp_path / "merged"), _arrays(tmp_path / "full"))
+    assert (tmp_path / "merged" / "report.html").is_file()
+    result = cli("merge", *shards[:2], "--out", tmp_path / "m2")
+    _assert_one_line_error(result, 2, "points missing")
+    assert not (tmp_path / "m2").exists()
+
+
+def test_phase_diagram_forwards_axes_to_the_study(tmp_path):
+    with fake_study.registered("early_phase_diagram"):
+        result = cli("phase-diagram", "early", "--preset", "tiny", "--x", "lrs=0.2,0.4",
+                     "--y", "num_seeds=1", "--out", tmp_path / "pd", "-q", "--no-report")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        stored = json.loads((tmp_path / "pd" / "config.json").read_text())["config"]
+        assert stored["lrs"] == [0.2, 0.4] and stored["num_seeds"] == 1
+        _assert_one_line_error(
+            cli("phase-diagram", "early", "--x", "0.2,0.4", "--out", tmp_path / "pd2"),
+            2, "names no default axis",
+        )  # fmt: skip
+        _assert_one_line_error(
+            cli("phase-diagram", "early", "--x", "depth=1,2", "--out", tmp_path / "pd2"),
+            2, "unknown config key 'depth'",
+        )  # fmt: skip
+    axes = fake_study.variant(PHASE_AXES=("lrs", "num_seeds"))
+    with fake_study.registered("uv_model", axes):
+        result = cli("phase-diagram", "uv", "--preset", "tiny", "--x", "0.3", "--y", "2",
+                     "--out", tmp_path / "uv", "-q", "--no-report")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        stored = json.loads((tmp_path / "uv" / "config.json").read_text())["config"]
+        assert stored["lrs"] == [0.3] and stored["num_seeds"] == 2
+
+
+def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
+    out = tmp_path / "killed"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        registry.ENV_VAR: "fake=fake_study",
+        "FAKE_STUDY_SLEEP": "0.25",
+        "JAX_PLATFORMS": "cpu",
+    }
+    cmd = [sys.executable, "-m", "hessian_lab.cli", "study", "run", "fake", "--out", str(out),
+           "--quiet", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((out / "points").glob("*.json"))) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the sweep did not start"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    points = out / "points"
+    finished = {p.stem for p in points.glob("*.json")}
+    assert 3 <= len(finished) < 12 and not (out / "config.json").exists()
+    assert finished <= {p.stem for p in points.glob("*.npz")}  # every mark has its arrays
+    before = _snapshot(points)
+
+    result = cli("study", "run", "fake", "--out", out, "--quiet", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert (
+        cli("study", "run", "fake", "--out", tmp_path / "ref", "-q", "--no-report").exit_code == 0
+    )
+    _assert_same_arrays(_arrays(out), _arrays(tmp_path / "ref"))
+    for path, (data, mtime) in before.items():  # finished points were kept, not redone
+        if path.suffix == ".json":
+            assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    names = sorted(p.name for p in points.iterdir())
+    assert names == sorted([f"{i}.npz" for i in range(12)] + [f"{i}.json" for i in range(12)])
+
+
+@pytest.mark.slow  # about 10 s of XLA compilation on 2 cores
+def test_sharpness_matches_the_dense_hessian(tmp_path):
+    import jax
+
+    from hessian_lab import data, losses, models, testing, trainer
+
+    net = models.mlp(3, 1, depth=1, width=4)
+    params = net.init(jax.random.key(7))
+    trainer.save_checkpoint(tmp_path / "params.npz", params)
+    ds = data.teacher(0, 12, 3, 1)  # what --dataset teacher --seed 0 --n 12 --in-dim 3 uses
+    loss_fn = losses.make_loss_fn(net.apply, "mse")
+    dense = np.linalg.eigvalsh(np.asarray(testing.dense_hessian(loss_fn, params, (ds.x, ds.y))))
+    result = cli("sharpness", "--dataset", "teacher", "--n", 12, "--in-dim", 3, "--depth", 1,
+                 "--width", 4, "--checkpoint", tmp_path / "params.npz", "-k", 2,
+                 "--num-iters", 21, "--trace-method", "hutchpp", "--trace-matvecs", 66,
+                 "--density-iters", 8, "--density-probes", 1, "--json",
+                 "--out", tmp_path / "s")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.stdout)
+    np.testing.assert_allclose(numbers["eigenvalues"], dense[::-1][:2], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(numbers["trace"], dense.sum(), rtol=1e-4, atol=1e-6)
+    assert numbers["num_params"] == dense.shape[0] == 21
+    png = (tmp_path / "s" / "figures" / "spectral_density.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    assert base64.b64encode(png).decode() in (tmp_path / "s" / "report.html").read_text()
+    _assert_one_line_error(
+        cli("sharpness", "--dataset", "teacher", "--loss", "xent"), 2, "needs class labels"
+    )
+    _assert_one_line_error(
+        cli("sharpness", "--dataset", "teacher", "--in-dim", 3, "--depth", 2, "--width", 4,
+            "--checkpoint", tmp_path / "params.npz"),
+        2, "--checkpoint: cannot use",
+    )  # fmt: skip
