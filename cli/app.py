@@ -19,11 +19,11 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from hessian_lab.studies import registry, sweep
-from hessian_lab.studies.report import figure_bytes, write_report
 from typer.core import TyperGroup
 
 from hessian_lab.io import CorruptRunError, atomic_write_bytes, read_json, save_run
+from hessian_lab.studies import registry, sweep
+from hessian_lab.studies.report import figure_bytes, write_report
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import NoArgsIsHelpError

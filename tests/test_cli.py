@@ -12,11 +12,11 @@ from pathlib import Path
 import fake_study
 import numpy as np
 import pytest
-from hessian_lab.cli.app import app
-from hessian_lab.studies import registry
 from typer.testing import CliRunner
 
+from hessian_lab.cli.app import app
 from hessian_lab.io import load_run
+from hessian_lab.studies import registry
 
 TESTS = Path(__file__).parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,9 +5,9 @@ import re
 
 import fake_study
 import pytest
-from hessian_lab.studies import report, sweep
 
 from hessian_lab.io import CorruptRunError, save_run
+from hessian_lab.studies import report, sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

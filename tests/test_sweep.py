@@ -6,9 +6,9 @@ import sys
 import fake_study
 import numpy as np
 import pytest
-from hessian_lab.studies import registry, sweep
 
 from hessian_lab.io import CorruptRunError, load_run
+from hessian_lab.studies import registry, sweep
 
 TINY = fake_study.TINY
 
