@@ -9,6 +9,7 @@ for the per-output MSE.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -69,7 +70,7 @@ def ntk_trace(
     n = num_examples(x, "x")
     chunk_size = min(n, 16) if chunk_size is None else check_int(chunk_size, "chunk_size", 1, n)
     out_shape = jax.eval_shape(lambda p: apply_fn(p, jax.tree.map(lambda a: a[:1], x)), params)
-    o = int(jnp.prod(jnp.array(out_shape.shape[1:]))) if len(out_shape.shape) > 1 else 1
+    o = math.prod(out_shape.shape[1:]) if len(out_shape.shape) > 1 else 1
     scale = _scale(normalization, n, o)
 
     def per_example(xi):
@@ -117,7 +118,7 @@ def ntk_top_eig(
     op = ntk(apply_fn, params, x)
     shape = op.like.shape
     n = shape[0]
-    o = int(jnp.prod(jnp.array(shape[1:]))) if len(shape) > 1 else 1
+    o = math.prod(shape[1:]) if len(shape) > 1 else 1
     scale = _scale(normalization, n, o)
     if v0 is None:
         v0 = jax.random.normal(jax.random.key(0), shape, op.like.dtype)

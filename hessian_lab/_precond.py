@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from . import tree as tu
@@ -143,7 +144,8 @@ def preconditioned_sharpness(
     """
     tu.check_same_structure(v0, precond, ("v0", "precond"))
     tu.check_finite(precond, "precond")
-    if tu.is_concrete(precond) and not all(bool(jnp.all(p > 0)) for p in jax.tree.leaves(precond)):
+    leaves = jax.tree.leaves(precond)
+    if tu.is_concrete(precond) and not all(np.all(np.asarray(p) > 0) for p in leaves):
         raise ValueError("precond: every entry of the diagonal preconditioner must be positive")
     inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), precond)
     mul = lambda a, b: jax.tree.map(jnp.multiply, a, b)  # noqa: E731

@@ -288,3 +288,16 @@ def test_bad_input_raises_named_value_errors_before_tracing(getkey):
     neg = jax.tree.map(lambda a: -jnp.ones_like(a), params)
     with pytest.raises(ValueError, match="positive"):
         hl.preconditioned_sharpness(op, neg, v0)
+
+
+def test_ntk_trace_and_preconditioned_sharpness_run_under_jit(getkey):
+    params, apply, _, loss_fn, (x, y) = make_problem(getkey(), n=6)
+    eager = hl.ntk_trace(apply, params, x, chunk_size=4)
+    np.testing.assert_allclose(jax.jit(lambda p: hl.ntk_trace(apply, p, x))(params), eager)
+    P = jax.tree.map(lambda a: jnp.full_like(a, 2.0), params)  # concrete, closed over
+    v0 = tu.random_like(getkey(), params)
+    f = jax.jit(
+        lambda p: hl.preconditioned_sharpness(hl.hvp(loss_fn, p, (x, y)), P, v0, num_iters=8)
+    )
+    direct = hl.top_eigs(hl.hvp(loss_fn, params, (x, y)), v0, num_iters=8)
+    np.testing.assert_allclose(f(params).values[0], direct.values[0] / 2, rtol=1e-10)
