@@ -1,0 +1,388 @@
+"""Curvature measurements that run inside the jitted training step, at a cadence.
+
+A callback is an optax-style pure pair: ``Callback(init, update, every)`` with
+``init(params) -> state`` and ``update(state, info: StepInfo) -> (state, metrics)``, where
+``metrics`` is a dict of float scalars. :func:`run_callbacks` calls ``update`` under
+``lax.cond(step % every == 0, ...)``, so a callback costs nothing at the other steps and never
+talks to the host: its metrics stay on device with the rest of a scan chunk.
+
+Convention: at a step where a callback does not run, each of its metrics is NaN. Metrics at step
+t are measured at the params theta_t *before* update t (the same params the step's loss and
+gradient see).
+
+Sharpness is the largest algebraic Hessian eigenvalue of the loss over the full training set (or a
+fixed subset) -- :func:`sharpness`. The top eigenvalue of the minibatch Hessian is a different
+quantity and is called :func:`batch_sharpness`.
+
+Example (a user's own loop):
+    >>> cb = sharpness(loss_fn, every=10)
+    >>> state = cb.init(params)
+    >>> states, metrics = run_callbacks((cb,), (state,), StepInfo(step, params, data=data))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "Callback",
+    "StepInfo",
+    "batch_sharpness",
+    "full_loss",
+    "grad_norm",
+    "loss_catapult",
+    "preconditioned_sharpness",
+    "run_callbacks",
+    "sharpness",
+    "spectral_density",
+    "traces",
+]
+
+
+class StepInfo(NamedTuple):
+    """What a callback sees at step t (fields a loop does not provide stay None).
+
+    Attributes:
+      step: int scalar t.
+      params: theta_t.
+      opt_state: optimizer state before update t.
+      grads: gradient of the step's loss at theta_t.
+      loss: the step's loss at theta_t (minibatch loss under SGD).
+      batch: the step's batch (pytree, leading axis = batch size).
+      data: the full training set (pytree, leading axis n).
+      learning_rate: eta_t, the rate update t applies (NaN if unknown).
+    """
+
+    step: Any
+    params: Any
+    opt_state: Any = None
+    grads: Any = None
+    loss: Any = None
+    batch: Any = None
+    data: Any = None
+    learning_rate: Any = None
+
+
+class Callback(NamedTuple):
+    """A pure measurement: ``init(params) -> state``, ``update(state, info) -> (state, metrics)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[[Any, StepInfo], tuple[Any, dict[str, jax.Array]]]
+    every: int = 1
+
+
+def _check_every(every: int) -> int:
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every: must be an int >= 1, got {every!r}")
+    return every
+
+
+def run_callbacks(callbacks: Sequence[Callback], states: Sequence[Any], info: StepInfo):
+    """Run each callback whose cadence divides ``info.step``; NaN metrics for the others.
+
+    Args:
+      callbacks: the callbacks.
+      states: their states, in the same order.
+      info: the step.
+
+    Returns:
+      ``(new_states, metrics)``: a tuple of states and one dict merging all metrics (float).
+
+    Raises:
+      ValueError: two callbacks emit the same metric name, or ``states`` has the wrong length.
+    """
+    if len(states) != len(callbacks):
+        raise ValueError(f"states: expected {len(callbacks)} states, got {len(states)}")
+    new_states, metrics = [], {}
+    for cb, state in zip(callbacks, states, strict=True):
+        shapes = jax.eval_shape(cb.update, state, info)[1]
+
+        def skip(state, info, shapes=shapes):
+            return state, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
+
+        state, m = lax.cond(info.step % cb.every == 0, cb.update, skip, state, info)
+        for k, v in m.items():
+            if k in metrics:
+                raise ValueError(f"callbacks: two callbacks emit the metric {k!r}")
+            metrics[k] = v
+        new_states.append(state)
+    return tuple(new_states), metrics
+
+
+def _float(x):
+    return jnp.asarray(x, jnp.result_type(float))
+
+
+def grad_norm(*, every: int = 1) -> Callback:
+    """Record ``grad_norm`` = ||g_t||_2 of the step's gradient."""
+    _check_every(every)
+
+    def update(state, info):
+        sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(info.grads))
+        return state, {"grad_norm": _float(jnp.sqrt(sq))}
+
+    return Callback(lambda params: (), update, every)
+
+
+def loss_catapult(*, every: int = 1) -> Callback:
+    """Mark a loss catapult: ``loss_catapult`` = 1.0 when L_t > L_0, else 0.0.
+
+    Also records ``loss_ratio`` = L_t / L_0. L_0 is the loss the callback saw at its first run
+    (step 0 in the trainer), kept in the state. Under SGD L_t is the minibatch loss; use a
+    :func:`full_loss` for the training-set loss. (Lewkowycz et al. 2020, arXiv 2003.02218.)
+    """
+    _check_every(every)
+
+    def update(loss0, info):
+        loss = _float(info.loss)
+        loss0 = jnp.where(jnp.isnan(loss0), loss, loss0)
+        return loss0, {"loss_catapult": _float(loss > loss0), "loss_ratio": loss / loss0}
+
+    return Callback(lambda params: _float(jnp.nan), update, every)
+
+
+def full_loss(loss_fn, data=None, *, every: int = 1, name: str = "full_loss") -> Callback:
+    """Record the mean loss over ``data`` (default: the run's training set) at theta_t."""
+    _check_every(every)
+
+    def update(state, info):
+        return state, {name: _float(loss_fn(info.params, _data(data, info)))}
+
+    return Callback(lambda params: (), update, every)
+
+
+def _data(data, info):
+    if data is not None:
+        return data
+    if info.data is None:
+        raise ValueError("data: pass data= to the callback or provide StepInfo.data")
+    return info.data
+
+
+def _lr_events(lam, info, name):
+    lr = _float(jnp.nan if info.learning_rate is None else info.learning_rate)
+    return {
+        f"{name}_x_lr": lam * lr,
+        f"{name}_above_2_over_lr": _float(jnp.where(jnp.isnan(lr), jnp.nan, lam * lr > 2)),
+    }
+
+
+def _eig_metrics(res, name, k):
+    out = {name: _float(res.values[0]), f"{name}_residual": _float(res.residuals[0])}
+    out |= {f"{name}_{i}": _float(res.values[i]) for i in range(1, k)}
+    return out
+
+
+def _random_unit(key, params):
+    leaves, tdef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    v = [
+        jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+        for k, x in zip(keys, leaves, strict=True)
+    ]
+    nrm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in v))
+    return jax.tree.unflatten(tdef, [x / nrm for x in v])
+
+
+def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=None):
+    _check_every(every)
+    if not isinstance(k, int) or k < 1 or not isinstance(num_iters, int) or num_iters < k:
+        raise ValueError(
+            f"k, num_iters: need ints with 1 <= k <= num_iters, got k={k!r}, num_iters={num_iters!r}"
+        )
+    key = jax.random.key(0) if key is None else key
+
+    def init(params):
+        return _random_unit(key, params)
+
+    def update(v0, info):
+        import hessian_lab as hl
+
+        matvec = make_matvec(info)
+        if precond is None:
+            res = hl.top_eigs(matvec, v0, k=k, num_iters=num_iters)
+        else:
+            res = hl.preconditioned_sharpness(matvec, precond(info), v0, k=k, num_iters=num_iters)
+        v1 = jax.tree.map(lambda x: x[0], res.vectors)
+        return v1, _eig_metrics(res, name, k) | _lr_events(_float(res.values[0]), info, name)
+
+    return Callback(init, update, every)
+
+
+def sharpness(
+    loss_fn,
+    data=None,
+    *,
+    every: int = 10,
+    k: int = 1,
+    num_iters: int = 20,
+    chunk_size: int | None = None,
+    key=None,
+) -> Callback:
+    """Record the sharpness: top-k Hessian eigenvalues of the mean loss over ``data`` (Lanczos).
+
+    Uses ``hessian_lab.top_eigs(full_data_hvp(loss_fn, params, data, chunk_size=...), v0)``,
+    warm-started from the previous top eigenvector (the state). Cost: ``num_iters`` Hessian-vector
+    products over the dataset per run. Metrics: ``sharpness`` (largest algebraic eigenvalue),
+    ``sharpness_residual``, ``sharpness_1..k-1``, ``sharpness_x_lr`` (eta_t lambda) and
+    ``sharpness_above_2_over_lr`` (1.0 when lambda > 2/eta_t: the GD edge of stability).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` mean over the batch.
+      data: a fixed dataset (pytree, leading axis n); None: the run's training set
+        (``StepInfo.data``, passed to the jitted step as an argument, not a constant).
+      every: cadence in steps. k: eigenvalues. num_iters: Lanczos iterations.
+      chunk_size: examples per chunk of the full-data product (None: all at once).
+      key: PRNG key for the initial vector (default ``jax.random.key(0)``).
+    """
+
+    def make(info):
+        import hessian_lab as hl
+
+        d = _data(data, info)
+        n = jax.tree.leaves(d)[0].shape[0]
+        return hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+
+    return _top_eig_callback(make, name="sharpness", every=every, k=k, num_iters=num_iters, key=key)
+
+
+def batch_sharpness(
+    loss_fn, *, every: int = 10, k: int = 1, num_iters: int = 20, key=None
+) -> Callback:
+    """Record ``batch_sharpness``: top Hessian eigenvalue of the loss on the step's minibatch.
+
+    Not the sharpness: by convexity of lambda_max its average over batches is biased upward.
+    """
+
+    def make(info):
+        import hessian_lab as hl
+
+        return hl.hvp(loss_fn, info.params, info.batch)
+
+    return _top_eig_callback(
+        make, name="batch_sharpness", every=every, k=k, num_iters=num_iters, key=key
+    )
+
+
+def preconditioned_sharpness(
+    loss_fn,
+    data=None,
+    *,
+    every: int = 10,
+    k: int = 1,
+    num_iters: int = 20,
+    chunk_size=None,
+    b1=None,
+    b2=None,
+    eps=None,
+    key=None,
+) -> Callback:
+    """Record ``preconditioned_sharpness``: top eigenvalue of P^-1/2 H P^-1/2 for Adam.
+
+    P is the preconditioner the *next* update applies, ``hessian_lab.adam_preconditioner`` of the
+    step's optimizer state and gradient (Cohen et al. 2022, arXiv 2207.14484); it equilibrates at
+    (2 + 2 b1) / ((1 - b1) eta). b1, b2, eps default to the optimizer's injected hyperparameters.
+    The metric ``preconditioned_sharpness_x_lr`` compares with 2 + 2 b1 over 1 - b1 (38 at b1=0.9).
+    """
+
+    def make(info):
+        import hessian_lab as hl
+
+        d = _data(data, info)
+        n = jax.tree.leaves(d)[0].shape[0]
+        return hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+
+    def precond(info):
+        import hessian_lab as hl
+
+        return hl.adam_preconditioner(info.opt_state, info.grads, b1=b1, b2=b2, eps=eps)
+
+    return _top_eig_callback(
+        make,
+        name="preconditioned_sharpness",
+        every=every,
+        k=k,
+        num_iters=num_iters,
+        key=key,
+        precond=precond,
+    )
+
+
+def traces(
+    loss_fn,
+    apply_fn=None,
+    data=None,
+    *,
+    every: int = 10,
+    num_matvecs: int = 30,
+    ntk_iters: int = 20,
+    key=None,
+    chunk_size=None,
+) -> Callback:
+    """Record ``hessian_trace`` (Hutchinson) and, with ``apply_fn``, ``ntk_trace``, ``ntk_top_eig``.
+
+    The trace probes use a key carried in the state (split at every run). NTK quantities are
+    those of J J^T / n on the inputs ``data[0]`` (``data = (x, y)`` or a ``Dataset``).
+    """
+    _check_every(every)
+    key = jax.random.key(1) if key is None else key
+
+    def update(k0, info):
+        import hessian_lab as hl
+
+        d = _data(data, info)
+        n = jax.tree.leaves(d)[0].shape[0]
+        k0, sub = jax.random.split(k0)
+        mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+        tr = hl.trace(mv, sub, info.params, num_matvecs=num_matvecs)
+        out = {"hessian_trace": _float(tr.value), "hessian_trace_stderr": _float(tr.stderr)}
+        if apply_fn is not None:
+            out["ntk_trace"] = _float(
+                hl.ntk_trace(apply_fn, info.params, d[0], chunk_size=min(16, n))
+            )
+            out["ntk_top_eig"] = _float(
+                hl.ntk_top_eig(apply_fn, info.params, d[0], num_iters=ntk_iters).values[0]
+            )
+        return k0, out
+
+    return Callback(lambda params: key, update, every)
+
+
+def spectral_density(
+    loss_fn,
+    data=None,
+    *,
+    every: int = 100,
+    num_iters: int = 30,
+    num_probes: int = 4,
+    grid,
+    chunk_size=None,
+    key=None,
+) -> Callback:
+    """Record ``spectral_density`` (values on the fixed ``grid``) by stochastic Lanczos quadrature.
+
+    The metric is a vector of ``len(grid)`` per run (NaN at skipped steps), so use a sparse
+    cadence. ``grid`` must be fixed so that densities at different steps are comparable.
+    """
+    _check_every(every)
+    key = jax.random.key(2) if key is None else key
+    grid = jnp.asarray(grid)
+
+    def update(k0, info):
+        import hessian_lab as hl
+
+        d = _data(data, info)
+        n = jax.tree.leaves(d)[0].shape[0]
+        k0, sub = jax.random.split(k0)
+        mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+        res = hl.spectral_density(
+            mv, sub, info.params, num_iters=num_iters, num_probes=num_probes, grid=grid
+        )
+        return k0, {"spectral_density": _float(res.density)}
+
+    return Callback(lambda params: key, update, every)

@@ -1,0 +1,164 @@
+"""Callbacks equal direct estimator calls, run at their cadence inside the jitted step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hessian_lab as hl
+from hessian_lab import callbacks as cb
+from hessian_lab import losses, models, optim, testing, trainer
+
+NET = models.mlp(3, 2, depth=1, width=5, activation="tanh")
+LOSS = losses.make_loss_fn(NET.apply, "mse")
+X = jax.random.normal(jax.random.key(1), (12, 3))
+DATA = (X, jax.random.normal(jax.random.key(2), (12, 2)))
+PARAMS = NET.init(jax.random.key(0))
+
+
+def _info(params=PARAMS, step=0, **kw):
+    g = jax.grad(LOSS)(params, DATA)
+    return cb.StepInfo(
+        jnp.asarray(step),
+        params,
+        grads=g,
+        loss=LOSS(params, DATA),
+        batch=DATA,
+        data=DATA,
+        learning_rate=jnp.asarray(0.5),
+        **kw,
+    )
+
+
+def _run(c, info, state=None):
+    state = c.init(info.params) if state is None else state
+    states, metrics = jax.jit(cb.run_callbacks, static_argnums=0)((c,), (state,), info)
+    return state, states[0], metrics
+
+
+def test_sharpness_equals_direct_call_and_dense_hessian():
+    c = cb.sharpness(LOSS, every=3, k=2, num_iters=12, chunk_size=5)
+    v0, v1, m = _run(c, _info())
+    res = jax.jit(
+        lambda v: hl.top_eigs(
+            hl.full_data_hvp(LOSS, PARAMS, DATA, chunk_size=5), v, k=2, num_iters=12
+        )
+    )(v0)
+    np.testing.assert_allclose(m["sharpness"], res.values[0], rtol=1e-10)
+    np.testing.assert_allclose(m["sharpness_1"], res.values[1], rtol=1e-10)
+    lam = np.linalg.eigvalsh(jax.jit(lambda: testing.dense_hessian(LOSS, PARAMS, DATA))())
+    np.testing.assert_allclose(m["sharpness"], lam[-1], rtol=1e-6)
+    np.testing.assert_allclose(m["sharpness_x_lr"], 0.5 * lam[-1], rtol=1e-6)
+    assert float(m["sharpness_above_2_over_lr"]) == float(0.5 * lam[-1] > 2)
+    # warm start: the state is now the top eigenvector
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[0]), v1, res.vectors)
+    # off-cadence: NaN metrics, state unchanged
+    _, v2, m2 = _run(c, _info(step=4), state=v1)
+    assert all(np.isnan(v) for v in m2.values())
+    jax.tree.map(np.testing.assert_array_equal, v2, v1)
+
+
+def test_batch_sharpness_uses_the_batch():
+    batch = (X[:4], DATA[1][:4])
+    c = cb.batch_sharpness(LOSS, num_iters=10)
+    info = _info()._replace(batch=batch)
+    v0, _, m = _run(c, info)
+    res = jax.jit(lambda v: hl.top_eigs(hl.hvp(LOSS, PARAMS, batch), v, k=1, num_iters=10))(v0)
+    np.testing.assert_allclose(m["batch_sharpness"], res.values[0], rtol=1e-10)
+
+
+def test_preconditioned_sharpness_equals_direct_call():
+    opt = optim.make_optimizer("adam", learning_rate=0.01, b1=0.9, b2=0.99)
+    s = opt.init(PARAMS)
+    g = jax.grad(LOSS)(PARAMS, DATA)
+    _, s = opt.update(g, s, PARAMS)
+    c = cb.preconditioned_sharpness(LOSS, every=1, num_iters=10)
+    info = _info(opt_state=s)
+    v0, _, m = _run(c, info)
+    P = hl.adam_preconditioner(s, info.grads, b1=0.9, b2=0.99, eps=1e-8)
+    H = hl.full_data_hvp(LOSS, PARAMS, DATA, chunk_size=12)
+    # P enters as an argument (a closed-over concrete P trips a check in _precond under jit).
+    res = jax.jit(lambda v, P: hl.preconditioned_sharpness(H, P, v, k=1, num_iters=10))(v0, P)
+    np.testing.assert_allclose(m["preconditioned_sharpness"], res.values[0], rtol=1e-10)
+
+
+def test_hessian_trace_equals_direct_call():
+    key = jax.random.key(5)
+    c = cb.traces(LOSS, data=DATA, every=1, num_matvecs=8, key=key)
+    _, k1, m = _run(c, _info()._replace(data=None))
+    _, sub = jax.random.split(key)
+    mv = hl.full_data_hvp(LOSS, PARAMS, DATA, chunk_size=12)
+    tr = jax.jit(lambda k: hl.trace(mv, k, PARAMS, num_matvecs=8))(sub)
+    np.testing.assert_allclose(m["hessian_trace"], tr.value, rtol=1e-10)
+    assert not np.array_equal(jax.random.key_data(k1), jax.random.key_data(key))
+
+
+def test_ntk_traces_equal_direct_calls():
+    c = cb.traces(LOSS, NET.apply, every=1, num_matvecs=4, ntk_iters=6)
+    _, _, m = _run(c, _info())
+    np.testing.assert_allclose(
+        m["ntk_trace"], hl.ntk_trace(NET.apply, PARAMS, X, chunk_size=12), rtol=1e-10
+    )
+    top = jax.jit(lambda: hl.ntk_top_eig(NET.apply, PARAMS, X, num_iters=6))().values[0]
+    np.testing.assert_allclose(m["ntk_top_eig"], top, rtol=1e-8)
+
+
+def test_spectral_density_on_a_fixed_grid():
+    grid = jnp.linspace(-1.0, 3.0, 7)
+    c = cb.spectral_density(LOSS, every=5, num_iters=6, num_probes=2, grid=grid)
+    _, _, m = _run(c, _info())
+    assert m["spectral_density"].shape == (7,) and np.isfinite(m["spectral_density"]).all()
+
+
+def test_grad_norm_and_catapult_marker_in_training():
+    # Large rate: the loss rises above L_0 at step 1 (a catapult), and sharpness crosses 2/eta.
+    opt = optim.make_optimizer("gd", learning_rate=0.1)
+    cbs = [
+        cb.grad_norm(every=2),
+        cb.loss_catapult(),
+        cb.sharpness(LOSS, every=3, num_iters=10),
+        cb.full_loss(LOSS),
+    ]
+    r = trainer.train(LOSS, PARAMS, opt, DATA, num_steps=7, chunk_size=7, callbacks=cbs)
+    h = r.history
+    g0 = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(LOSS)(PARAMS, DATA))))
+    np.testing.assert_allclose(h["grad_norm"][0], g0, rtol=1e-12)
+    assert np.isnan(h["grad_norm"][1::2]).all() and np.isfinite(h["grad_norm"][::2]).all()
+    np.testing.assert_allclose(h["loss_catapult"], (h["loss"] > h["loss"][0]).astype(float))
+    np.testing.assert_allclose(h["full_loss"], h["loss"], rtol=1e-12)
+    assert np.isfinite(h["sharpness"][::3]).all() and np.isnan(h["sharpness"][1::3]).all()
+    v0 = cb.sharpness(LOSS, num_iters=10).init(PARAMS)
+    want = jax.jit(
+        lambda v: hl.top_eigs(hl.full_data_hvp(LOSS, PARAMS, DATA, chunk_size=12), v, num_iters=10)
+    )(v0).values[0]
+    np.testing.assert_allclose(h["sharpness"][0], want, rtol=1e-10)
+    np.testing.assert_allclose(h["sharpness_x_lr"][0], 0.1 * want, rtol=1e-10)
+
+
+def test_callbacks_run_inside_one_chunk_per_host_transfer(monkeypatch):
+    calls = []
+    real = trainer._run_chunk
+    monkeypatch.setattr(trainer, "_run_chunk", lambda *a: calls.append(1) or real(*a))
+    cbs = [cb.sharpness(LOSS, every=2, num_iters=4)]
+    r = trainer.train(LOSS, PARAMS, optax.sgd(0.05), DATA, num_steps=6, chunk_size=3, callbacks=cbs)
+    assert len(calls) == 2 and r.history["sharpness"].shape == (6,)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: cb.sharpness(LOSS, every=0), "every"),
+        (lambda: cb.grad_norm(every=1.5), "every"),
+        (lambda: cb.sharpness(LOSS, k=3, num_iters=2), "num_iters"),
+    ],
+)
+def test_bad_options(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_duplicate_metric_names_rejected():
+    c = cb.grad_norm()
+    with pytest.raises(ValueError, match="callbacks"):
+        cb.run_callbacks((c, c), ((), ()), _info())

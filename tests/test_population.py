@@ -1,0 +1,122 @@
+"""Populations: a vmapped population equals separate runs, divergence is per member."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hessian_lab import losses, models, optim, population, trainer
+from hessian_lab.callbacks import grad_norm
+
+NET = models.mlp(4, 2, depth=1, width=8, activation="tanh")
+LOSS = losses.make_loss_fn(NET.apply, "mse")
+DATA = (
+    jax.random.normal(jax.random.key(1), (24, 4)),
+    jax.random.normal(jax.random.key(2), (24, 2)),
+)
+OPT = optim.make_optimizer("gd", learning_rate=0.1)
+CBS = (grad_norm(every=4),)
+# Four stable rates and four that diverge (the largest within a few steps).
+LRS = np.array([0.05, 0.2, 0.5, 1.0, 8.0, 15.0, 30.0, 60.0])
+SEEDS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+KW = dict(num_steps=20, chunk_size=8, divergence_threshold=1e3, callbacks=CBS)
+
+
+@pytest.fixture(scope="module")
+def pop():
+    return population.train_population(
+        LOSS, NET.init, OPT, DATA, learning_rates=LRS, seeds=SEEDS, **KW
+    )
+
+
+def test_population_equals_separate_runs(pop):
+    assert pop.metrics["loss"].shape == (8, 20)
+    assert pop.diverged[:4].sum() == 0 and pop.diverged[4:].all()
+    for p in range(8):
+        init_key, data_key = population.member_keys(int(SEEDS[p]))
+        r = trainer.train(
+            LOSS,
+            NET.init(init_key),
+            OPT,
+            DATA,
+            key=data_key,
+            hyperparams={"learning_rate": LRS[p]},
+            **KW,
+        )
+        assert r.history.diverged_step == pop.diverged_step[p]
+        for k in ("loss", "grad_norm", "learning_rate"):
+            T = len(r.history[k])
+            np.testing.assert_allclose(pop.metrics[k][p, :T], r.history[k], rtol=1e-10)
+            assert np.isnan(pop.metrics[k][p, T:]).all()
+        jax.tree.map(
+            lambda a, b, p=p: np.testing.assert_allclose(a[p], b, rtol=1e-10), pop.params, r.params
+        )
+
+
+def test_diverged_members_do_not_poison_others(pop):
+    for leaf in jax.tree.leaves(pop.params):
+        assert np.isfinite(np.asarray(leaf)).all()
+    stable = pop.metrics["loss"][:4]
+    assert np.isfinite(stable).all()
+    assert list(pop.stop_reason[:4]) == ["num_steps"] * 4
+
+
+def test_loop_mode_equals_vmap_mode_and_compiles_once(pop):
+    count = [0]
+
+    def loss_fn(p, b):
+        count[0] += 1
+        return LOSS(p, b)
+
+    kw = dict(KW, mode="loop")
+    loop = population.train_population(
+        loss_fn, NET.init, OPT, DATA, learning_rates=LRS, seeds=SEEDS, **kw
+    )
+    np.testing.assert_array_equal(loop.diverged_step, pop.diverged_step)
+    np.testing.assert_allclose(loop.metrics["loss"], pop.metrics["loss"], rtol=1e-10)
+    first = count[0]
+    population.train_population(
+        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[::-1], seeds=SEEDS, **kw
+    )
+    assert first > 0 and count[0] == first
+
+
+def test_vmap_population_traces_once_across_sweeps():
+    count = [0]
+
+    def loss_fn(p, b):
+        count[0] += 1
+        return LOSS(p, b)
+
+    kw = dict(num_steps=4, chunk_size=2, hyperparams={"eta_init": 0.01})
+    population.train_population(
+        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[:4], seeds=SEEDS[:4], **kw
+    )
+    first = count[0]
+    population.train_population(
+        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[4:], seeds=SEEDS[4:], **kw
+    )
+    assert first > 0 and count[0] == first
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"learning_rates": np.ones(3), "seeds": np.zeros(2, int)}, "seeds"),
+        ({"learning_rates": np.ones((2, 2)), "seeds": np.zeros(4, int)}, "learning_rates"),
+        ({"learning_rates": np.array([0.1, -1.0]), "seeds": np.zeros(2, int)}, "learning_rates"),
+        ({"learning_rates": np.ones(2), "seeds": np.zeros(2)}, "seeds"),
+        ({"learning_rates": np.ones(2), "seeds": np.zeros(2, int), "mode": "pmap"}, "mode"),
+    ],
+)
+def test_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        population.train_population(LOSS, NET.init, OPT, DATA, num_steps=2, **kw)
+
+
+def test_bad_data_shapes():
+    bad = (DATA[0], jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match="data"):
+        population.train_population(
+            LOSS, NET.init, OPT, bad, learning_rates=[0.1], seeds=[0], num_steps=2
+        )
