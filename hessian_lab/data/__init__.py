@@ -1,0 +1,30 @@
+"""Datasets as numpy ``Dataset(x, y)`` tuples: file loaders, synthetic generators, preprocessing.
+
+Nothing is downloaded. ``digits`` ships with scikit-learn; ``mnist`` and ``cifar10`` read the
+standard files from a path the user gives; ``teacher``, ``gaussian_mixture`` and ``graph_walks``
+are seeded generators.
+"""
+
+from ._dataset import Dataset as Dataset
+from ._dataset import preprocess as preprocess
+from ._dataset import to_one_hot as to_one_hot
+from ._files import cifar10 as cifar10
+from ._files import digits as digits
+from ._files import mnist as mnist
+from ._files import read_idx as read_idx
+from ._synthetic import gaussian_mixture as gaussian_mixture
+from ._synthetic import graph_walks as graph_walks
+from ._synthetic import teacher as teacher
+
+__all__ = [
+    "Dataset",
+    "cifar10",
+    "digits",
+    "gaussian_mixture",
+    "graph_walks",
+    "mnist",
+    "preprocess",
+    "read_idx",
+    "teacher",
+    "to_one_hot",
+]

@@ -1,0 +1,135 @@
+"""The `Dataset` tuple and `preprocess`: subset, centre or standardise, scale, label encoding."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+STANDARDIZE = ("feature", "sample")
+
+
+class _DatasetFields(NamedTuple):
+    x: Any
+    y: Any
+
+
+class Dataset(_DatasetFields):
+    """Inputs and targets as numpy arrays with a shared leading (example) axis.
+
+    Attributes:
+      x: inputs, shape ``(n, ...)``.
+      y: one-hot float targets ``(n, k)``, int labels ``(n,)``, or (sequences) next tokens.
+
+    Raises:
+      ValueError: when ``x`` and ``y`` are arrays whose lengths differ.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, x: Any, y: Any) -> Dataset:
+        # Only arrays are checked, so jax.tree utilities may rebuild a Dataset from other leaves.
+        if hasattr(x, "shape") and hasattr(y, "shape"):
+            nx = x.shape[0] if len(x.shape) else None
+            ny = y.shape[0] if len(y.shape) else None
+            if nx is None or ny is None or nx != ny:
+                raise ValueError(
+                    "x and y must share their leading (example) axis, got x.shape="
+                    f"{tuple(x.shape)} and y.shape={tuple(y.shape)}"
+                )
+        return super().__new__(cls, x, y)
+
+
+def to_one_hot(labels: np.ndarray, num_classes: int, dtype: Any = np.float32) -> np.ndarray:
+    """Return the one-hot encoding ``(n, num_classes)`` of int labels ``(n,)``.
+
+    Raises:
+      ValueError: when a label lies outside ``[0, num_classes)``.
+    """
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
+        )
+    return np.eye(num_classes, dtype=dtype)[labels]
+
+
+def _safe_std(a: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
+    """Return the standard deviation along ``axis`` with zeros replaced by ones (constant inputs)."""
+    s = a.std(axis=axis, keepdims=True)
+    return np.where(s > 0, s, 1.0)
+
+
+def preprocess(
+    ds: Dataset,
+    *,
+    first_n: int | None = None,
+    center: bool = False,
+    standardize: str | None = None,
+    scale: float | None = None,
+    one_hot: bool | None = None,
+    num_classes: int | None = None,
+    dtype: Any = None,
+) -> Dataset:
+    """Return a preprocessed copy of ``ds``; the steps run in the order of the arguments.
+
+    1. ``first_n``: keep the first ``n`` examples (``first_n=5000`` of CIFAR-10's training set is
+       the "cifar10-5k" subset of Cohen et al.); statistics below use only the kept examples.
+    2. ``center``: subtract the per-feature mean over examples.
+    3. ``standardize``: "feature" maps every feature to mean 0, std 1 over examples; "sample" maps
+       every example to mean 0, std 1 over its features. Constant features/examples are only
+       centred.
+    4. ``scale``: multiply the inputs by ``scale``.
+    5. ``one_hot``: True encodes int labels as one-hot (``num_classes`` defaults to max label + 1);
+       False turns one-hot targets back into int labels; None leaves ``y`` alone.
+
+    Args:
+      ds: the dataset.
+      first_n: number of leading examples to keep, or None for all.
+      center: subtract the feature means.
+      standardize: "feature", "sample" or None.
+      scale: input multiplier, or None.
+      one_hot: target encoding, see above.
+      num_classes: classes for the one-hot encoding.
+      dtype: float dtype of the returned inputs (and one-hot targets); default that of ``ds.x``.
+
+    Returns:
+      A new `Dataset`; ``ds`` is not modified.
+
+    Raises:
+      ValueError: naming the argument, for ``first_n`` outside ``[1, n]``, an unknown
+        ``standardize``, a non-finite ``scale``, or labels that cannot be encoded as asked.
+    """
+    x, y = np.asarray(ds.x), np.asarray(ds.y)
+    n = x.shape[0]
+    if first_n is not None:
+        if isinstance(first_n, bool) or not isinstance(first_n, int) or not 1 <= first_n <= n:
+            raise ValueError(f"first_n must be an integer in [1, {n}] or None, got {first_n!r}")
+        x, y = x[:first_n], y[:first_n]
+    if standardize is not None and standardize not in STANDARDIZE:
+        raise ValueError(f"standardize must be one of {[*STANDARDIZE, None]}, got {standardize!r}")
+    if scale is not None and not np.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    dtype = (
+        np.dtype(dtype) if dtype is not None else (x.dtype if x.dtype.kind == "f" else np.float32)
+    )
+    x = x.astype(np.float64)
+    if center or standardize == "feature":
+        x = x - x.mean(axis=0, keepdims=True)
+    if standardize == "feature":
+        x = x / _safe_std(x, axis=0)
+    elif standardize == "sample":
+        axes = tuple(range(1, x.ndim))
+        x = x - x.mean(axis=axes, keepdims=True)
+        x = x / _safe_std(x, axis=axes)
+    if scale is not None:
+        x = x * scale
+    x = x.astype(dtype)
+    if one_hot is True and np.issubdtype(y.dtype, np.integer):
+        k = int(y.max()) + 1 if num_classes is None else num_classes
+        y = to_one_hot(y, k, dtype)
+    elif one_hot is False and not np.issubdtype(y.dtype, np.integer):
+        if y.ndim != 2:
+            raise ValueError(f"one_hot=False needs one-hot targets (n, k), got y.shape={y.shape}")
+        y = y.argmax(axis=-1)
+    return Dataset(x, y)

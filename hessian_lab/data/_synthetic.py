@@ -1,0 +1,179 @@
+"""Seeded synthetic datasets: a random teacher network, a Gaussian mixture, random walks on a graph."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models import mlp
+from ._dataset import Dataset, to_one_hot
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _as_key(key: Any) -> jax.Array:
+    """Return a JAX PRNG key from a key or an int seed."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array):
+        return key
+    raise ValueError(f"key must be a jax PRNG key or an int seed, got {type(key).__name__}")
+
+
+def _rng(key: jax.Array) -> np.random.Generator:
+    """Return a numpy Generator seeded deterministically from a JAX key."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+@functools.lru_cache(maxsize=16)
+def _teacher_net(in_dim: int, out_dim: int, depth: int, width: int, activation: str) -> tuple:
+    """Return a teacher `mlp` with its apply jitted, cached so repeated calls compile once."""
+    net = mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)
+    return net.init, jax.jit(net.apply)
+
+
+def teacher(
+    key: Any,
+    n: int,
+    in_dim: int,
+    out_dim: int = 1,
+    *,
+    depth: int = 1,
+    width: int = 64,
+    activation: str = "relu",
+    noise: float = 0.0,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """Sample a regression task ``y = g(x) + noise * eps`` from a random teacher network ``g``.
+
+    ``x ~ N(0, I_in_dim)``; ``g`` is ``models.mlp(in_dim, out_dim, depth=depth, width=width,
+    activation=activation)`` in SP at a random initialisation (so ``Var g(x) = O(1)``);
+    ``eps ~ N(0, I)``.
+
+    Args:
+      key: a JAX PRNG key or an int seed; the same key gives the same data.
+      n: number of examples.
+      in_dim: input features.
+      out_dim: outputs of the teacher.
+      depth, width, activation: the teacher's architecture (`models.mlp`).
+      noise: standard deviation of the label noise.
+      dtype: float dtype of ``x`` and ``y``.
+
+    Returns:
+      A `Dataset` with ``x`` ``(n, in_dim)`` and ``y`` ``(n, out_dim)``.
+
+    Raises:
+      ValueError: naming the argument, for sizes below 1, a negative noise or a bad key.
+    """
+    n = _check_int("n", n, 1)
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)  # validates, cheaply
+    init, apply = _teacher_net(in_dim, out_dim, depth, width, activation)
+    k_net, k_data = jax.random.split(_as_key(key))
+    rng = _rng(k_data)
+    x = rng.standard_normal((n, in_dim)).astype(dtype)
+    y = np.asarray(apply(init(k_net), x), dtype=np.float64)
+    y = y + noise * rng.standard_normal(y.shape)
+    return Dataset(x, y.astype(dtype))
+
+
+def gaussian_mixture(
+    key: Any,
+    n: int,
+    in_dim: int,
+    num_classes: int = 2,
+    *,
+    separation: float = 4.0,
+    std: float = 1.0,
+    one_hot: bool = True,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """Sample a balanced classification task from a mixture of isotropic Gaussians.
+
+    Class means are ``m_c ~ N(0, separation^2 / (2 in_dim) I)``, so two means lie about
+    ``separation`` apart; example ``i`` has label ``c_i`` (classes balanced, order shuffled) and
+    ``x_i = m_{c_i} + std * eps_i``.
+
+    Args:
+      key: a JAX PRNG key or an int seed.
+      n: number of examples.
+      in_dim: input features.
+      num_classes: number of components, at least 2.
+      separation: typical distance between two class means.
+      std: within-class standard deviation.
+      one_hot: return one-hot targets ``(n, num_classes)``; otherwise int labels ``(n,)``.
+      dtype: float dtype of ``x`` (and one-hot ``y``).
+
+    Returns:
+      A `Dataset`.
+
+    Raises:
+      ValueError: naming the argument, for bad sizes or negative scales.
+    """
+    n = _check_int("n", n, 1)
+    in_dim = _check_int("in_dim", in_dim, 1)
+    num_classes = _check_int("num_classes", num_classes, 2)
+    for name, v in (("separation", separation), ("std", std)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+    rng = _rng(_as_key(key))
+    means = rng.standard_normal((num_classes, in_dim)) * separation / math.sqrt(2 * in_dim)
+    labels = rng.permutation(np.arange(n) % num_classes)
+    x = means[labels] + std * rng.standard_normal((n, in_dim))
+    y = to_one_hot(labels, num_classes, dtype) if one_hot else labels.astype(np.int64)
+    return Dataset(x.astype(dtype), y)
+
+
+def graph_walks(
+    key: Any,
+    n: int,
+    *,
+    num_nodes: int = 16,
+    length: int = 50,
+    degree: int = 3,
+) -> Dataset:
+    """Sample random walks on a random directed graph, as next-token sequences.
+
+    Every node gets ``degree`` distinct out-neighbours drawn uniformly (self-loops allowed); a walk
+    starts at a uniform node and moves to a uniform out-neighbour. The next token is a bigram
+    function of the current one, so the best achievable cross-entropy is ``log(degree)``.
+
+    Args:
+      key: a JAX PRNG key or an int seed; the same key gives the same graph and walks.
+      n: number of walks.
+      num_nodes: graph size, the vocabulary of the sequences.
+      length: tokens per input sequence (the transformer's context).
+      degree: out-degree of every node, ``1 <= degree <= num_nodes``.
+
+    Returns:
+      A `Dataset` of int32 tokens: ``x = walks[:, :-1]`` and ``y = walks[:, 1:]``, both
+      ``(n, length)``.
+
+    Raises:
+      ValueError: naming the argument, for bad sizes or ``degree > num_nodes``.
+    """
+    n = _check_int("n", n, 1)
+    num_nodes = _check_int("num_nodes", num_nodes, 1)
+    length = _check_int("length", length, 1)
+    degree = _check_int("degree", degree, 1)
+    if degree > num_nodes:
+        raise ValueError(f"degree={degree} must not exceed num_nodes={num_nodes}")
+    rng = _rng(_as_key(key))
+    neighbours = np.stack([rng.choice(num_nodes, degree, replace=False) for _ in range(num_nodes)])
+    walks = np.empty((n, length + 1), np.int32)
+    walks[:, 0] = rng.integers(num_nodes, size=n)
+    for t in range(length):
+        walks[:, t + 1] = neighbours[walks[:, t], rng.integers(degree, size=n)]
+    return Dataset(walks[:, :-1], walks[:, 1:])
