@@ -1,0 +1,263 @@
+"""The training runs of the warmup study (GD warmup in SP/muP, catapult search, Adam vs GI-Adam).
+
+Every run goes through :mod:`hessian_lab.trainer` / :mod:`hessian_lab.population`. One GD optimizer
+object per model (schedule hyperparameters injected), so the trainability sweep and every catapult
+search trial share one compiled chunk; the trajectories (with sharpness callbacks) are a second
+program. Populations use ``mode="loop"``: on CPU a vmapped Lanczos callback is several times
+slower than running members one after another through the same compiled chunk.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hessian_lab as hl
+from hessian_lab import callbacks as cbk
+from hessian_lab import data as hld
+from hessian_lab import models
+from hessian_lab.losses import make_loss_fn, mse
+from hessian_lab.optim import constant, gi_adam_init, make_optimizer
+from hessian_lab.population import member_keys, train_population
+from hessian_lab.trainer import train
+
+from ._warmup_search import catapult_search
+
+INIT_MODES = ("zero", "catapult")
+OPTIMIZERS = ("adam", "gi_adam")
+
+
+def dataset(cfg):
+    """Return the first ``cfg.n`` digits, standardised per sample, one-hot targets (float64)."""
+    ds = hld.digits(n=cfg.n, standardize="sample", dtype=np.float64)
+    return (jnp.asarray(ds.x, jnp.float64), jnp.asarray(ds.y, jnp.float64))
+
+
+def model(cfg, param):
+    """Return ``(net, loss_fn)``: the MLP in parameterisation ``param`` and its MSE loss."""
+    net = models.mlp(64, 10, depth=cfg.depth, width=cfg.width, param=param)
+    return net, make_loss_fn(net.apply, "mse", normalization=cfg.normalization)
+
+
+def sharpness_fn(loss_fn, num_iters):
+    """Return jitted ``f(params, data, key) -> lambda_max`` of the full-data Hessian (Lanczos)."""
+
+    @jax.jit
+    def f(params, data, key):
+        n = data[0].shape[0]
+        v0 = hl.tree.normalize(hl.tree.random_like(key, params))
+        mv = hl.full_data_hvp(loss_fn, params, data, chunk_size=n)
+        return hl.top_eigs(mv, v0, k=1, num_iters=num_iters).values[0]
+
+    return f
+
+
+def precond_sharpness_fn(loss_fn, num_iters, b1, b2):
+    """Return jitted ``f(params, opt_state, data, eps, key)``: lambda_max(P^-1 H) at the state."""
+
+    @jax.jit
+    def f(params, opt_state, data, eps, key):
+        n = data[0].shape[0]
+        grads = jax.grad(loss_fn)(params, data)
+        p = hl.adam_preconditioner(opt_state, grads, b1=b1, b2=b2, eps=eps)
+        v0 = hl.tree.normalize(hl.tree.random_like(key, params))
+        mv = hl.full_data_hvp(loss_fn, params, data, chunk_size=n)
+        return hl.preconditioned_sharpness(mv, p, v0, k=1, num_iters=num_iters).values[0]
+
+    return f
+
+
+def constant_loss(cfg, data):
+    """Loss of the best constant predictor (per-output mean of the targets)."""
+    y = data[1]
+    pred = jnp.broadcast_to(jnp.mean(y, axis=0), y.shape)
+    return float(mse(pred, y, normalization=cfg.normalization))
+
+
+def _c_trainable(trainable, c_grid):
+    """Largest c whose members are trainable for at least half of the seeds (0.0 if none)."""
+    ok = trainable.mean(axis=-1) >= 0.5
+    cs = np.where(ok, c_grid, 0.0)
+    return cs.max(axis=-1)
+
+
+def gd_part(cfg, data, tick):
+    """Sharpness at init, catapult searches, trainability sweep and trajectories, per model."""
+    M, S, C = len(cfg.params), len(cfg.seeds), len(cfg.traj_c_trgt)
+    W, K = len(cfg.warmup_grid), len(cfg.search_steps)
+    c_grid = np.geomspace(cfg.c_min, cfg.c_max, cfg.num_c)
+    E, T = c_grid.size, cfg.traj_steps
+    l_const = constant_loss(cfg, data)
+    thr = cfg.divergence_factor * l_const
+    out = {
+        "lam0": np.zeros((M, S)),
+        "loss0": np.zeros((M, S)),
+        "loss_const": np.asarray(l_const),
+        "traj_loss": np.zeros((M, C, T)),
+        "traj_lr": np.zeros((M, C, T)),
+        "traj_sharpness": np.zeros((M, C, T)),
+        "traj_catapult": np.zeros((M, C, T)),
+        "c_grid": c_grid,
+        "final_loss": np.zeros((M, 2, W, E, S)),
+        "diverged": np.zeros((M, 2, W, E, S), bool),
+        "trainable": np.zeros((M, 2, W, E, S), bool),
+        "c_trainable": np.zeros((M, 2, W)),
+        "eta_init": np.zeros((M, S)),
+        "search_estimate": np.zeros((M, S, K)),
+        "search_trials": np.zeros((M, S, K), np.int64),
+    }
+    for m, param in enumerate(cfg.params):
+        net, loss_fn = model(cfg, param)
+        opt = make_optimizer("gd", learning_rate=constant(1.0))
+        inits = [net.init(member_keys(s)[0]) for s in cfg.seeds]
+        cbs = (
+            cbk.sharpness(loss_fn, every=cfg.sharpness_every, num_iters=cfg.lanczos_iters),
+            cbk.loss_catapult(),
+        )
+        for j, p0 in enumerate(inits):
+            # lambda0 from the trajectories' own compiled program: loss_goal=inf stops it at
+            # step 0, after the callbacks have measured theta_0.
+            h = train(loss_fn, p0, opt, data, num_steps=T, callbacks=cbs, loss_goal=np.inf,
+                      chunk_size=cfg.chunk_size).history  # fmt: skip
+            out["lam0"][m, j] = h["sharpness"][0]
+            out["loss0"][m, j] = h["loss"][0]
+        tick()
+
+        # The catapult search (no Hessian products): estimate of 2/lambda0 vs test steps.
+        kw = dict(eta_min=cfg.search_eta_min, growth=cfg.search_growth,
+                  bisect_iters=cfg.search_bisect_iters, optimizer=opt,
+                  chunk_size=cfg.chunk_size)  # fmt: skip
+        for j, p0 in enumerate(inits):
+            for k, ks in enumerate(cfg.search_steps):
+                res = catapult_search(loss_fn, p0, data, num_steps=ks, **kw)
+                out["search_estimate"][m, j, k] = res.eta
+                out["search_trials"][m, j, k] = res.num_trials
+            if cfg.init_search_steps in cfg.search_steps:
+                k = cfg.search_steps.index(cfg.init_search_steps)
+                out["eta_init"][m, j] = out["search_estimate"][m, j, k]
+            else:
+                res = catapult_search(loss_fn, p0, data, num_steps=cfg.init_search_steps, **kw)
+                out["eta_init"][m, j] = res.eta
+        tick()
+
+        # Trainability: (init mode, T_wrm, c_trgt, seed), one population, one compiled chunk.
+        grid = np.stack(np.meshgrid(np.arange(2), np.arange(W), np.arange(E), np.arange(S),
+                                    indexing="ij"), axis=-1).reshape(-1, 4)  # fmt: skip
+        i_, w_, e_, s_ = grid.T
+        lam = out["lam0"][m, s_]
+        pop = train_population(
+            loss_fn,
+            net.init,
+            opt,
+            data,
+            learning_rates=c_grid[e_] / lam,
+            seeds=np.asarray(cfg.seeds)[s_],
+            num_steps=max(max(cfg.warmup_grid) + cfg.post_steps, cfg.chunk_size),
+            hyperparams={
+                "warmup_steps": np.asarray(cfg.warmup_grid, float)[w_],
+                # the catapult estimate, capped at eta_trgt (never warm *down*)
+                "eta_init": np.where(
+                    i_ == 1, np.minimum(out["eta_init"][m, s_], c_grid[e_] / lam), 0.0
+                ),
+            },
+            mode="loop",
+            divergence_threshold=thr,
+            chunk_size=cfg.chunk_size,
+        )
+        final = np.where(pop.diverged, np.nan, pop.metrics["loss"][:, -1])
+        shape = (2, W, E, S)
+        out["final_loss"][m] = final.reshape(shape)
+        out["diverged"][m] = pop.diverged.reshape(shape)
+        good = ~pop.diverged & (np.nan_to_num(final, nan=np.inf) < cfg.trainable_fraction * l_const)
+        out["trainable"][m] = good.reshape(shape)
+        out["c_trainable"][m] = _c_trainable(out["trainable"][m], c_grid)
+        tick()
+
+        # Trajectories (first seed): sharpness vs 2/eta_t and loss catapults during warmup.
+        traj = train_population(
+            loss_fn,
+            net.init,
+            opt,
+            data,
+            learning_rates=np.asarray(cfg.traj_c_trgt) / out["lam0"][m, 0],
+            seeds=np.full(C, cfg.seeds[0]),
+            num_steps=T,
+            hyperparams={"warmup_steps": float(cfg.traj_warmup_steps), "eta_init": 0.0},
+            mode="loop",
+            callbacks=cbs,
+            divergence_threshold=thr,
+            chunk_size=cfg.chunk_size,
+        )
+        out["traj_loss"][m] = traj.metrics["loss"]
+        out["traj_lr"][m] = traj.metrics["learning_rate"]
+        out["traj_sharpness"][m] = traj.metrics["sharpness"]
+        out["traj_catapult"][m] = traj.metrics["loss_catapult"]
+        tick()
+    return out
+
+
+def adam_part(cfg, data):
+    """Adam and GI-Adam, constant rate and linear warmup, on the SP model (first seed).
+
+    GI-Adam is Adam started from ``gi_adam_init(state, g0)`` with the full-batch g0: the same
+    update as ``make_optimizer("gi_adam")`` in full-batch training, but one compiled program for
+    both, and the step-0 preconditioner the callback reads is already GI-Adam's.
+    """
+    net, loss_fn = model(cfg, "sp")
+    p0 = net.init(member_keys(cfg.seeds[0])[0])
+    opt = make_optimizer("adam", learning_rate=constant(1.0), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    g0 = jax.jit(jax.grad(loss_fn))(p0, data)
+    states = (opt.init(p0), gi_adam_init(opt.init(p0), g0))
+    zero_grad = any(bool(jnp.any(g == 0)) for g in jax.tree.leaves(g0))
+    etas = np.geomspace(cfg.adam_eta_min, cfg.adam_eta_max, cfg.adam_num_eta)
+    A, T = etas.size, cfg.adam_steps
+    thr = cfg.divergence_factor * constant_loss(cfg, data)
+    cbs = (
+        cbk.preconditioned_sharpness(
+            loss_fn, every=cfg.sharpness_every, num_iters=cfg.lanczos_iters
+        ),
+    )
+    final = np.full((2, 2, A), np.nan)
+    div = np.zeros((2, 2, A), bool)
+    pre = np.full((2, 2, A, T), np.nan)
+    loss = np.full((2, 2, A, T), np.nan)
+    precond0, precond0_eps0 = np.zeros(2), np.full(2, np.nan)
+    for o, st in enumerate(states):
+        # P^-1 H at theta_0 from the Adam program's own callback (loss_goal=inf stops at step 0)
+        for eps, dest in ((cfg.eps, precond0), (0.0, None if zero_grad else precond0_eps0)):
+            if dest is None:
+                continue
+            h = train(loss_fn, p0, opt, data, num_steps=T, hyperparams={"eps": eps},
+                      opt_state=st, callbacks=cbs, loss_goal=np.inf,
+                      chunk_size=cfg.chunk_size).history  # fmt: skip
+            dest[o] = h["preconditioned_sharpness"][0]
+    for o, st in enumerate(states):
+        for u, tw in enumerate((0.0, float(cfg.adam_warmup_steps))):
+            for a, eta in enumerate(etas):
+                h = train(
+                    loss_fn,
+                    p0,
+                    opt,
+                    data,
+                    num_steps=T,
+                    hyperparams={"learning_rate": eta, "warmup_steps": tw, "eta_init": 0.0},
+                    opt_state=st,
+                    callbacks=cbs,
+                    divergence_threshold=thr,
+                    chunk_size=cfg.chunk_size,
+                ).history
+                n = len(h["loss"])
+                loss[o, u, a, :n] = h["loss"]
+                pre[o, u, a, :n] = h["preconditioned_sharpness"]
+                div[o, u, a] = h.diverged
+                final[o, u, a] = np.nan if h.diverged else h["loss"][-1]
+    return {
+        "adam_eta": etas,
+        "adam_final_loss": final,
+        "adam_diverged": div,
+        "adam_precond": pre,
+        "adam_loss": loss,
+        "precond0": precond0,
+        "precond0_eps0": precond0_eps0,
+    }
