@@ -178,15 +178,12 @@ def _eig_metrics(res, name, k):
     return out
 
 
+@jax.jit
 def _random_unit(key, params):
-    leaves, tdef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    v = [
-        jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
-        for k, x in zip(keys, leaves, strict=True)
-    ]
-    nrm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in v))
-    return jax.tree.unflatten(tdef, [x / nrm for x in v])
+    """A random unit vector shaped like ``params`` (jitted: one compile per params structure)."""
+    from . import tree as tu
+
+    return tu.normalize(tu.random_like(key, params))
 
 
 def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=None):
