@@ -1,0 +1,86 @@
+"""The stochastic-EoS study: threshold formulas against dense references, the TINY run, I/O."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from hessian_lab.studies import stochastic_eos as se
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return se.run(se.TINY)
+
+
+def test_tiny_sgd_b1_diverges_at_2_over_ntk_trace(tiny):
+    s = se.summary(tiny)
+    assert tiny.config.lin_batch_sizes == (1,)
+    assert 0.85 <= s["lin_ratio_trace_B1"] <= 1.15  # eta_div vs 2B / tr(NTK)
+    assert s["lin_eta_div_B1"] <= s["lin_2_over_lmax"] / 5  # far below the GD threshold
+    # every seed diverges on the grid, and no member below the prediction's 0.85 diverged
+    assert np.all(np.isfinite(tiny.lin_eta_div))
+    low = tiny.lin_grid[0] < 0.85 * tiny.lin_pred_trace[0]
+    assert not tiny.lin_diverged[0][low].any()
+
+
+def _dense_rho(x, batch_size, eta):
+    """Spectral radius of the second-moment map S -> E[(I - eta H_b) S (I - eta H_b)], dense."""
+    n, d = x.shape
+    c = (n - batch_size) / (batch_size * (n - 1))
+    h = x.T @ x / n
+    cols = []
+    for k in range(d * d):
+        s = np.zeros(d * d)
+        s[k] = 1.0
+        s = s.reshape(d, d)
+        a = sum(np.outer(v, v) @ s @ np.outer(v, v) for v in x) / n
+        m = s - eta * (h @ s + s @ h) + eta**2 * ((1 - c) * h @ s @ h + c * a)
+        cols.append(m.ravel())
+    return np.max(np.abs(np.linalg.eigvals(np.array(cols).T)))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 24])
+def test_second_moment_threshold_matches_dense_spectral_radius(batch_size):
+    x = np.random.default_rng(1).normal(size=(24, 4)) / 2.0
+    eta = se.second_moment_threshold(x, batch_size)
+    assert _dense_rho(x, batch_size, 0.99 * eta) < 1 < _dense_rho(x, batch_size, 1.01 * eta)
+    if batch_size == 24:  # full batch: GD
+        assert eta == pytest.approx(2 / np.linalg.eigvalsh(x.T @ x / 24)[-1], rel=1e-8)
+
+
+def test_noise_kernel_threshold_limits():
+    lam = np.array([1.0, 0.5, 0.1])
+    assert se.noise_kernel_threshold(lam, 10, 10) == pytest.approx(2.0)  # B = n: GD
+    tiny_lam = 1e-3 * np.ones(100)  # eta lambda << 2: eta ~ 2 B / tr
+    eta = se.noise_kernel_threshold(tiny_lam, 2, 10**6)
+    assert eta == pytest.approx(2 * 2 / tiny_lam.sum(), rel=0.05)
+    c = (10**6 - 2) / (2 * (10**6 - 1))
+    assert eta * c * np.sum(tiny_lam / (2 - eta * tiny_lam)) == pytest.approx(1.0)
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    se.save(tiny, tmp_path / "run")
+    back = se.load(tmp_path / "run")
+    assert back.config == tiny.config
+    for f in dataclasses.fields(se.Results):
+        if f.name != "config":
+            np.testing.assert_array_equal(getattr(back, f.name), getattr(tiny, f.name))
+
+
+def test_figures_and_points(tiny):
+    figs = se.figures(tiny)
+    assert set(figs) == {"threshold"} and isinstance(figs["threshold"], Figure)
+    assert se.points(se.DEFAULT)[0] == {"part": "linear", "batch_size": 1}
+    assert len(se.points(se.DEFAULT)) == 8 + 4
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lin_batch_sizes", (0,)), ("lin_batch_sizes", (512,)), ("mlp_batch_sizes", (1000,)),
+     ("blowup", 1.0), ("grid_hi", -2.0), ("normalization", "mean"), ("mlp_lr", 0.0)],
+)  # fmt: skip
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        se.Config(**{field: value})
