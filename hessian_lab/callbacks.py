@@ -320,13 +320,24 @@ def traces(
     ntk_iters: int = 20,
     key=None,
     chunk_size=None,
+    normalization: str = "per_example",
 ) -> Callback:
     """Record ``hessian_trace`` (Hutchinson) and, with ``apply_fn``, ``ntk_trace``, ``ntk_top_eig``.
 
     The trace probes use a key carried in the state (split at every run). NTK quantities are
-    those of J J^T / n on the inputs ``data[0]`` (``data = (x, y)`` or a ``Dataset``).
+    those of J J^T / n on the inputs ``data[0]`` (``data = (x, y)`` or a ``Dataset``), or of
+    J J^T / (n o) with ``normalization="per_output"`` (match the loss's MSE convention).
+    ``num_matvecs=0`` skips the Hessian trace (NTK quantities only).
     """
     _check_every(every)
+    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs == 1:
+        raise ValueError(f"num_matvecs: must be 0 (skip) or an int >= 2, got {num_matvecs!r}")
+    if normalization not in ("per_example", "per_output", "none"):
+        raise ValueError(
+            f"normalization: must be 'per_example', 'per_output' or 'none', got {normalization!r}"
+        )
+    if num_matvecs == 0 and apply_fn is None:
+        raise ValueError("num_matvecs: 0 skips the Hessian trace, so apply_fn is needed")
     key = jax.random.key(1) if key is None else key
 
     def update(k0, info):
@@ -335,15 +346,18 @@ def traces(
         d = _data(data, info)
         n = jax.tree.leaves(d)[0].shape[0]
         k0, sub = jax.random.split(k0)
-        mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
-        tr = hl.trace(mv, sub, info.params, num_matvecs=num_matvecs)
-        out = {"hessian_trace": _float(tr.value), "hessian_trace_stderr": _float(tr.stderr)}
+        out = {}
+        if num_matvecs:
+            mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+            tr = hl.trace(mv, sub, info.params, num_matvecs=num_matvecs)
+            out = {"hessian_trace": _float(tr.value), "hessian_trace_stderr": _float(tr.stderr)}
         if apply_fn is not None:
+            ntk_kw = {"normalization": normalization}
             out["ntk_trace"] = _float(
-                hl.ntk_trace(apply_fn, info.params, d[0], chunk_size=min(16, n))
+                hl.ntk_trace(apply_fn, info.params, d[0], chunk_size=min(16, n), **ntk_kw)
             )
             out["ntk_top_eig"] = _float(
-                hl.ntk_top_eig(apply_fn, info.params, d[0], num_iters=ntk_iters).values[0]
+                hl.ntk_top_eig(apply_fn, info.params, d[0], num_iters=ntk_iters, **ntk_kw).values[0]
             )
         return k0, out
 

@@ -163,3 +163,14 @@ def test_duplicate_metric_names_rejected():
     c = cb.grad_norm()
     with pytest.raises(ValueError, match="callbacks"):
         cb.run_callbacks((c, c), ((), ()), _info())
+
+
+def test_traces_ntk_only_with_per_output_normalisation():
+    c = cb.traces(LOSS, NET.apply, every=1, num_matvecs=0, ntk_iters=6, normalization="per_output")
+    _, _, m = _run(c, _info())
+    assert "hessian_trace" not in m
+    direct = hl.ntk_trace(NET.apply, PARAMS, X, normalization="per_output")
+    np.testing.assert_allclose(m["ntk_trace"], direct, rtol=1e-10)
+    for bad, word in (({"num_matvecs": 1}, "num_matvecs"), ({"normalization": "x"}, "normaliz")):
+        with pytest.raises(ValueError, match=word):
+            cb.traces(LOSS, NET.apply, **bad)
