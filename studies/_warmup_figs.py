@@ -33,7 +33,8 @@ def _sharpness(r) -> Figure:
         ax.axhline(r.lam0[m, 0], color="k", lw=0.8, ls=":", label="lambda0")
         ax.axvline(cfg.traj_warmup_steps, color="grey", lw=0.8, label="end of warmup")
         ax.set_yscale("log")
-        lo = np.nanmin(r.traj_sharpness[m]) / 3
+        pos = r.traj_sharpness[m][r.traj_sharpness[m] > 0]  # a dead ReLU net has lambda = 0
+        lo = (pos.min() if pos.size else r.lam0[m, 0]) / 3
         ax.set_ylim(lo, max(np.nanmax(r.traj_sharpness[m]), r.lam0[m, 0]) * 5)
         ax.set_title(f"{p.upper()}: sharpness vs 2/eta_t (linear warmup, GD)")
         ax.set_ylabel("lambda_t,  2/eta_t")

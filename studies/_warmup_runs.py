@@ -18,11 +18,10 @@ from hessian_lab import callbacks as cbk
 from hessian_lab import data as hld
 from hessian_lab import models
 from hessian_lab.losses import make_loss_fn, mse
+from hessian_lab.lr_search import catapult_search
 from hessian_lab.optim import constant, gi_adam_init, make_optimizer
 from hessian_lab.population import member_keys, train_population
 from hessian_lab.trainer import train
-
-from ._warmup_search import catapult_search
 
 INIT_MODES = ("zero", "catapult")
 OPTIMIZERS = ("adam", "gi_adam")
@@ -36,7 +35,8 @@ def dataset(cfg):
 
 def model(cfg, param):
     """Return ``(net, loss_fn)``: the MLP in parameterisation ``param`` and its MSE loss."""
-    net = models.mlp(64, 10, depth=cfg.depth, width=cfg.width, param=param)
+    bias = cfg.mup_bias if param == "mup" else True
+    net = models.mlp(64, 10, depth=cfg.depth, width=cfg.width, param=param, bias=bias)
     return net, make_loss_fn(net.apply, "mse", normalization=cfg.normalization)
 
 

@@ -13,8 +13,8 @@ What ``run`` measures:
 2. Trainability: the largest trainable c_trgt against T_wrm, with eta_init = 0 and with eta_init
    from the catapult search. "Trainable" = not diverged and the final training loss below
    ``trainable_fraction`` times the loss of the best constant predictor.
-3. The loss-catapult search for eta_init (:func:`catapult_search`): its estimate against the number
-   of test steps, compared with 2/lambda0.
+3. The loss-catapult search for eta_init (:func:`hessian_lab.lr_search.catapult_search`): its
+   estimate against the number of test steps, compared with 2/lambda0.
 4. Adam against GI-Adam (second moment initialised to g0^2), with and without warmup, including the
    preconditioned sharpness at initialisation (smaller for GI-Adam by 1/sqrt(1 - b2) when eps = 0).
 
@@ -40,10 +40,19 @@ from hessian_lab.io import load_run, save_run
 
 from . import _warmup_figs
 from . import _warmup_runs as wr
-from ._warmup_search import CatapultSearch, catapult_search
 
-__all__ = ["DEFAULT", "NAME", "TINY", "CatapultSearch", "Config", "Results", "catapult_search"]
-__all__ += ["figures", "load", "run", "save", "summary"]
+__all__ = [
+    "DEFAULT",
+    "NAME",
+    "TINY",
+    "Config",
+    "Results",
+    "figures",
+    "load",
+    "run",
+    "save",
+    "summary",
+]
 
 NAME = "warmup"
 
@@ -57,11 +66,15 @@ class Config:
     width: int = 64
     normalization: Literal["per_output", "per_example"] = "per_output"  # MSE convention
     params: tuple[str, ...] = ("sp", "mup")
+    # muP without biases: a bias has forward multiplier 1 (hessian_lab.models), so the readout bias
+    # alone has curvature 1/out_dim (per_output) at any width, above muP's O(1/width) weight NTK;
+    # that linear direction is then the top one and cannot catapult (see docs).
+    mup_bias: bool = False
     seeds: tuple[int, ...] = (0, 1, 2)
     lanczos_iters: int = 20
     sharpness_every: int = 5
     # trajectories (first seed)
-    traj_c_trgt: tuple[float, ...] = (8.0, 32.0)
+    traj_c_trgt: tuple[float, ...] = (8.0, 16.0)
     traj_warmup_steps: int = 200
     traj_steps: int = 300
     # trainability grid
@@ -119,6 +132,7 @@ class Config:
              for t in self.warmup_grid), "warmup_grid", "ints >= 0")  # fmt: skip
         need(0 < self.c_min < self.c_max and np.isfinite(self.c_max), "c_max", "> c_min > 0")
         need(0 < self.trainable_fraction < 1, "trainable_fraction", "in (0, 1)")
+        need(isinstance(self.mup_bias, bool), "mup_bias", "a bool")
         need(self.divergence_factor > 1, "divergence_factor", "> 1")
         need(len(self.search_steps) >= 1 and all(isinstance(k, int) and 1 <= k < self.chunk_size
              for k in self.search_steps), "search_steps", "ints in [1, chunk_size)")  # fmt: skip
@@ -137,30 +151,31 @@ class Config:
 
 
 DEFAULT = Config()
-TINY = Config(
-    n=48,
+TINY = Config(  # SP only: each parameterisation costs two compiled programs (the muP half is DEFAULT's)
+    n=32,
     depth=1,
     width=16,
+    params=("sp",),
     seeds=(0,),
-    lanczos_iters=12,
+    lanczos_iters=10,
     traj_c_trgt=(16.0,),
-    traj_warmup_steps=40,
-    traj_steps=64,
+    traj_warmup_steps=24,
+    traj_steps=32,
     sharpness_every=4,
-    warmup_grid=(1, 32),
+    warmup_grid=(1, 16),
     c_min=2.0,
     c_max=64.0,
     num_c=4,
-    post_steps=32,
+    post_steps=16,
     trainable_fraction=0.9,
     search_steps=(1, 10),
-    search_bisect_iters=4,
+    search_bisect_iters=3,
     init_search_steps=10,
     adam_num_eta=2,
     adam_eta_min=0.01,
     adam_eta_max=0.1,
-    adam_warmup_steps=16,
-    adam_steps=32,
+    adam_warmup_steps=8,
+    adam_steps=16,
     chunk_size=32,
 )
 
