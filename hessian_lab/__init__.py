@@ -31,6 +31,10 @@ from ._operators import restrict as restrict
 from ._power import power_iteration as power_iteration
 from ._precond import adam_preconditioner as adam_preconditioner
 from ._precond import preconditioned_sharpness as preconditioned_sharpness
+from ._sharding import chunk_size_for_memory as chunk_size_for_memory
+from ._sharding import shard_data as shard_data
+from ._sharding import sharded_full_data_ggn as sharded_full_data_ggn
+from ._sharding import sharded_full_data_hvp as sharded_full_data_hvp
 from ._slq import DensityResult as DensityResult
 from ._slq import spectral_density as spectral_density
 from ._trace import TraceResult as TraceResult
@@ -46,6 +50,7 @@ __all__ = [
     "adam_preconditioner",
     "bottom_eigs",
     "check_deterministic",
+    "chunk_size_for_memory",
     "full_data_ggn",
     "full_data_hvp",
     "ggn",
@@ -57,6 +62,9 @@ __all__ = [
     "power_iteration",
     "preconditioned_sharpness",
     "restrict",
+    "shard_data",
+    "sharded_full_data_ggn",
+    "sharded_full_data_hvp",
     "spectral_density",
     "top_eigs",
     "trace",
