@@ -1,12 +1,13 @@
 """Reproduce the adaptive edge of stability: full-batch Adam holds eta lambda_max(P^-1 H) at 38.
 
-Cohen et al. 2022 (arXiv 2207.14484). An MLP on digits (MSE) is trained full batch by
+Cohen et al. 2022 (arXiv 2207.14484). The edge-of-stability study's problem
+(:func:`studies._common.make_problem`: a tanh MLP on centred digits, MSE) is trained full batch by
 
-* **Adam** (``b1 = 0.9``): the preconditioned sharpness ``lambda_max(P^-1/2 H P^-1/2)``, with
-  ``P = (1 - b1^(t+1)) (sqrt(v_{t+1} / (1 - b2^(t+1))) + eps)`` the preconditioner the *next*
-  update applies (:func:`hessian_lab.callbacks.preconditioned_sharpness`), rises until
-  ``eta lambda = (2 + 2 b1) / (1 - b1)`` (38) and hovers there, while the raw sharpness
-  ``lambda_max(H)`` is not tied to any threshold;
+* **Adam** (``b1 = 0.9``, ``b2 = 0.999``): the preconditioned sharpness
+  ``lambda_max(P^-1/2 H P^-1/2)``, with ``P = (1 - b1^(t+1)) (sqrt(v_{t+1} / (1 - b2^(t+1))) + eps)``
+  the preconditioner the *next* update applies (:func:`hessian_lab.adam_preconditioner`), rises
+  until ``eta lambda = (2 + 2 b1) / (1 - b1)`` (38) and hovers there, while the raw sharpness
+  ``lambda_max(H)`` keeps rising: no threshold holds it;
 * **RMSProp** as optax writes it (``nu_{t+1} = d nu_t + (1 - d) g^2``, step ``-eta g / sqrt(nu_{t+1}
   + eps)``: eps inside the root, no bias correction, no momentum), whose preconditioner is
   ``P_t = sqrt(d nu_t + (1 - d) g_t^2 + eps)`` (:func:`rmsprop_preconditioner`): threshold 2;
@@ -39,40 +40,45 @@ from matplotlib.figure import Figure
 
 import hessian_lab as hl
 from hessian_lab import callbacks as cbs
-from hessian_lab import data as hd
-from hessian_lab import losses, models
 from hessian_lab.io import load_run, save_run
 from hessian_lab.optim import make_optimizer
 from hessian_lab.trainer import train
 
+from . import _common as cm
+
 __all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "figures", "frozen_momentum", "load"]
-__all__ += ["rmsprop_preconditioner", "run", "save", "summary", "threshold"]
+__all__ += ["plateau_record", "rmsprop_preconditioner", "run", "save", "summary", "threshold"]
 
 NAME = "adaptive_eos"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every knob of the adaptive-EoS study (MSE normalisation recorded in ``normalization``)."""
+    """Every knob of the adaptive-EoS study (MSE normalisation recorded in ``normalization``).
+
+    The problem is ``studies._common.make_problem`` (the edge-of-stability study's): the first
+    ``n`` digits scaled to [0, 1] and centred per feature, one-hot targets, an MLP, MSE.
+    """
 
     normalization: Literal["per_example", "per_output"] = "per_example"
-    n: int = 256  # digits training examples
+    n: int = 500  # digits training examples
     depth: int = 2
-    width: int = 32
+    width: int = 64
     activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = "tanh"
     seed: int = 0
-    num_steps: int = 1500
-    adam_lrs: tuple[float, ...] = (0.02, 0.05)
+    num_steps: int = 4000
+    adam_lrs: tuple[float, ...] = (0.001, 0.002)
     b1: float = 0.9
-    b2: float = 0.99
+    b2: float = 0.999
     eps: float = 1e-8
-    freeze_step: int = 900  # frozen-preconditioner branch starts here (0: skip the branch)
-    rmsprop_lrs: tuple[float, ...] = (0.001, 0.003)  # empty: skip RMSProp
+    freeze_step: int = 2000  # frozen-preconditioner branch starts here (0: skip the branch)
+    rmsprop_lrs: tuple[float, ...] = (0.0001, 0.0003)  # empty: skip RMSProp
     rmsprop_decay: float = 0.99
     rmsprop_eps: float = 1e-8
-    every: int = 20
-    num_iters: int = 12
+    every: int = 25
+    num_iters: int = 15
     late_fraction: float = 0.3  # "late part": the last 30% of the steps
+    plateau_fraction: float = 0.9  # plateau onset: first eta lambda(P^-1 H) >= this x threshold
 
     def __post_init__(self):
         def need(ok, field, allowed):
@@ -99,11 +105,12 @@ class Config:
              and self.freeze_step % self.every == 0, "freeze_step",
              "an int in [0, num_steps) divisible by every (0: no frozen branch)")  # fmt: skip
         need(0 < self.late_fraction <= 1, "late_fraction", "in (0, 1]")
+        need(0 < self.plateau_fraction <= 1, "plateau_fraction", "in (0, 1]")
 
 
 DEFAULT = Config()
-TINY = Config(n=128, num_steps=300, adam_lrs=(0.05,), freeze_step=0, rmsprop_lrs=(), every=10,
-              num_iters=10)  # fmt: skip
+TINY = Config(n=128, width=32, num_steps=250, adam_lrs=(0.02,), b2=0.99, freeze_step=0,
+              rmsprop_lrs=(), every=10, num_iters=10)  # fmt: skip
 
 
 def threshold(b1: float) -> float:
@@ -180,60 +187,80 @@ def frozen_momentum(learning_rate, b1) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def _precond_callback(loss_fn, precond_fn, *, every, num_iters) -> cbs.Callback:
-    """``preconditioned_sharpness`` for any diagonal ``precond_fn(opt_state, grads) -> P``."""
+def _eig_callback(loss_fn, precond_fn, *, name, every, num_iters) -> cbs.Callback:
+    """Top eigenvalue of ``H`` (``precond_fn`` None) or of ``P^-1/2 H P^-1/2``, full training set.
+
+    ``precond_fn(opt_state, grads) -> P``: any diagonal ``P``. Lanczos warm-starts from the last top
+    eigenvector; the first start vector is drawn by numpy (no compile, unlike ``callbacks``).
+    """
 
     def init(params):
-        return hl.tree.normalize(hl.tree.random_like(jax.random.key(0), params))
+        rng = np.random.default_rng(0)
+        v = [rng.standard_normal(x.shape) for x in jax.tree.leaves(params)]
+        norm = np.sqrt(sum(np.sum(x * x) for x in v))
+        v = [
+            jnp.asarray(x / norm, p.dtype) for x, p in zip(v, jax.tree.leaves(params), strict=True)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(params), v)
 
     def update(v0, info):
         mv = hl.full_data_hvp(loss_fn, info.params, info.data, chunk_size=info.data[0].shape[0])
-        res = hl.preconditioned_sharpness(mv, precond_fn(info.opt_state, info.grads), v0,
-                                          k=1, num_iters=num_iters)  # fmt: skip
+        if precond_fn is None:
+            res = hl.top_eigs(mv, v0, k=1, num_iters=num_iters)
+        else:
+            p = precond_fn(info.opt_state, info.grads)
+            res = hl.preconditioned_sharpness(mv, p, v0, k=1, num_iters=num_iters)
         v1 = jax.tree.map(lambda x: x[0], res.vectors)
-        return v1, {"preconditioned_sharpness": res.values[0].astype(jnp.result_type(float))}
+        return v1, {name: res.values[0].astype(jnp.result_type(float))}
 
     return cbs.Callback(init, update, every)
 
 
-def _problem(config: Config):
-    fdt = np.dtype(jnp.result_type(float))
-    ds = hd.digits(n=config.n, standardize="feature", dtype=fdt)
-    net = models.mlp(64, 10, depth=config.depth, width=config.width,
-                     activation=config.activation)  # fmt: skip
-    loss_fn = losses.make_loss_fn(net.apply, "mse", normalization=config.normalization)
-    params = net.init(jax.random.key(config.seed))
-    return loss_fn, params, (ds.x, ds.y)
+def _problem(config: Config) -> cm.Problem:
+    return cm.make_problem(n_train=config.n, depth=config.depth, width=config.width,
+                           activation=config.activation, normalization=config.normalization)  # fmt: skip
 
 
-def _metrics(hist, num_steps, every, name="preconditioned_sharpness"):
-    """Pad a history to ``num_steps`` and pick the records (every ``every`` steps)."""
+_TOOLS: dict = {}
+
+
+def _tools(c: Config, loss_fn) -> tuple:
+    """(adam, frozen, rmsprop) and their callback lists, cached: a rerun reuses the compiled chunks."""
+    key = (id(loss_fn), c.b1, c.b2, c.eps, c.rmsprop_decay, c.rmsprop_eps, c.every, c.num_iters)
+    if key in _TOOLS:
+        return _TOOLS[key][1]
+    kw = {"every": c.every, "num_iters": c.num_iters}
+    pre = "preconditioned_sharpness"
+    sharp = _eig_callback(loss_fn, None, name="sharpness", **kw)
+    adam_p = lambda s, g: hl.adam_preconditioner(s, g, b1=c.b1, b2=c.b2, eps=c.eps)  # noqa: E731
+    rms_p = lambda s, g: rmsprop_preconditioner(s, g, decay=c.rmsprop_decay, eps=c.rmsprop_eps)  # noqa: E731
+    tools = (
+        make_optimizer("adam", learning_rate=1.0, b1=c.b1, b2=c.b2, eps=c.eps),
+        optax.inject_hyperparams(frozen_momentum)(learning_rate=1.0, b1=c.b1),
+        make_optimizer("rmsprop", learning_rate=1.0, decay=c.rmsprop_decay, eps=c.rmsprop_eps),
+        [_eig_callback(loss_fn, adam_p, name=pre, **kw), sharp],
+        [_eig_callback(loss_fn, lambda s, g: s.inner_state.precond, name=pre, **kw), sharp],
+        [_eig_callback(loss_fn, rms_p, name=pre, **kw), sharp],
+    )
+    _TOOLS[key] = (loss_fn, tools)  # keep loss_fn alive so its id is not reused
+    return tools
+
+
+def _metrics(hist, diverged, num_steps, every):
+    """Pad per-step metrics to ``num_steps``; pick the records (every ``every`` steps)."""
     pad = lambda a: np.concatenate([a, np.full(num_steps - a.size, np.nan)])  # noqa: E731
-    pre, sharp, loss = (pad(hist[k]) for k in (name, "sharpness", "loss"))
-    return pre[::every], sharp[::every], loss, hist.diverged
+    pre, sharp, loss = (pad(hist[k]) for k in ("preconditioned_sharpness", "sharpness", "loss"))
+    return pre[::every], sharp[::every], loss, bool(diverged)
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run the whole study (no I/O); ``progress(done, total)`` after each training run."""
     t0 = time.perf_counter()
     c, T, e = config, config.num_steps, config.every
-    loss_fn, params0, data = _problem(c)
-    sharp_cb = cbs.sharpness(loss_fn, every=e, num_iters=c.num_iters)
-    adam = make_optimizer("adam", learning_rate=c.adam_lrs[0], b1=c.b1, b2=c.b2, eps=c.eps)
-    adam_cbs = [cbs.preconditioned_sharpness(loss_fn, every=e, num_iters=c.num_iters), sharp_cb]
-    frozen = optax.inject_hyperparams(frozen_momentum)(learning_rate=1.0, b1=c.b1)
-    frozen_cbs = [_precond_callback(loss_fn, lambda s, g: s.inner_state.precond, every=e,
-                                    num_iters=c.num_iters), sharp_cb]  # fmt: skip
-    rms = make_optimizer("rmsprop", learning_rate=1.0, decay=c.rmsprop_decay, eps=c.rmsprop_eps)
-    rms_cbs = [
-        _precond_callback(
-            loss_fn,
-            lambda s, g: rmsprop_preconditioner(s, g, decay=c.rmsprop_decay, eps=c.rmsprop_eps),
-            every=e,
-            num_iters=c.num_iters,
-        ),
-        sharp_cb,
-    ]
+    prob = _problem(c)
+    loss_fn, data = prob.loss_fn, prob.data
+    params0 = prob.model.init(jax.random.key(c.seed))
+    adam, frozen, rms, adam_cbs, frozen_cbs, rms_cbs = _tools(c, loss_fn)
     phases = [T] if c.freeze_step == 0 else [c.freeze_step, T - c.freeze_step]
     chunk = min(500, *phases)  # equal chunks: both Adam phases reuse one compiled program
     total, done = len(c.adam_lrs) * (1 + (c.freeze_step > 0)) + len(c.rmsprop_lrs), 0
@@ -257,7 +284,7 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
         names = ("preconditioned_sharpness", "sharpness", "loss")
         merged = {k: np.concatenate([h[k] for h in hists]) for k in names}
         div = any(h.diverged for h in hists)
-        out["adam"].append(_metrics(_Hist(merged, div), T, e))
+        out["adam"].append(_metrics(merged, div, T, e))
         tick()
         if not c.freeze_step:
             continue
@@ -272,45 +299,24 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
             rf = train(loss_fn, r1.params, frozen, data, num_steps=phases[1], callbacks=frozen_cbs,
                        hyperparams=hp, opt_state=st, chunk_size=chunk)  # fmt: skip
             h = {k: np.concatenate([np.full(c.freeze_step, np.nan), rf.history[k]]) for k in names}
-            res = _metrics(_Hist(h, rf.history.diverged), T, e)
+            res = _metrics(h, rf.history.diverged, T, e)
         out["frozen"].append(res)
         tick()
     for lr in c.rmsprop_lrs:
         r = train(loss_fn, params0, rms, data, num_steps=T, callbacks=rms_cbs,
                   hyperparams={"learning_rate": lr}, chunk_size=chunk)  # fmt: skip
-        out["rms"].append(_metrics(r.history, T, e))
+        out["rms"].append(_metrics(r.history, r.history.diverged, T, e))
         tick()
 
-    def stack(key, i, n_rows, width):
-        rows = [o[i] for o in out[key]]
-        return np.stack(rows) if rows else np.zeros((n_rows, width))
-
-    k = T // e + (T % e > 0)
-    return Results(
-        config=c,
-        record_steps=np.arange(0, T, e),
-        adam_pre=stack("adam", 0, 0, k),
-        adam_sharp=stack("adam", 1, 0, k),
-        adam_loss=stack("adam", 2, 0, T),
-        adam_diverged=np.array([o[3] for o in out["adam"]], bool),
-        frozen_pre=stack("frozen", 0, 0, k),
-        frozen_sharp=stack("frozen", 1, 0, k),
-        frozen_loss=stack("frozen", 2, 0, T),
-        frozen_diverged=np.array([o[3] for o in out["frozen"]], bool),
-        rms_pre=stack("rms", 0, 0, k),
-        rms_sharp=stack("rms", 1, 0, k),
-        rms_loss=stack("rms", 2, 0, T),
-        rms_diverged=np.array([o[3] for o in out["rms"]], bool),
-        elapsed=np.asarray(time.perf_counter() - t0),
-    )
-
-
-class _Hist(NamedTuple):
-    metrics: dict
-    diverged: bool
-
-    def __getitem__(self, k):
-        return self.metrics[k]
+    k, arrays = T // e + (T % e > 0), {}
+    for key, rows in out.items():
+        for j, (field, width) in enumerate((("pre", k), ("sharp", k), ("loss", T))):
+            arrays[f"{key}_{field}"] = (
+                np.stack([o[j] for o in rows]) if rows else np.zeros((0, width))
+            )
+        arrays[f"{key}_diverged"] = np.array([o[3] for o in rows], bool)
+    return Results(config=c, record_steps=np.arange(0, T, e), **arrays,
+                   elapsed=np.asarray(time.perf_counter() - t0))  # fmt: skip
 
 
 def _fields():
@@ -339,6 +345,30 @@ def late_median(results: Results, values: np.ndarray, lrs) -> np.ndarray:
     return np.nanmedian(np.asarray(lrs)[:, None] * values[:, late], axis=1)
 
 
+def plateau_record(results: Results, i: int) -> int:
+    """Index of the first record after step 0 where Adam run ``i`` reaches the plateau, or -1.
+
+    Plateau onset: ``eta lambda(P^-1 H) >= plateau_fraction * threshold(b1)``. Step 0 is skipped:
+    there ``P = (1 - b1)(|g_0| + eps)`` and the momentum is empty, so the value is meaningless.
+    """
+    c = results.config
+    lr = c.adam_lrs[i]
+    k = cm.first_reach(lr * results.adam_pre[i, 1:], threshold(c.b1), frac=c.plateau_fraction)
+    return k + 1 if k >= 0 else -1
+
+
+def _plateau(r: Results, i: int, lr: float) -> dict[str, float | int]:
+    """Plateau onset step, the raw sharpness there and at the end (does it keep rising?)."""
+    k = plateau_record(r, i)
+    fin = r.adam_sharp[i][np.isfinite(r.adam_sharp[i])]
+    at = float(r.adam_sharp[i, k]) if k >= 0 else float("nan")
+    end = float(fin[-1]) if fin.size else float("nan")
+    return {f"adam_plateau_step_lr{i}": int(r.record_steps[k]) if k >= 0 else -1,
+            f"adam_sharpness_at_plateau_lr{i}": at, f"adam_final_sharpness_lr{i}": end,
+            f"adam_sharpness_rise_in_plateau_lr{i}": end / at if k >= 0 else float("nan"),
+            f"adam_final_sharpness_x_lr_lr{i}": lr * end}  # fmt: skip
+
+
 def summary(results: Results) -> dict[str, float | int | str | bool]:
     """Key numbers: late medians of eta lambda(P^-1 H) against their thresholds, raw sharpness."""
     r, c = results, results.config
@@ -358,6 +388,7 @@ def summary(results: Results) -> dict[str, float | int | str | bool]:
             if name == "adam":
                 out[f"adam_initial_sharpness_lr{i}"] = float(sharp[i, 0])
                 out[f"adam_max_sharpness_lr{i}"] = float(np.nanmax(sharp[i]))
+                out |= _plateau(r, i, lr)
     out["elapsed_s"] = float(r.elapsed)
     return out
 
