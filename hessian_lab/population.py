@@ -4,7 +4,9 @@ Member p has its own learning rate ``learning_rates[p]`` (and optionally other i
 hyperparameters) and seed ``seeds[p]``, from which :func:`member_keys` derives its init key
 (for ``init_fn``) and its data-shuffling key. ``mode="vmap"`` trains all members as one vmapped
 chunk of steps; ``mode="loop"`` trains them one after another through the same compiled
-single-run chunk (on CPU vmap gives little speedup). Both compile once.
+single-run chunk (on CPU vmap gives little speedup); ``mode="sharded"`` splits the member axis
+of the vmapped program over the devices of a mesh (``jax.shard_map``), so each device trains its
+share of the members (docs/scaling.md). All three compile once.
 
 Each member stops on its own (divergence, goals, ``num_steps``, see :mod:`hessian_lab.trainer`):
 a stopped member is frozen, its metrics are NaN from then on, and since members share no
@@ -27,6 +29,8 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as PS
 
 from . import trainer as _tr
 from .optim import set_hyperparams
@@ -70,6 +74,36 @@ def _chunk_vmap(static, carry, shared, keys, start):
 _run_chunk_vmap = jax.jit(_chunk_vmap, static_argnums=0)
 
 
+def _chunk_sharded(static, mesh, axis, carry, shared, keys, start):
+    # Each device vmaps over its own block of members; members share no arithmetic, so no
+    # collective is needed. check_vma=False: a stopped member's NaN metrics (lax.cond's skip
+    # branch) start replicated while the run branch's are per-device.
+    local = lambda c, s, k, t: _chunk_vmap(static, c, s, k, t)  # noqa: E731
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PS(axis), PS(), PS(axis), PS()),
+        out_specs=(PS(axis), PS(axis)),
+        check_vma=False,
+    )(carry, shared, keys, start)
+
+
+_run_chunk_sharded = jax.jit(_chunk_sharded, static_argnums=(0, 1, 2))
+
+
+def _member_mesh(mesh, axis):
+    """Validate (or build) the mesh the members are split over; return (mesh, devices on axis)."""
+    if mesh is None:
+        if axis != "members":
+            raise ValueError(f"axis: without a mesh it must be 'members', got {axis!r}")
+        mesh = jax.make_mesh((jax.device_count(),), ("members",))
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh: must be a jax.sharding.Mesh or None, got {type(mesh)}")
+    if axis not in mesh.axis_names:
+        raise ValueError(f"axis: must be one of the mesh axes {mesh.axis_names}, got {axis!r}")
+    return mesh, int(mesh.shape[axis])
+
+
 def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -84,7 +118,9 @@ def train_population(
     seeds,
     num_steps: int,
     hyperparams: dict[str, Any] | None = None,
-    mode: Literal["auto", "vmap", "loop"] = "auto",
+    mode: Literal["auto", "vmap", "loop", "sharded"] = "auto",
+    mesh: Mesh | None = None,
+    axis: Any = "members",
     batch_size: int | None = None,
     callbacks=(),
     accuracy_fn=None,
@@ -106,7 +142,15 @@ def train_population(
       hyperparams: name -> scalar or (P,) array of other injected hyperparameters.
       mode: "vmap" (one vmapped program), "loop" (members in turn, one compiled chunk), or
         "auto" (default): "loop" on CPU, where XLA runs the batched matmuls of a vmapped
-        population far slower (measured 40x on the edge-of-stability study), "vmap" on GPU/TPU.
+        population far slower (measured 40x on the edge-of-stability study), "vmap" on GPU/TPU;
+        or "sharded": the vmapped program with the member axis split over ``mesh[axis]``, each
+        device training ``ceil(P / d)`` members (``d`` devices). When ``d`` does not divide
+        ``P``, the population is padded with copies of the last member up to a multiple of
+        ``d``; the copies are trained (wasted work, at most ``d - 1`` members) and dropped from
+        every output, so results always have ``P`` members and equal the "vmap" ones.
+      mesh: only for "sharded": a ``jax.sharding.Mesh`` (default: all devices on one axis
+        named "members"). Other mesh axes than ``axis`` hold replicated copies.
+      axis: only for "sharded": the mesh axis the members are split over (default "members").
       batch_size, callbacks, accuracy_fn, loss_goal, accuracy_goal, divergence_threshold,
         chunk_size: as in :func:`hessian_lab.trainer.train`.
 
@@ -115,7 +159,8 @@ def train_population(
 
     Raises:
       ValueError: ``learning_rates`` / ``seeds`` not 1-D of equal length, a learning rate <= 0,
-        unknown ``mode``, plus everything :func:`hessian_lab.trainer.train` rejects.
+        unknown ``mode``, ``mesh``/``axis`` given without ``mode="sharded"``, a ``mesh`` that
+        is not a Mesh or lacks ``axis``, plus everything :func:`hessian_lab.trainer.train` rejects.
     """
     lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
     if lrs.ndim != 1 or lrs.size == 0:
@@ -126,13 +171,23 @@ def train_population(
         )
     if not np.all(np.isfinite(lrs) & (lrs > 0)):
         raise ValueError(f"learning_rates: must all be finite and > 0, got {lrs}")
-    if mode not in ("auto", "vmap", "loop"):
-        raise ValueError(f"mode: must be 'auto', 'vmap' or 'loop', got {mode!r}")
+    if mode not in ("auto", "vmap", "loop", "sharded"):
+        raise ValueError(f"mode: must be 'auto', 'vmap', 'loop' or 'sharded', got {mode!r}")
+    if mode != "sharded" and (mesh is not None or axis != "members"):
+        raise ValueError(f"mesh, axis: only used with mode='sharded', got mode={mode!r}")
     if mode == "auto":
         mode = "loop" if jax.default_backend() == "cpu" else "vmap"
     P = lrs.size
+    if mode == "sharded":
+        mesh, d = _member_mesh(mesh, axis)
+        # Pad with copies of the last member (trained, then dropped) to a multiple of d.
+        pad_to = -(-P // d) * d
+        idx = np.minimum(np.arange(pad_to), P - 1)
+    else:
+        idx = np.arange(P)
     hp = {k: np.broadcast_to(np.asarray(v), (P,)) for k, v in (hyperparams or {}).items()}
     hp["learning_rate"] = lrs
+    hp = {k: v[idx] for k, v in hp.items()}
     kw = dict(
         batch_size=batch_size,
         callbacks=callbacks,
@@ -142,7 +197,7 @@ def train_population(
         divergence_threshold=divergence_threshold,
         chunk_size=chunk_size,
     )
-    keys = [member_keys(int(s)) for s in seeds]
+    keys = [member_keys(int(seeds[p])) for p in idx]
 
     if mode == "loop":
         runs = []
@@ -179,15 +234,24 @@ def train_population(
         opt_state = set_hyperparams(_stack([optimizer.init(m) for m in members]), hp)
         carry = jax.vmap(lambda p, s: _tr._init_carry(static, p, s))(params, opt_state)
         data_keys = jnp.stack([k[1] for k in keys])
+        if mode == "sharded":
+            split = NamedSharding(mesh, PS(axis))
+            carry, data_keys = jax.device_put((carry, data_keys), split)
+            shared = jax.device_put(shared, NamedSharding(mesh, PS()))
+            run_chunk = lambda *a: _run_chunk_sharded(static, mesh, axis, *a)  # noqa: E731
+        else:
+            run_chunk = lambda *a: _run_chunk_vmap(static, *a)  # noqa: E731
         chunks = []
         for start in range(0, num_steps, static.chunk):
-            carry, m = _run_chunk_vmap(
-                static, carry, shared, data_keys, jnp.asarray(start, jnp.int32)
-            )
+            carry, m = run_chunk(carry, shared, data_keys, jnp.asarray(start, jnp.int32))
             m, done = jax.device_get((m, carry.done))  # one host sync per chunk
             chunks.append(m)
             if np.all(done):
                 break
+        if len(idx) > P:  # drop the padding members (a split axis cannot be sliced unevenly)
+            chunks = [{k: v[:P] for k, v in c.items()} for c in chunks]
+            carry = jax.device_put(carry, NamedSharding(mesh, PS()))
+            carry = jax.tree.map(lambda x: x[:P], carry)
         metrics = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
         pad = num_steps - next(iter(metrics.values())).shape[1]
         if pad > 0:
