@@ -75,28 +75,30 @@ def tridiagonalize(mv, x0: jax.Array, num_iters: int) -> Tridiagonal:
     dtype = x0.dtype
     eps = jnp.finfo(dtype).eps
 
-    def project_out(Q, w):
-        return w - (Q @ w) @ Q  # (m,) @ (m, D): no transposed copy of the basis
-
     def body(i, carry):
         Q, alphas, betas, q, anorm = carry
         Q = Q.at[i].set(q)
         w = mv(q)
-        c = Q @ w  # c[i] = q.w = alpha; the first Gram-Schmidt pass reuses it
-        w = w - c @ Q
-        wn2 = jnp.vdot(w, w)
-        # ||A q|| (the breakdown scale) without another pass over w: ||A q||^2 = ||c||^2 + ||w||^2
-        anorm = jnp.maximum(anorm, jnp.sqrt(jnp.vdot(c, c) + wn2))
-        broke = wn2 <= (100 * eps * anorm) ** 2
-        # Branch-free restart (a lax.cond here doubled the compile time of the loop body): on
-        # breakdown swap in a fresh vector. Two more passes follow either way, so ``w`` gets
-        # classical Gram-Schmidt three times (twice is enough) and a fresh vector twice.
-        w = jnp.where(broke, _restart_vector(i, dim, dtype), w)
-        w = project_out(Q, project_out(Q, w))
+        a = jnp.vdot(q, w)
+        anorm = jnp.maximum(anorm, jnp.linalg.norm(w))  # ||A q||: the breakdown scale
+        restart = _restart_vector(i, dim, dtype)
+
+        def gs_pass(j, state):
+            # One classical Gram-Schmidt pass, w - (Q w) Q (no transposed copy of the basis).
+            # After the first pass a (near-)zero remainder means the Krylov space is invariant:
+            # swap in a fresh vector (branch-free; a lax.cond doubled the compile time). So w
+            # is orthogonalised three times (twice is enough), a fresh vector twice. One inner
+            # loop compiles the projection once instead of once per pass.
+            w, broke = state
+            now = (j == 1) & (jnp.vdot(w, w) <= (100 * eps * anorm) ** 2)
+            w = jnp.where(now, restart, w)
+            return w - (Q @ w) @ Q, broke | now
+
+        w, broke = jax.lax.fori_loop(0, 3, gs_pass, (w, jnp.zeros((), bool)))
         b = jnp.linalg.norm(w)
         q_next = w / jnp.where(b > 0, b, 1)
         b = jnp.where(broke, 0, b).astype(dtype)
-        return Q, alphas.at[i].set(c[i]), betas.at[i].set(b), q_next, anorm
+        return Q, alphas.at[i].set(a), betas.at[i].set(b), q_next, anorm
 
     q0 = x0 / jnp.linalg.norm(x0)
     init = (
