@@ -40,8 +40,8 @@ from matplotlib.figure import Figure
 
 import hessian_lab as hl
 from hessian_lab import callbacks as cbs
-from hessian_lab.io import load_run, save_run
 from hessian_lab.optim import make_optimizer
+from hessian_lab.studies._results import load_results, save_results
 from hessian_lab.trainer import train
 
 from . import _common as cm
@@ -319,22 +319,14 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
                    elapsed=np.asarray(time.perf_counter() - t0))  # fmt: skip
 
 
-def _fields():
-    return [f.name for f in dataclasses.fields(Results) if f.name != "config"]
-
-
 def save(results: Results, run_dir: str | Path) -> None:
     """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    arrays = {k: getattr(results, k) for k in _fields()}
-    save_run(run_dir, config=dataclasses.asdict(results.config), arrays=arrays,
-             summary=summary(results), kind=NAME)  # fmt: skip
+    save_results(results, run_dir, kind=NAME, summary=summary(results))
 
 
 def load(run_dir: str | Path) -> Results:
     """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    cfg, arrays, _ = load_run(run_dir)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return Results(config=Config(**cfg), **{k: arrays[k] for k in _fields()})
+    return load_results(run_dir, Results, Config)
 
 
 def late_median(results: Results, values: np.ndarray, lrs) -> np.ndarray:

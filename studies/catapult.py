@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab.io import load_run, save_run
+from hessian_lab.studies._results import load_results, save_results
 
 from . import _catapult_core as core
 from ._catapult_plots import draw_figures
@@ -240,22 +240,14 @@ def figures(results: Results) -> dict[str, Figure]:
     return draw_figures(results, critical)
 
 
-def _fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Results) if f.name != "config"]
-
-
 def save(results: Results, run_dir: str | Path) -> None:
     """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    arrays = {k: getattr(results, k) for k in _fields()}
-    save_run(run_dir, config=dataclasses.asdict(results.config), arrays=arrays,
-             summary=summary(results), kind=NAME)  # fmt: skip
+    save_results(results, run_dir, kind=NAME, summary=summary(results))
 
 
 def load(run_dir: str | Path) -> Results:
     """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    cfg, arrays, _ = load_run(run_dir)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return Results(config=Config(**cfg), **{k: arrays[k] for k in _fields()})
+    return load_results(run_dir, Results, Config)
 
 
 def summary(results: Results) -> dict[str, float | int | str | bool]:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab.io import load_run, save_run
+from hessian_lab.studies._results import load_results, save_results
 
 from . import _common as c
 
@@ -243,32 +243,14 @@ def figures(results: Results) -> dict[str, Figure]:
     return draw(results, NAME)
 
 
-def _fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Results) if f.name != "config"]
-
-
-def save_results(results: Results, run_dir: str | Path, name: str, summary_fn) -> None:
-    """Write ``results`` with ``save_run`` under study ``name`` (shared with momentum)."""
-    arrays = {k: getattr(results, k) for k in _fields()}
-    save_run(run_dir, config=dataclasses.asdict(results.config), arrays=arrays,
-             summary=summary_fn(results), kind=name)  # fmt: skip
-
-
-def load_results(run_dir: str | Path, config_cls) -> Results:
-    """Read back what :func:`save_results` wrote, rebuilding ``config_cls`` (shared)."""
-    cfg, arrays, _ = load_run(run_dir)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return Results(config=config_cls(**cfg), **{k: arrays[k] for k in _fields()})
-
-
 def save(results: Results, run_dir: str | Path) -> None:
     """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, NAME, summary)
+    save_results(results, run_dir, kind=NAME, summary=summary(results))
 
 
 def load(run_dir: str | Path) -> Results:
     """Read back what :func:`save` wrote; ``load`` after ``save`` round-trips exactly."""
-    return load_results(run_dir, Config)
+    return load_results(run_dir, Results, Config)
 
 
 def summary(results: Results) -> dict[str, float | int | str | bool]:

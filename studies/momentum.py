@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab.studies._results import load_results, save_results
+
 from . import _common as c
 from . import edge_of_stability as eos
 from .edge_of_stability import Results
@@ -114,12 +116,12 @@ def figures(results: Results) -> dict[str, Figure]:
 
 def save(results: Results, run_dir: str | Path) -> None:
     """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    eos.save_results(results, run_dir, NAME, summary)
+    save_results(results, run_dir, kind=NAME, summary=summary(results))
 
 
 def load(run_dir: str | Path) -> Results:
     """Read back what :func:`save` wrote; ``load`` after ``save`` round-trips exactly."""
-    return eos.load_results(run_dir, Config)
+    return load_results(run_dir, Results, Config)
 
 
 def summary(results: Results) -> dict[str, float | int | str | bool]:

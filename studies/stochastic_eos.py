@@ -43,9 +43,9 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from hessian_lab import callbacks as cbs
 from hessian_lab import data as hd
 from hessian_lab import losses, models
-from hessian_lab.io import load_run, save_run
 from hessian_lab.optim import make_optimizer
 from hessian_lab.population import train_population
+from hessian_lab.studies._results import load_results, save_results
 
 __all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "assemble", "figures", "load"]
 __all__ += ["noise_kernel_threshold", "points", "run", "run_point", "save"]
@@ -334,22 +334,14 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     return assemble(config, out)
 
 
-def _fields():
-    return [f.name for f in dataclasses.fields(Results) if f.name != "config"]
-
-
 def save(results: Results, run_dir: str | Path) -> None:
     """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    arrays = {k: getattr(results, k) for k in _fields()}
-    save_run(run_dir, config=dataclasses.asdict(results.config), arrays=arrays,
-             summary=summary(results), kind=NAME)  # fmt: skip
+    save_results(results, run_dir, kind=NAME, summary=summary(results))
 
 
 def load(run_dir: str | Path) -> Results:
     """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    cfg, arrays, _ = load_run(run_dir)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return Results(config=Config(**cfg), **{k: arrays[k] for k in _fields()})
+    return load_results(run_dir, Results, Config)
 
 
 def summary(results: Results) -> dict[str, float | int | str | bool]:
