@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from . import tree as tu
 from ._operators import Operator, ggn, hvp, shape_struct
 
-__all__ = ["chunked_operator", "full_data_ggn", "full_data_hvp", "num_examples"]
+__all__ = ["chunked_mean", "chunked_operator", "full_data_ggn", "full_data_hvp", "num_examples"]
 
 PyTree = Any
 
@@ -50,6 +50,31 @@ def _check_chunk_size(chunk_size: Any, n: int) -> int:
     return chunk_size
 
 
+def chunked_mean(
+    fn: Callable[[PyTree], PyTree], data: PyTree, *, chunk_size: int, like: PyTree
+) -> PyTree:
+    """Return ``sum_j (n_j / n) fn(C_j)`` over the chunks ``C_j`` of ``data``, in one scan.
+
+    ``fn(chunk)`` must return a pytree shaped like ``like``; chunks are read with
+    ``dynamic_slice``, the last one holds the remainder ``n mod chunk_size``. Validates nothing:
+    callers check ``data`` and ``chunk_size`` first (:func:`num_examples`).
+    """
+    n = num_examples(data)
+    c = chunk_size
+    num_full, rem = divmod(n, c)
+
+    def body(acc, i):
+        chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, c), data)
+        return tu.axpy(c / n, fn(chunk), acc), None
+
+    acc = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+    acc, _ = jax.lax.scan(body, acc, jnp.arange(num_full))
+    if rem:
+        tail = jax.tree.map(lambda x: x[num_full * c :], data)
+        acc = tu.axpy(rem / n, fn(tail), acc)
+    return acc
+
+
 def chunked_operator(
     make_matvec: Callable[[PyTree], Callable[[PyTree], PyTree]],
     like: PyTree,
@@ -70,22 +95,10 @@ def chunked_operator(
     Raises:
       ValueError: ``data`` leaves disagree in length, or ``chunk_size`` is not in [1, n].
     """
-    n = num_examples(data)
-    c = _check_chunk_size(chunk_size, n)
-    num_full, rem = divmod(n, c)
+    c = _check_chunk_size(chunk_size, num_examples(data))
 
     def matvec(v: PyTree) -> PyTree:
-        def body(acc, i):
-            chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, c), data)
-            out = make_matvec(chunk)(v)
-            return tu.axpy(c / n, out, acc), None
-
-        acc = tu.zeros_like(v)
-        acc, _ = jax.lax.scan(body, acc, jnp.arange(num_full))
-        if rem:
-            tail = jax.tree.map(lambda x: x[num_full * c :], data)
-            acc = tu.axpy(rem / n, make_matvec(tail)(v), acc)
-        return acc
+        return chunked_mean(lambda chunk: make_matvec(chunk)(v), data, chunk_size=c, like=v)
 
     return Operator(matvec, like, name)
 
@@ -96,8 +109,21 @@ def full_data_hvp(
     data: PyTree,
     *,
     chunk_size: int,
+    linearize: bool = False,
 ) -> Operator:
     """Return ``v -> H v`` for the Hessian of the mean of ``loss_fn`` over the whole dataset.
+
+    Two ways to pay for the products:
+
+    - ``linearize=False`` (default): every product is forward-over-reverse over every chunk,
+      recomputing the forward pass. Memory is set by ``chunk_size`` alone (constant in ``n``).
+    - ``linearize=True``: the full-data gradient is linearised once, when the operator is built
+      (``jax.linearize``: one forward and backward pass over all chunks), and every product
+      then evaluates only the stored linear map. Cheaper per product (about a third less work
+      for an MLP), but the residuals of *all* chunks stay in memory, growing with ``n`` like
+      one full-batch backward graph (what PyHessian keeps). Worth it when many products are
+      taken at the same params (Lanczos, SLQ) and the activations fit. Inside ``jit`` the
+      linearisation runs once per call, before the estimator's loop.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> mean loss over the batch``.
@@ -105,9 +131,11 @@ def full_data_hvp(
       data: the dataset, any pytree of arrays with a leading axis of ``n`` examples (e.g.
         ``(x, y)``); chunks of it are passed to ``loss_fn`` as ``batch``.
       chunk_size: examples per chunk (memory knob); the result does not depend on it.
+      linearize: linearise the gradient once and reuse it for every product (see above).
 
     Raises:
-      ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n].
+      ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n],
+        ``linearize`` not a bool.
 
     Example:
       >>> import jax.numpy as jnp
@@ -117,13 +145,25 @@ def full_data_hvp(
       Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
     """
     tu.check_finite(params, "params")
-    return chunked_operator(
-        lambda chunk: hvp(loss_fn, params, chunk),
-        shape_struct(params),
-        data,
-        chunk_size=chunk_size,
-        name="full_data_hvp",
-    )
+    if not isinstance(linearize, bool):
+        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    like = shape_struct(params)
+    if not linearize:
+        return chunked_operator(
+            lambda chunk: hvp(loss_fn, params, chunk),
+            like,
+            data,
+            chunk_size=chunk_size,
+            name="full_data_hvp",
+        )
+    c = _check_chunk_size(chunk_size, num_examples(data))
+    grad = jax.grad(loss_fn)
+
+    def full_grad(p: PyTree) -> PyTree:
+        return chunked_mean(lambda chunk: grad(p, chunk), data, chunk_size=c, like=like)
+
+    _, lin = jax.linearize(full_grad, params)
+    return Operator(lin, like, "full_data_hvp")
 
 
 def full_data_ggn(

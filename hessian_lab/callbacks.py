@@ -164,6 +164,23 @@ def _data(data, info):
     return info.data
 
 
+def _full_data_hessian(loss_fn, data, chunk_size, linearize):
+    """``info -> full_data_hvp`` at the step's params, over ``data`` or the run's training set."""
+    if not isinstance(linearize, bool):
+        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+
+    def make(info):
+        import hessian_lab as hl
+
+        d = _data(data, info)
+        n = jax.tree.leaves(d)[0].shape[0]
+        return hl.full_data_hvp(
+            loss_fn, info.params, d, chunk_size=chunk_size or n, linearize=linearize
+        )
+
+    return make
+
+
 def _lr_events(lam, info, name):
     lr = _float(jnp.nan if info.learning_rate is None else info.learning_rate)
     return {
@@ -219,6 +236,7 @@ def sharpness(
     k: int = 1,
     num_iters: int = 20,
     chunk_size: int | None = None,
+    linearize: bool = False,
     key=None,
 ) -> Callback:
     """Record the sharpness: top-k Hessian eigenvalues of the mean loss over ``data`` (Lanczos).
@@ -235,16 +253,13 @@ def sharpness(
         (``StepInfo.data``, passed to the jitted step as an argument, not a constant).
       every: cadence in steps. k: eigenvalues. num_iters: Lanczos iterations.
       chunk_size: examples per chunk of the full-data product (None: all at once).
+      linearize: linearise the full-data gradient once per measurement and reuse it for the
+        ``num_iters`` products (``full_data_hvp(..., linearize=True)``): cheaper products, but
+        the activations of all of ``data`` are kept while the callback runs.
       key: PRNG key for the initial vector (default ``jax.random.key(0)``).
     """
 
-    def make(info):
-        import hessian_lab as hl
-
-        d = _data(data, info)
-        n = jax.tree.leaves(d)[0].shape[0]
-        return hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
-
+    make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
     return _top_eig_callback(make, name="sharpness", every=every, k=k, num_iters=num_iters, key=key)
 
 
@@ -274,6 +289,7 @@ def preconditioned_sharpness(
     k: int = 1,
     num_iters: int = 20,
     chunk_size=None,
+    linearize: bool = False,
     b1=None,
     b2=None,
     eps=None,
@@ -285,14 +301,10 @@ def preconditioned_sharpness(
     step's optimizer state and gradient (Cohen et al. 2022, arXiv 2207.14484); it equilibrates at
     (2 + 2 b1) / ((1 - b1) eta). b1, b2, eps default to the optimizer's injected hyperparameters.
     The metric ``preconditioned_sharpness_x_lr`` compares with 2 + 2 b1 over 1 - b1 (38 at b1=0.9).
+    ``data``, ``chunk_size`` and ``linearize`` as in :func:`sharpness`.
     """
 
-    def make(info):
-        import hessian_lab as hl
-
-        d = _data(data, info)
-        n = jax.tree.leaves(d)[0].shape[0]
-        return hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
+    make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
 
     def precond(info):
         import hessian_lab as hl

@@ -60,6 +60,18 @@ def test_sharpness_equals_direct_call_and_dense_hessian():
     jax.tree.map(np.testing.assert_array_equal, v2, v1)
 
 
+def test_linearized_sharpness_equals_the_recomputing_one():
+    # linearize=True changes how the products are paid for, not the operator
+    plain = cb.sharpness(LOSS, k=2, num_iters=24, chunk_size=5)
+    lin = cb.sharpness(LOSS, k=2, num_iters=24, chunk_size=5, linearize=True)
+    _, _, m_plain = _run(plain, _info())
+    _, _, m_lin = _run(lin, _info())
+    for name in ("sharpness", "sharpness_1"):
+        np.testing.assert_allclose(m_lin[name], m_plain[name], rtol=1e-9)
+    with pytest.raises(ValueError, match="linearize"):
+        cb.sharpness(LOSS, linearize=1)
+
+
 def test_batch_sharpness_uses_the_batch():
     batch = (X[:4], DATA[1][:4])
     c = cb.batch_sharpness(LOSS, num_iters=10)

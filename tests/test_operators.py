@@ -52,14 +52,54 @@ def test_ntk_product_matches_dense_jjt(getkey):
     np.testing.assert_allclose(np.ravel(got), K @ np.ravel(u), rtol=1e-10)
 
 
+@pytest.mark.parametrize("linearize", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 7, 10])
 @pytest.mark.parametrize(("act", "loss"), [("tanh", "mse"), ("relu", "xent")])
-def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(chunk_size, act, loss, getkey):
+def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(
+    chunk_size, act, loss, linearize, getkey
+):
     params, _, _, loss_fn, batch = make_problem(getkey(), act, loss, n=10)
     H = testing.dense_hessian(loss_fn, params, batch)  # mean loss over all 10 examples
     v = tu.random_like(getkey(), params)
-    op = jax.jit(lambda p, v: hl.full_data_hvp(loss_fn, p, batch, chunk_size=chunk_size)(v))
-    np.testing.assert_allclose(_flat(op(params, v)), H @ _flat(v), rtol=1e-10, atol=1e-12)
+
+    def product(p, v):
+        return hl.full_data_hvp(loss_fn, p, batch, chunk_size=chunk_size, linearize=linearize)(v)
+
+    np.testing.assert_allclose(
+        _flat(jax.jit(product)(params, v)), H @ _flat(v), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
+    # Same top eigenpairs as the recomputing operator, and the jitted Lanczos evaluates the
+    # loss (forward pass) once per chunk instead of once per chunk per product.
+    params, _, _, loss_fn, batch = make_problem(getkey(), "tanh", "mse", n=12)
+    calls = []
+
+    def counted_loss(p, b):
+        calls.append(None)  # runs at trace time: counts traced forward passes
+        return loss_fn(p, b)
+
+    v0 = tu.random_like(getkey(), params)
+    H = testing.dense_hessian(loss_fn, params, batch)
+    want = np.linalg.eigvalsh(H)[::-1][:2]
+    for linearize in (False, True):
+        op = hl.full_data_hvp(counted_loss, params, batch, chunk_size=5, linearize=linearize)
+        got = hl.top_eigs(op, v0, k=2, num_iters=int(H.shape[0])).values
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    # linearize=True traced the loss at construction only (2 chunk shapes: 5 and the tail 2)
+    calls.clear()
+    op = hl.full_data_hvp(counted_loss, params, batch, chunk_size=5, linearize=True)
+    assert len(calls) == 2
+    op(v0)
+    op(v0)
+    assert len(calls) == 2
+
+
+def test_full_data_hvp_rejects_non_bool_linearize(getkey):
+    params, _, _, loss_fn, batch = make_problem(getkey(), n=10)
+    with pytest.raises(ValueError, match="linearize"):
+        hl.full_data_hvp(loss_fn, params, batch, chunk_size=2, linearize="yes")
 
 
 def test_full_data_ggn_matches_dense(getkey):
