@@ -41,10 +41,18 @@ def _like_for(matvec, like):
     return like
 
 
-def _hutchinson(mv, Z):
-    """Sample mean and standard error of ``z^T A z`` over the rows of ``Z``."""
-    samples = jax.lax.map(lambda z: jnp.vdot(z, mv(z)), Z)
-    m = Z.shape[0]
+def _hutchinson(mv, key, m, dim, dtype):
+    """Sample mean and standard error of ``z^T A z`` over ``m`` Rademacher probes.
+
+    Probe ``i`` is drawn from ``fold_in(key, i)`` inside the sequential loop, so only one
+    probe is alive at a time: memory ``O(D)``, not ``m x D``.
+    """
+
+    def sample(i):
+        z = jax.random.rademacher(jax.random.fold_in(key, i), (dim,), dtype)
+        return jnp.vdot(z, mv(z))
+
+    samples = jax.lax.map(sample, jnp.arange(m))
     return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(m)
 
 
@@ -79,8 +87,7 @@ def trace(
     prob = flat_problem(matvec, like, name="like")
     check_int(num_matvecs, "num_matvecs", 2 if method == "hutchinson" else 6)
     if method == "hutchinson":
-        Z = jax.random.rademacher(key, (num_matvecs, prob.dim), prob.dtype)
-        value, stderr = _hutchinson(prob.mv, Z)
+        value, stderr = _hutchinson(prob.mv, key, num_matvecs, prob.dim, prob.dtype)
         return TraceResult(value, stderr, jnp.asarray(num_matvecs, jnp.int32))
 
     s = min(num_matvecs // 3, prob.dim)
@@ -97,6 +104,5 @@ def trace(
         w = prob.mv(z)
         return w - Q @ (Q.T @ w)
 
-    Z = jax.random.rademacher(k_probe, (g, prob.dim), prob.dtype)
-    rest, stderr = _hutchinson(deflated, Z)
+    rest, stderr = _hutchinson(deflated, k_probe, g, prob.dim, prob.dtype)
     return TraceResult(exact + rest, stderr, jnp.asarray(2 * s + g, jnp.int32))
