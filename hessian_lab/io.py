@@ -27,6 +27,7 @@ __all__ = [
     "load_run",
     "read_json",
     "save_run",
+    "to_jsonable",
     "write_csv",
     "write_json",
 ]
@@ -53,11 +54,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as :func:`write_json` stores it: string keys, lists, Python scalars, inf/nan as text.
+
+    Compare a config with a stored one after passing it through this, not before.
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -69,7 +74,7 @@ def _to_jsonable(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically. numpy scalars and arrays become lists."""
-    text = json.dumps(_to_jsonable(obj), indent=2, sort_keys=True)
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True)
     atomic_write_bytes(path, (text + "\n").encode())
 
 

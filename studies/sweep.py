@@ -37,10 +37,10 @@ import numpy as np
 
 from hessian_lab.io import (
     CorruptRunError,
-    _to_jsonable,  # the same normalisation write_json applies, so stored and new configs compare
     atomic_write_bytes,
     environment,
     read_json,
+    to_jsonable,  # the same normalisation write_json applies, so stored and new configs compare
     write_json,
 )
 
@@ -114,7 +114,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def _normalize(obj: Any) -> Any:
-    return json.loads(json.dumps(_to_jsonable(obj), sort_keys=True))
+    return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
 
 
 def field_types(config_cls: type, example: Any) -> dict[str, Any]:
