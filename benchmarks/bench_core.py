@@ -37,25 +37,49 @@ import hessian_lab as hl  # noqa: E402
 ACTS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-def init_mlp(key, sizes, dtype):
+LAYOUTS = ("oi", "io")
+
+
+def init_mlp(key, sizes, dtype, layout="oi"):
+    """Dense layers ``W ~ N(0, 1/m)``, zero biases; ``layout`` is how a weight is stored.
+
+    ``"oi"``: ``(out, in)``, applied as ``h @ W.T`` -- how ``torch.nn.Linear`` stores it, and
+    the faster layout for this model on XLA:CPU (jax 0.10): its weight gradient for the
+    3072 x 64 input layer is ``delta^T x`` (64 x 3072 out), which XLA computes 2-3x faster
+    than ``x^T delta`` (3072 x 64 out), the form ``"io"`` (``(in, out)``, ``h @ W``) produces.
+    Same draws in both layouts, so the function is the same.
+    """
     keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        {
-            "w": (jax.random.normal(k, (m, n), dtype) / np.sqrt(m)).astype(dtype),
-            "b": jnp.zeros((n,), dtype),
-        }
-        for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
-    ]
+    layers = []
+    for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True):
+        w = (jax.random.normal(k, (m, n), dtype) / np.sqrt(m)).astype(dtype)
+        layers.append({"w": w.T if layout == "oi" else w, "b": jnp.zeros((n,), dtype)})
+    return layers
 
 
-def make_loss(act):
+def _swap(layers, layout):
+    """(in, out) <-> the storage ``layout`` (a transpose of every weight for "oi")."""
+    return [{"w": l["w"].T if layout == "oi" else l["w"], "b": l["b"]} for l in layers]
+
+
+def start_vector(key, params, layout="oi"):
+    """A normal random vector drawn in the (in, out) shapes, then stored like the weights.
+
+    Both layouts thus start Lanczos from the same vector, so they run the same iteration (the
+    draw is otherwise shape-dependent, and a start vector's overlap with the top eigenvector
+    sets how many steps Lanczos needs).
+    """
+    return _swap(hl.tree.random_like(key, _swap(params, layout)), layout)
+
+
+def make_loss(act, layout="oi"):
     phi = ACTS[act]
 
     def loss(params, batch):
         x, y = batch
         h = x
         for i, layer in enumerate(params):
-            h = h @ layer["w"] + layer["b"]
+            h = (h @ layer["w"].T if layout == "oi" else h @ layer["w"]) + layer["b"]
             if i < len(params) - 1:
                 h = phi(h)
         return 0.5 * jnp.mean(jnp.sum((h - y) ** 2, axis=-1))
@@ -83,8 +107,9 @@ def timed(cases, *, repeats):
 def compile_time(fn, *args, repeats=3):
     """Median (process CPU time, wall time) of ``jax.jit(fn).lower(*args).compile()``.
 
-    A fresh wrapper per repeat defeats jit's caches, so every repeat traces and compiles. XLA
-    compiles on one thread, so CPU time is the robust measure on a shared machine.
+    A fresh wrapper per repeat defeats jit's caches, so every repeat traces and compiles. CPU
+    time sums XLA's compile threads; it is less sensitive to other jobs on the machine than
+    wall time.
     """
     cpu, wall = [], []
     for _ in range(repeats):
@@ -110,6 +135,8 @@ def main(argv=None):
     ap.add_argument("--in-dim", type=int, default=3072)
     ap.add_argument("--out-dim", type=int, default=10)
     ap.add_argument("--activation", choices=sorted(ACTS), default="tanh")
+    ap.add_argument("--layout", choices=LAYOUTS, default="io", help="weight storage, see init_mlp")
+    ap.add_argument("--starts", type=int, default=5, help="start vectors for the accuracy test")
     ap.add_argument("--num-iters", type=int, default=20, help="Lanczos steps timed")
     ap.add_argument("--ref-iters", type=int, default=60, help="float64 reference Lanczos steps")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 40])
@@ -121,17 +148,18 @@ def main(argv=None):
     f32 = jnp.float32
     sizes = (args.in_dim, *([args.width] * args.depth), args.out_dim)
     kp, kx, ky, kv = jax.random.split(jax.random.key(args.seed), 4)
-    params = init_mlp(kp, sizes, f32)
+    params = init_mlp(kp, sizes, f32, args.layout)
     x = jax.random.normal(kx, (args.n, args.in_dim), f32)
     y = jax.random.normal(ky, (args.n, args.out_dim), f32)
     data = (x, y)
-    v0 = hl.tree.random_like(kv, params)
-    loss = make_loss(args.activation)
+    v0 = start_vector(kv, params, args.layout)
+    loss = make_loss(args.activation, args.layout)
     num_params = sum(p.size for p in jax.tree.leaves(params))
     c = args.chunk_size
     print(
         f"backend {jax.default_backend()} ({jax.device_count()} device(s), "
         f"{jax.devices()[0].device_kind}); MLP {'-'.join(map(str, sizes))} {args.activation}, "
+        f"weights stored {args.layout}, "
         f"{num_params} params, n={args.n}, chunk_size={c}, float32; median of {args.repeats}"
     )
 
@@ -148,6 +176,12 @@ def main(argv=None):
         return hl.top_eigs(H, v, k=1, num_iters=num_iters).values[0]
 
     lanczos = jax.jit(lambda p, d, v: lanczos_fn(p, d, v, args.num_iters))
+
+    def lanczos_lin(p, d, v):
+        H = hl.full_data_hvp(loss, p, d, chunk_size=c, linearize=True)
+        return hl.top_eigs(H, v, k=1, num_iters=args.num_iters).values[0]
+
+    lanczos_lin = jax.jit(lanczos_lin)
 
     def hvp_loop(p, d, v):
         # num_iters products in one jitted loop: "num_iters x HVP" under the same conditions as
@@ -173,10 +207,12 @@ def main(argv=None):
             "hvp": (hvp_c, (params, data, v0)),
             "hvp_n": (hvp_n, (params, data, v0)),
             "lanczos": (lanczos, (params, data, v0)),
+            "lanczos_lin": (lanczos_lin, (params, data, v0)),
         },
         repeats=max(args.repeats // 2, 2),
     )
     t_hvp2, t_hvpn, t_lan = t["hvp"], t["hvp_n"], t["lanczos"]
+    t_lanl = t["lanczos_lin"]
     print("\ntimes (ms):")
     print(f"  full-batch gradient                     {t_grad * 1e3:9.1f}")
     print(f"  full-data HVP, chunk_size={c:<6d}       {t_hvp * 1e3:9.1f}")
@@ -186,6 +222,10 @@ def main(argv=None):
         f"   (HVP in the same round-robin: {t_hvp2 * 1e3:.1f})"
     )
     print(f"  {args.num_iters} HVPs in one jitted loop             {t_hvpn * 1e3:9.1f}")
+    print(
+        f"  top_eigs, {args.num_iters} steps, linearize=True        {t_lanl * 1e3:9.1f}"
+        f"   (gradient linearised once: {t_lan / t_lanl:.2f}x faster)"
+    )
 
     # ---- 3: compile times ---------------------------------------------------------------------
     ct_hvp = compile_time(lambda p, d, v: hvp_fn(p, d, v, c), params, data, v0)
@@ -236,19 +276,31 @@ def main(argv=None):
     def rel(v):
         return abs(v - lam_ref) / abs(lam_ref)
 
-    print("\nrelative error of lambda_max vs matvecs (float32 operator):")
-    print(f"  {'matvecs':>8s} {'top_eigs':>12s} {'power_iter':>12s}")
+    # The error at a fixed budget depends on the start vector's overlap with the top
+    # eigenvector, so it is measured over --starts random start vectors (the first is v0).
+    starts = [v0] + [
+        start_vector(jax.random.fold_in(kv, s), params, args.layout) for s in range(1, args.starts)
+    ]
+    print(
+        f"\nrelative error of lambda_max vs matvecs (float32 operator), median [max] over "
+        f"{len(starts)} start vectors:"
+    )
+    print(f"  {'matvecs':>8s} {'top_eigs':>20s} {'power_iter':>20s}")
     lan_err = {}
     for m in args.budgets:
-        lam_l = float(jax.jit(lambda p, d, v, m=m: lanczos_fn(p, d, v, m))(params, data, v0))
+        lan = jax.jit(lambda p, d, v, m=m: lanczos_fn(p, d, v, m))
         pw = jax.jit(
             lambda p, d, v, m=m: hl.power_iteration(
                 hl.full_data_hvp(loss, p, d, chunk_size=c), v, num_iters=max(m - 2, 2)
             ).values[0]
         )
-        lam_p = float(pw(params, data, v0))
-        lan_err[m] = rel(lam_l)
-        print(f"  {m:8d} {rel(lam_l):12.2e} {rel(lam_p):12.2e}")
+        e_l = [rel(float(lan(params, data, v))) for v in starts]
+        e_p = [rel(float(pw(params, data, v))) for v in starts]
+        lan_err[m] = statistics.median(e_l), max(e_l)
+        print(
+            f"  {m:8d} {statistics.median(e_l):11.2e} [{max(e_l):.1e}] "
+            f"{statistics.median(e_p):11.2e} [{max(e_p):.1e}]"
+        )
     # ARPACK returns nothing until its own convergence test passes, so it cannot be stopped at a
     # fixed budget: vary its basis size and tolerance and count the products it used.
     print("  scipy eigsh(which='LA', k=1) on the same jitted HVP:")
@@ -299,8 +351,14 @@ def main(argv=None):
     r3w = ct_lan[1] / ct_hvp[1]
     row("compile (wall time): Lanczos / HVP", f"{r3w:.2f}", "<= 2", r3w <= 2)
     m20 = min((m for m in args.budgets if m >= 20), default=max(args.budgets))
-    e = lan_err[m20]
-    row(f"top_eigs rel. error at {m20} matvecs", f"{e:.1e}", "<= 1e-4", e <= 1e-4)
+    e, e_max = lan_err[m20]
+    row(f"top_eigs rel. error at {m20} matvecs (median)", f"{e:.1e}", "<= 1e-4", e <= 1e-4)
+    row(
+        f"top_eigs rel. error at {m20} matvecs (worst start)",
+        f"{e_max:.1e}",
+        "<= 1e-4",
+        e_max <= 1e-4,
+    )
     r5 = mem_big / mem_small
     row(f"HVP temp memory n={n_big} / n={args.n}", f"{r5:.2f}", "<= 1.2", r5 <= 1.2)
 

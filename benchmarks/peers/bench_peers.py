@@ -33,17 +33,18 @@ import torch  # noqa: E402
 import hessian_lab as hl  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_core import init_mlp, make_loss  # noqa: E402
+from bench_core import LAYOUTS, init_mlp, make_loss, start_vector  # noqa: E402
 
 
-def torch_mlp(params):
-    """The JAX params as a torch.nn.Sequential (weights copied, ``W_torch = W_jax.T``)."""
+def torch_mlp(params, layout):
+    """The JAX params as a torch.nn.Sequential (weights copied; torch stores ``(out, in)``)."""
     layers = []
     for i, layer in enumerate(params):
         w = np.asarray(layer["w"])
-        lin = torch.nn.Linear(*w.shape)
+        w = w if layout == "oi" else w.T  # (out, in)
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
         with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w.T.copy()))
+            lin.weight.copy_(torch.from_numpy(w.copy()))
             lin.bias.copy_(torch.from_numpy(np.asarray(layer["b"]).copy()))
         layers.append(lin)
         if i < len(params) - 1:
@@ -69,6 +70,9 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=3, help="top-k compared for eigsh and top_eigs")
     ap.add_argument("--ref-iters", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--layout", choices=LAYOUTS, default="oi", help="JAX weight storage (bench_core.init_mlp)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # PyHessian draws its start vector from torch's global RNG
@@ -76,12 +80,12 @@ def main(argv=None):
     sizes = (3072, 64, 64, 64, 64, 10)
     f32 = jnp.float32
     kp, kx, ky, kv = jax.random.split(jax.random.key(args.seed), 4)
-    params = init_mlp(kp, sizes, f32)
+    params = init_mlp(kp, sizes, f32, args.layout)
     x = jax.random.normal(kx, (args.n, sizes[0]), f32)
     y = jax.random.normal(ky, (args.n, sizes[-1]), f32)
     data, c = (x, y), args.chunk_size
-    loss = make_loss("tanh")
-    v0 = hl.tree.random_like(kv, params)
+    loss = make_loss("tanh", args.layout)
+    v0 = start_vector(kv, params, args.layout)
     num_params = sum(p.size for p in jax.tree.leaves(params))
     print(
         f"MLP {sizes}, tanh, {num_params:,} parameters, n={args.n}, chunk {c}, float32; "
@@ -111,12 +115,19 @@ def main(argv=None):
     def rel(v):
         return abs(float(v) - lam) / abs(lam)
 
-    # hessian-lab: jitted top_eigs on full_data_hvp
-    for iters, k in [(10, 1), (15, 1), (20, 1), (30, args.k)]:
+    # hessian-lab: jitted top_eigs on full_data_hvp, chunked (memory constant in n), and with
+    # the gradient linearised once over the whole dataset as one chunk (PyHessian's memory
+    # mode: its single-batch graph)
+    settings = [(10, 1, c, False), (15, 1, c, False), (20, 1, c, False), (30, args.k, c, False)]
+    settings += [(15, 1, args.n, True), (20, 1, args.n, True)]
+    for iters, k, chunk, lin in settings:
         fn = jax.jit(
-            lambda p, d, v, iters=iters, k=k: (
+            lambda p, d, v, iters=iters, k=k, chunk=chunk, lin=lin: (
                 hl.top_eigs(
-                    hl.full_data_hvp(loss, p, d, chunk_size=c), v, k=k, num_iters=iters
+                    hl.full_data_hvp(loss, p, d, chunk_size=chunk, linearize=lin),
+                    v,
+                    k=k,
+                    num_iters=iters,
                 ).values
             )
         )
@@ -129,10 +140,11 @@ def main(argv=None):
             args.repeats,
         )
         vals = np.asarray(vals, float)
-        print(f"  done: hessian-lab {iters} steps, {t_run:.3f} s", flush=True)
+        mode = f"linearized, chunk {chunk}" if lin else f"chunk {chunk}"
+        print(f"  done: hessian-lab {iters} steps, {mode}, {t_run:.3f} s", flush=True)
         rows.append(
             (
-                f"hessian-lab top_eigs k={k}, {iters} steps",
+                f"hessian-lab top_eigs k={k}, {iters} steps, {mode}",
                 0.0,
                 t_compile,
                 t_run,
@@ -145,7 +157,7 @@ def main(argv=None):
     # curvlinops: HessianLinearOperator + scipy eigsh(which="LA")
     from curvlinops import HessianLinearOperator
 
-    model = torch_mlp(params)
+    model = torch_mlp(params, args.layout)
     xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))
     batches = [(xt[i : i + c], yt[i : i + c]) for i in range(0, args.n, c)]
     # MSELoss(mean) averages over n * 10 outputs; our loss is 0.5 mean_i sum_o: 5x larger.
@@ -207,7 +219,7 @@ def main(argv=None):
     t = time.perf_counter()
     H_ph = ph.hessian(model, criterion, data=(xt, yt), cuda=False)
     t_setup = time.perf_counter() - t
-    for tol in (1e-3, 1e-4, 1e-6):
+    for tol in (1e-3, 1e-4, 1e-5, 1e-6):
 
         def run(tol=tol):
             counter[0] = 0
@@ -230,12 +242,12 @@ def main(argv=None):
         )
 
     print(
-        f"\n{'method':40s} {'setup s':>8s} {'compile s':>9s} {'time s':>8s} {'matvecs':>8s} "
+        f"\n{'method':58s} {'setup s':>8s} {'compile s':>9s} {'time s':>8s} {'matvecs':>8s} "
         f"{'rel err':>9s}  values"
     )
     for name, su, co, tr, mvs, err, vals in rows:
         print(
-            f"{name:40s} {su:8.2f} {co:9.2f} {tr:8.3f} {mvs:8d} {err:9.1e}  "
+            f"{name:58s} {su:8.2f} {co:9.2f} {tr:8.3f} {mvs:8d} {err:9.1e}  "
             + " ".join(f"{v:.7g}" for v in vals)
         )
     if len(ref) > 1:
