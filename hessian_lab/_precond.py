@@ -34,6 +34,7 @@ import optax
 from . import tree as tu
 from ._lanczos import EigResult, top_eigs
 from ._operators import Operator
+from .optim import ScaleByGIAdamState, gi_adam_nu
 
 __all__ = ["adam_preconditioner", "preconditioned_sharpness"]
 
@@ -87,7 +88,9 @@ def adam_preconditioner(
     Args:
       opt_state: an optax state holding exactly one ``ScaleByAdamState``.
       grads: the current gradient (the one the next update will fold into ``nu``). If None,
-        ``nu`` and ``count`` are taken as already including it (``t + 1 = count >= 1``).
+        ``nu`` and ``count`` are taken as already including it (``t + 1 = count >= 1``). For
+        GI-Adam (:func:`hessian_lab.optim.scale_by_gi_adam`) at step 0 with ``nu`` not yet
+        set, ``nu = grads**2`` first, as its update does.
       b1, b2, eps: Adam's hyperparameters; if None, read from ``inject_hyperparams`` state,
         else an error (silently assuming defaults would give wrong numbers).
       eps_root: optax's ``eps_root`` (default 0).
@@ -117,7 +120,8 @@ def adam_preconditioner(
         v, t1 = state.nu, state.count
     else:
         tu.check_same_structure(state.nu, grads, ("the Adam second moment nu", "grads"))
-        v = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * g * g, state.nu, grads)
+        nu = gi_adam_nu(state, grads) if isinstance(state, ScaleByGIAdamState) else state.nu
+        v = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * g * g, nu, grads)
         t1 = state.count + 1
     t1 = jnp.asarray(t1, jnp.result_type(float))
     c1 = 1 - jnp.asarray(b1) ** t1

@@ -40,11 +40,13 @@ import optax
 
 __all__ = [
     "OPTIMIZERS",
+    "ScaleByGIAdamState",
     "Schedule",
     "constant",
     "cosine_decay",
     "current_learning_rate",
     "gi_adam_init",
+    "gi_adam_nu",
     "linear_warmup",
     "make_optimizer",
     "scale_by_gi_adam",
@@ -123,25 +125,45 @@ def schedule_value(hp, count):
     return jnp.where(t < wrm, warm, after)
 
 
+class ScaleByGIAdamState(optax.ScaleByAdamState):
+    """GI-Adam's state: an ``optax.ScaleByAdamState`` (Adam tools read it unchanged) whose type
+    tells :func:`hessian_lab.adam_preconditioner` that a still-zero ``nu`` at count 0 will be
+    replaced by ``g0^2`` in the first update."""
+
+    __slots__ = ()
+
+
 def scale_by_gi_adam(b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
     """Scale by Adam whose second moment starts at g0^2 (GI-Adam, arXiv 2406.09405).
 
     At the first update (``count == 0``), if ``nu`` is still all zero it is replaced by the square
     of the gradient passed in, so GI-Adam works in any loop. :func:`gi_adam_init` sets ``nu``
     explicitly instead (e.g. to a full-batch g0, or to read the preconditioner at step 0).
-    The state is ``optax.ScaleByAdamState``, so Adam tools (preconditioners) read it unchanged.
+    The state is a :class:`ScaleByGIAdamState`, a subclass of ``optax.ScaleByAdamState``, so
+    Adam tools read it unchanged and :func:`hessian_lab.adam_preconditioner` gives GI-Adam's
+    preconditioner at step 0 too.
     """
     base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
 
-    def update_fn(updates, state, params=None):
-        leaves = jax.tree.leaves(state.nu)
-        fresh = (state.count == 0) & jnp.all(jnp.stack([jnp.all(n == 0) for n in leaves]))
-        nu = jax.tree.map(
-            lambda n, g: jnp.where(fresh, jnp.square(g).astype(n.dtype), n), state.nu, updates
-        )
-        return base.update(updates, state._replace(nu=nu), params)
+    def init_fn(params):
+        return ScaleByGIAdamState(*base.init(params))
 
-    return optax.GradientTransformation(base.init, update_fn)
+    def update_fn(updates, state, params=None):
+        nu = gi_adam_nu(state, updates)
+        updates, new = base.update(updates, state._replace(nu=nu), params)
+        return updates, ScaleByGIAdamState(*new)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def gi_adam_nu(state, grads):
+    """The second moment GI-Adam's next update starts from: ``grads**2`` while ``nu`` is still
+    all zero at count 0 (not yet initialised), else ``state.nu``."""
+    leaves = jax.tree.leaves(state.nu)
+    fresh = (state.count == 0) & jnp.all(jnp.stack([jnp.all(n == 0) for n in leaves]))
+    return jax.tree.map(
+        lambda n, g: jnp.where(fresh, jnp.square(g).astype(n.dtype), n), state.nu, grads
+    )
 
 
 def gi_adam_init(opt_state, grads0):

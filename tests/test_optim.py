@@ -110,6 +110,37 @@ def test_gi_adam_init_sets_second_moment_and_is_kept():
         optim.gi_adam_init(optax.sgd(0.1).init(p), g0)
 
 
+def test_adam_preconditioner_at_step_0_is_gi_adams_own():
+    # GI-Adam's first update divides by sqrt(g0^2) (nu starts at g0^2), Adam's by sqrt(g0^2)
+    # too after bias correction but with nu built from zero: the preconditioners differ by
+    # 1/sqrt(1 - b2) at step 0. The preconditioner must be the one the next update applies.
+    import hessian_lab as hl
+
+    p = _params()
+    g = _grad(p)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    gi = optim.make_optimizer("gi_adam", learning_rate=0.1)
+    adam = optim.make_optimizer("adam", learning_rate=0.1)
+    P_gi = hl.adam_preconditioner(gi.init(p), g)
+    P_adam = hl.adam_preconditioner(adam.init(p), g)
+    want_gi = jax.tree.map(lambda a: (1 - b1) * (jnp.abs(a) / jnp.sqrt(1 - b2) + eps), g)
+    want_adam = jax.tree.map(lambda a: (1 - b1) * (jnp.abs(a) + eps), g)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), P_gi, want_gi)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), P_adam, want_adam)
+    # the same as reading it after an explicit gi_adam_init with g0 = g
+    P_init = hl.adam_preconditioner(optim.gi_adam_init(gi.init(p), g), g)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), P_gi, P_init)
+    # and the update GI-Adam applies is -eta m_hat / P-ish: -eta (1 - b1) g / P_gi
+    u, s1 = gi.update(g, gi.init(p), p)
+    jax.tree.map(
+        lambda du, a, P: np.testing.assert_allclose(du, -0.1 * (1 - b1) * a / P, rtol=1e-10),
+        u,
+        g,
+        P_gi,
+    )
+    assert isinstance(s1.inner_state[0], optim.ScaleByGIAdamState)
+
+
 def test_hyperparams_change_without_retrace():
     traces = []
     opt = optim.make_optimizer("adam", learning_rate=optim.linear_warmup(0.01, 0.1, 5))
