@@ -31,6 +31,7 @@ from ._operators import restrict as restrict
 from ._power import power_iteration as power_iteration
 from ._precond import adam_preconditioner as adam_preconditioner
 from ._precond import preconditioned_sharpness as preconditioned_sharpness
+from ._precond import rmsprop_preconditioner as rmsprop_preconditioner
 from ._sharding import chunk_size_for_memory as chunk_size_for_memory
 from ._sharding import shard_data as shard_data
 from ._sharding import sharded_full_data_ggn as sharded_full_data_ggn
@@ -62,6 +63,7 @@ __all__ = [
     "power_iteration",
     "preconditioned_sharpness",
     "restrict",
+    "rmsprop_preconditioner",
     "shard_data",
     "sharded_full_data_ggn",
     "sharded_full_data_hvp",

@@ -36,7 +36,7 @@ from ._lanczos import EigResult, top_eigs
 from ._operators import Operator
 from .optim import ScaleByGIAdamState, gi_adam_nu
 
-__all__ = ["adam_preconditioner", "preconditioned_sharpness"]
+__all__ = ["adam_preconditioner", "preconditioned_sharpness", "rmsprop_preconditioner"]
 
 PyTree = Any
 
@@ -64,6 +64,54 @@ def _injected(opt_state: PyTree, name: str):
         visit, opt_state, is_leaf=lambda s: isinstance(getattr(s, "hyperparams", None), dict)
     )
     return holders[0] if holders else None
+
+
+def _hyperparams(opt_state: PyTree, **given) -> list:
+    """Each given value, or the injected one (optax.inject_hyperparams) where it is None."""
+    out = []
+    for name, val in given.items():
+        if val is None:
+            val = _injected(opt_state, name)
+            if val is None:
+                raise ValueError(
+                    f"{name}: not given and not found in an inject_hyperparams state; pass the "
+                    "value the optimiser uses"
+                )
+        out.append(val)
+    return out
+
+
+def rmsprop_preconditioner(
+    opt_state: PyTree, grads: PyTree, /, *, decay: float | None = None, eps: float | None = None
+) -> PyTree:
+    """Return the diagonal ``P`` the next ``optax.rmsprop`` update applies: ``-eta g / P``.
+
+    ``P = sqrt(decay nu + (1 - decay) g^2 + eps)``: optax's RMSProp keeps ``nu`` without bias
+    correction and adds ``eps`` inside the square root (``scale_by_rms(eps_in_sqrt=True)``).
+    With ``P`` frozen, full-batch stability needs ``eta lambda_max(P^-1 H) < 2``; pass ``P`` to
+    :func:`preconditioned_sharpness`.
+
+    Args:
+      opt_state: an optax state holding exactly one ``ScaleByRmsState``.
+      grads: the current gradient (the one the next update folds into ``nu``).
+      decay, eps: RMSProp's hyperparameters; if None, read from ``inject_hyperparams`` state
+        (as :func:`hessian_lab.optim.make_optimizer` builds it), else an error.
+
+    Raises:
+      ValueError: no or several RMS states, a missing hyperparameter, or ``grads`` whose
+        structure differs from the parameters'.
+    """
+    states = _find(opt_state, optax.ScaleByRmsState)
+    if len(states) != 1:
+        raise ValueError(
+            f"opt_state: must hold exactly one optax.ScaleByRmsState, found {len(states)}"
+        )
+    decay, eps = _hyperparams(opt_state, decay=decay, eps=eps)
+    nu = states[0].nu
+    tu.check_same_structure(nu, grads, ("the RMSProp second moment nu", "grads"))
+    return jax.tree.map(
+        lambda n, g: jnp.sqrt(decay * n + (1 - decay) * g * g + eps).astype(n.dtype), nu, grads
+    )
 
 
 def adam_preconditioner(
@@ -105,17 +153,7 @@ def adam_preconditioner(
             f"opt_state: must hold exactly one optax.ScaleByAdamState, found {len(states)}"
         )
     state = states[0]
-    hp = {"b1": b1, "b2": b2, "eps": eps}
-    for name, val in hp.items():
-        if val is None:
-            val = _injected(opt_state, name)
-            if val is None:
-                raise ValueError(
-                    f"{name}: not given and not found in an inject_hyperparams state; pass the "
-                    "value the optimiser uses"
-                )
-            hp[name] = val
-    b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
+    b1, b2, eps = _hyperparams(opt_state, b1=b1, b2=b2, eps=eps)
     if grads is None:
         v, t1 = state.nu, state.count
     else:

@@ -10,7 +10,7 @@ Cohen et al. 2022 (arXiv 2207.14484). The edge-of-stability study's problem
   ``lambda_max(H)`` keeps rising: no threshold holds it;
 * **RMSProp** as optax writes it (``nu_{t+1} = d nu_t + (1 - d) g^2``, step ``-eta g / sqrt(nu_{t+1}
   + eps)``: eps inside the root, no bias correction, no momentum), whose preconditioner is
-  ``P_t = sqrt(d nu_t + (1 - d) g_t^2 + eps)`` (:func:`rmsprop_preconditioner`): threshold 2;
+  ``P_t = sqrt(d nu_t + (1 - d) g_t^2 + eps)`` (:func:`hessian_lab.rmsprop_preconditioner`): threshold 2;
 * **frozen-preconditioner Adam**: Adam up to ``freeze_step``, then ``P`` is frozen at the value the
   next Adam update would apply and training continues with the same EMA momentum,
   ``m <- b1 m + (1 - b1) g``, ``theta <- theta - eta P^-1 m``. For a quadratic this is heavy-ball
@@ -47,7 +47,7 @@ from hessian_lab.trainer import train
 from . import _common as cm
 
 __all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "figures", "frozen_momentum", "load"]
-__all__ += ["plateau_record", "rmsprop_preconditioner", "run", "save", "summary", "threshold"]
+__all__ += ["plateau_record", "run", "save", "summary", "threshold"]
 
 NAME = "adaptive_eos"
 
@@ -144,23 +144,6 @@ def _find(tree, cls) -> list:
     return [s for s in jax.tree.leaves(tree, is_leaf=is_cls) if is_cls(s)]
 
 
-def rmsprop_preconditioner(opt_state, grads, /, *, decay, eps) -> Any:
-    """Return ``P = sqrt(decay nu + (1 - decay) g^2 + eps)``: the next ``optax.rmsprop`` step is ``-eta g / P``.
-
-    optax's RMSProp keeps ``nu`` without bias correction and adds ``eps`` inside the square root
-    (``scale_by_rms(eps_in_sqrt=True)``); ``grads`` is the gradient the next update folds in.
-    Full-batch stability of a quadratic with this ``P`` frozen: ``eta lambda_max(P^-1 H) < 2``.
-
-    Raises:
-      ValueError: ``opt_state`` holds no or several ``optax.ScaleByRmsState``.
-    """
-    states = _find(opt_state, optax.ScaleByRmsState)
-    if len(states) != 1:
-        raise ValueError(f"opt_state: must hold one optax.ScaleByRmsState, found {len(states)}")
-    return jax.tree.map(lambda n, g: jnp.sqrt(decay * n + (1 - decay) * g * g + eps),
-                        states[0].nu, grads)  # fmt: skip
-
-
 class FrozenState(NamedTuple):
     """State of :func:`frozen_momentum`: the EMA momentum and the frozen diagonal ``P``."""
 
@@ -233,7 +216,7 @@ def _tools(c: Config, loss_fn) -> tuple:
     pre = "preconditioned_sharpness"
     sharp = _eig_callback(loss_fn, None, name="sharpness", **kw)
     adam_p = lambda s, g: hl.adam_preconditioner(s, g, b1=c.b1, b2=c.b2, eps=c.eps)  # noqa: E731
-    rms_p = lambda s, g: rmsprop_preconditioner(s, g, decay=c.rmsprop_decay, eps=c.rmsprop_eps)  # noqa: E731
+    rms_p = lambda s, g: hl.rmsprop_preconditioner(s, g, decay=c.rmsprop_decay, eps=c.rmsprop_eps)  # noqa: E731
     tools = (
         make_optimizer("adam", learning_rate=1.0, b1=c.b1, b2=c.b2, eps=c.eps),
         optax.inject_hyperparams(frozen_momentum)(learning_rate=1.0, b1=c.b1),

@@ -60,8 +60,12 @@ def test_rmsprop_preconditioner_is_what_optax_applies(eps):
     params, *grads = _trees(0, 5)  # three gradients for a non-trivial nu, then g
     state, upd = _after_updates(opt, params, grads)
     g = grads[-1]
-    p = jax.jit(functools.partial(ae.rmsprop_preconditioner, decay=decay, eps=eps))(state, g)
+    p = jax.jit(functools.partial(hl.rmsprop_preconditioner, decay=decay, eps=eps))(state, g)
     _assert_trees_close(upd, jax.tree.map(lambda gi, pi: -lr * gi / np.asarray(pi), g, p))
+    # the hyperparameters are read from make_optimizer's injected state when not given
+    _assert_trees_close(p, hl.rmsprop_preconditioner(state, g))
+    with pytest.raises(ValueError, match="ScaleByRmsState"):
+        hl.rmsprop_preconditioner(optax.sgd(0.1).init(params), g)
 
 
 def test_frozen_momentum_continues_adam_exactly():
