@@ -128,6 +128,8 @@ def train_population(
     accuracy_goal: float | None = None,
     divergence_threshold: float | None = None,
     chunk_size: int = 100,
+    params=None,
+    opt_state=None,
 ) -> PopulationResult:
     """Train P members that differ in learning rate, seed and injected hyperparameters.
 
@@ -153,13 +155,21 @@ def train_population(
       axis: only for "sharded": the mesh axis the members are split over (default "members").
       batch_size, callbacks, accuracy_fn, loss_goal, accuracy_goal, divergence_threshold,
         chunk_size: as in :func:`hessian_lab.trainer.train`.
+      params: initial params of every member, stacked (leading axis P), e.g. a previous
+        :class:`PopulationResult`'s ``params`` to continue training; ``init_fn`` is then not
+        called (pass None). Default: ``init_fn`` of each member's key.
+      opt_state: initial optimizer states, stacked (leading axis P), e.g. a previous result's
+        ``opt_state`` (its step counts and moments carry on); default ``optimizer.init`` of
+        each member's params. Injected hyperparameters are set from ``learning_rates`` and
+        ``hyperparams`` either way. The step index restarts at 0 (callback cadences, SGD epochs).
 
     Returns:
       :class:`PopulationResult`.
 
     Raises:
       ValueError: ``learning_rates`` / ``seeds`` not 1-D of equal length, a learning rate <= 0,
-        unknown ``mode``, ``mesh``/``axis`` given without ``mode="sharded"``, a ``mesh`` that
+        ``params`` / ``opt_state`` whose leaves lack the leading member axis P, neither
+        ``init_fn`` nor ``params``, unknown ``mode``, ``mesh``/``axis`` given without ``mode="sharded"``, a ``mesh`` that
         is not a Mesh or lacks ``axis``, plus everything :func:`hessian_lab.trainer.train` rejects.
     """
     lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
@@ -178,6 +188,15 @@ def train_population(
     if mode == "auto":
         mode = "loop" if jax.default_backend() == "cpu" else "vmap"
     P = lrs.size
+    for name, tree in (("params", params), ("opt_state", opt_state)):
+        bad = [jnp.shape(x) for x in jax.tree.leaves(tree) if jnp.shape(x)[:1] != (P,)]
+        if bad:
+            raise ValueError(
+                f"{name}: every leaf must have the leading member axis of length P={P} "
+                f"(stacked members), got shapes {bad[:3]}"
+            )
+    if params is None and not callable(init_fn):
+        raise ValueError("init_fn: must be callable when params is not given")
     if mode == "sharded":
         mesh, d = _member_mesh(mesh, axis)
         # Pad with copies of the last member (trained, then dropped) to a multiple of d.
@@ -199,19 +218,25 @@ def train_population(
     )
     keys = [member_keys(int(seeds[p])) for p in idx]
 
+    def member(tree, p):
+        return jax.tree.map(lambda x: x[p], tree)
+
+    def initial_params(i):  # i indexes keys/idx (padded), idx[i] the member
+        return init_fn(keys[i][0]) if params is None else member(params, idx[i])
+
     if mode == "loop":
         runs = []
         for p in range(P):
-            params = init_fn(keys[p][0])
             runs.append(
                 _tr.train(
                     loss_fn,
-                    params,
+                    initial_params(p),
                     optimizer,
                     data,
                     num_steps=num_steps,
                     key=keys[p][1],
                     hyperparams={k: v[p] for k, v in hp.items()},
+                    opt_state=None if opt_state is None else member(opt_state, p),
                     **kw,
                 )
             )
@@ -229,10 +254,15 @@ def train_population(
         static, shared = _tr._prepare(loss_fn, optimizer, data, num_steps=num_steps, **kw)
         # Members are initialised one by one, exactly as separate runs would be: a vmapped or
         # jitted init would compile the PRNG once more (seconds on CPU) for no gain.
-        members = [init_fn(k[0]) for k in keys]
+        members = [initial_params(i) for i in range(len(idx))]
+        states = (
+            [optimizer.init(m) for m in members]
+            if opt_state is None
+            else [member(opt_state, p) for p in idx]
+        )
         params = _stack(members)
-        opt_state = set_hyperparams(_stack([optimizer.init(m) for m in members]), hp)
-        carry = jax.vmap(lambda p, s: _tr._init_carry(static, p, s))(params, opt_state)
+        states = set_hyperparams(_stack(states), hp)
+        carry = jax.vmap(lambda p, s: _tr._init_carry(static, p, s))(params, states)
         data_keys = jnp.stack([k[1] for k in keys])
         if mode == "sharded":
             split = NamedSharding(mesh, PS(axis))

@@ -114,6 +114,45 @@ def test_bad_input(kw, match):
         population.train_population(LOSS, NET.init, OPT, DATA, num_steps=2, **kw)
 
 
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_continuing_from_a_result_equals_one_longer_run(mode):
+    # Adam: the continued run must carry its moments and step count, not restart them.
+    opt = optim.make_optimizer("adam", learning_rate=0.01)
+    lrs, seeds = LRS[:3], SEEDS[:3]
+    kw = dict(learning_rates=lrs, seeds=seeds, mode=mode, chunk_size=5)
+    full = population.train_population(LOSS, NET.init, opt, DATA, num_steps=12, **kw)
+    first = population.train_population(LOSS, NET.init, opt, DATA, num_steps=7, **kw)
+    rest = population.train_population(
+        LOSS, None, opt, DATA, num_steps=5, params=first.params, opt_state=first.opt_state, **kw
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+        rest.params,
+        full.params,
+    )
+    np.testing.assert_allclose(rest.metrics["loss"], full.metrics["loss"][:, 7:], rtol=1e-10)
+
+
+def test_bad_initial_state():
+    pop2 = population.train_population(
+        LOSS, NET.init, OPT, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
+    )
+    with pytest.raises(ValueError, match="params: every leaf"):
+        population.train_population(
+            LOSS, None, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
+            params=pop2.params,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="opt_state: every leaf"):
+        population.train_population(
+            LOSS, NET.init, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
+            opt_state=pop2.opt_state,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="init_fn"):
+        population.train_population(
+            LOSS, None, OPT, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
+        )
+
+
 def test_bad_data_shapes():
     bad = (DATA[0], jnp.ones((5, 2)))
     with pytest.raises(ValueError, match="data"):

@@ -63,6 +63,17 @@ FOUR_DEVICES = textwrap.dedent(
                         jax.tree.leaves((got.params, got.opt_state)), strict=True):
             assert a.shape == b.shape and a.shape[0] == P
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    # continuing a padded (6 on 4 devices) sharded population from a result equals the vmapped
+    first = population.train_population(
+        loss, net.init, opt, data, learning_rates=lrs[:6], seeds=seeds[:6], mode="vmap", **kw
+    )
+    cont = dict(learning_rates=lrs[:6], seeds=seeds[:6], params=first.params,
+                opt_state=first.opt_state, **kw)
+    ref = population.train_population(loss, None, opt, data, mode="vmap", **cont)
+    got = population.train_population(loss, None, opt, data, mode="sharded", **cont)
+    for a, b in zip(jax.tree.leaves((ref.params, ref.opt_state, ref.metrics)),
+                    jax.tree.leaves((got.params, got.opt_state, got.metrics)), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     # the member axis really is split: 8 members -> 2 per device on the default 4-device mesh
     got = population.train_population(
         loss, net.init, opt, data, learning_rates=lrs, seeds=seeds, mode="sharded", **kw
