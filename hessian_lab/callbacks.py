@@ -333,13 +333,15 @@ def traces(
     key=None,
     chunk_size=None,
     normalization: str = "per_example",
+    linearize: bool = False,
 ) -> Callback:
     """Record ``hessian_trace`` (Hutchinson) and, with ``apply_fn``, ``ntk_trace``, ``ntk_top_eig``.
 
     The trace probes use a key carried in the state (split at every run). NTK quantities are
     those of J J^T / n on the inputs ``data[0]`` (``data = (x, y)`` or a ``Dataset``), or of
     J J^T / (n o) with ``normalization="per_output"`` (match the loss's MSE convention).
-    ``num_matvecs=0`` skips the Hessian trace (NTK quantities only).
+    ``num_matvecs=0`` skips the Hessian trace (NTK quantities only). ``chunk_size`` and
+    ``linearize`` (one linearisation for all ``num_matvecs`` products) as in :func:`sharpness`.
     """
     _check_every(every)
     if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs == 1:
@@ -351,6 +353,7 @@ def traces(
     if num_matvecs == 0 and apply_fn is None:
         raise ValueError("num_matvecs: 0 skips the Hessian trace, so apply_fn is needed")
     key = jax.random.key(1) if key is None else key
+    make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
 
     def update(k0, info):
         import hessian_lab as hl
@@ -360,8 +363,7 @@ def traces(
         k0, sub = jax.random.split(k0)
         out = {}
         if num_matvecs:
-            mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
-            tr = hl.trace(mv, sub, info.params, num_matvecs=num_matvecs)
+            tr = hl.trace(make(info), sub, info.params, num_matvecs=num_matvecs)
             out = {"hessian_trace": _float(tr.value), "hessian_trace_stderr": _float(tr.stderr)}
         if apply_fn is not None:
             ntk_kw = {"normalization": normalization}
@@ -385,26 +387,27 @@ def spectral_density(
     num_probes: int = 4,
     grid,
     chunk_size=None,
+    linearize: bool = False,
     key=None,
 ) -> Callback:
     """Record ``spectral_density`` (values on the fixed ``grid``) by stochastic Lanczos quadrature.
 
     The metric is a vector of ``len(grid)`` per run (NaN at skipped steps), so use a sparse
     cadence. ``grid`` must be fixed so that densities at different steps are comparable.
+    ``chunk_size`` and ``linearize`` as in :func:`sharpness`; SLQ takes ``num_probes x
+    num_iters`` products at one point, where one linearisation pays off most.
     """
     _check_every(every)
     key = jax.random.key(2) if key is None else key
     grid = jnp.asarray(grid)
+    make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
 
     def update(k0, info):
         import hessian_lab as hl
 
-        d = _data(data, info)
-        n = jax.tree.leaves(d)[0].shape[0]
         k0, sub = jax.random.split(k0)
-        mv = hl.full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
         res = hl.spectral_density(
-            mv, sub, info.params, num_iters=num_iters, num_probes=num_probes, grid=grid
+            make(info), sub, info.params, num_iters=num_iters, num_probes=num_probes, grid=grid
         )
         return k0, {"spectral_density": _float(res.density)}
 

@@ -107,6 +107,21 @@ def test_hessian_trace_equals_direct_call():
     assert not np.array_equal(jax.random.key_data(k1), jax.random.key_data(key))
 
 
+def test_linearized_trace_and_density_equal_the_recomputing_ones():
+    grid = jnp.linspace(-1.0, 3.0, 7)
+    for make in (
+        lambda lin: cb.traces(LOSS, data=DATA, num_matvecs=6, chunk_size=5, linearize=lin),
+        lambda lin: cb.spectral_density(
+            LOSS, num_iters=6, num_probes=2, grid=grid, chunk_size=5, linearize=lin
+        ),
+    ):
+        _, _, plain = _run(make(False), _info())
+        _, _, lin = _run(make(True), _info())
+        assert plain.keys() == lin.keys()
+        for k in plain:
+            np.testing.assert_allclose(lin[k], plain[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 def test_ntk_traces_equal_direct_calls():
     c = cb.traces(LOSS, NET.apply, every=1, num_matvecs=4, ntk_iters=6)
     _, _, m = _run(c, _info())
