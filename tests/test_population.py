@@ -133,6 +133,29 @@ def test_continuing_from_a_result_equals_one_longer_run(mode):
     np.testing.assert_allclose(rest.metrics["loss"], full.metrics["loss"][:, 7:], rtol=1e-10)
 
 
+def test_linearized_curvature_callbacks_in_vmapped_and_looped_populations():
+    # jax.linearize inside lax.cond inside vmap: same numbers as the recomputing operator.
+    from hessian_lab.callbacks import sharpness, spectral_density
+
+    grid = jnp.linspace(-1.0, 3.0, 5)
+    got = {}
+    for lin in (False, True):
+        cbs = (
+            sharpness(LOSS, every=2, num_iters=8, chunk_size=5, linearize=lin),
+            spectral_density(LOSS, every=4, num_iters=6, num_probes=2, grid=grid, linearize=lin),
+        )
+        for mode in ("vmap", "loop"):
+            got[lin, mode] = population.train_population(
+                LOSS, NET.init, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3],
+                num_steps=8, callbacks=cbs, mode=mode, chunk_size=4,
+            ).metrics  # fmt: skip
+    ref = got[False, "vmap"]
+    assert np.isfinite(ref["sharpness"][:, ::2]).all()
+    for key, m in got.items():
+        for k in ref:
+            np.testing.assert_allclose(m[k], ref[k], rtol=1e-8, atol=1e-12, err_msg=f"{k} {key}")
+
+
 def test_bad_initial_state():
     pop2 = population.train_population(
         LOSS, NET.init, OPT, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
