@@ -168,7 +168,7 @@ def sharpness_cmd(
     }  # fmt: skip
     with errors():
         if out is not None:
-            sweep.check_run_dir(out, "sharpness", sweep._normalize(options))
+            sweep.check_run_dir(out, "sharpness", sweep.normalize(options))
         with progress_bar(quiet or json_, "sharpness") as bar:
             arrays, summary = _measure(options, bar or (lambda done, total: None))
         if json_:
