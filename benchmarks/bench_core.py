@@ -50,11 +50,14 @@ def init_mlp(key, sizes, dtype, layout="oi"):
     Same draws in both layouts, so the function is the same.
     """
     keys = jax.random.split(key, len(sizes) - 1)
-    layers = []
-    for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True):
-        w = (jax.random.normal(k, (m, n), dtype) / np.sqrt(m)).astype(dtype)
-        layers.append({"w": w.T if layout == "oi" else w, "b": jnp.zeros((n,), dtype)})
-    return layers
+    layers = [
+        {
+            "w": (jax.random.normal(k, (m, n), dtype) / np.sqrt(m)).astype(dtype),
+            "b": jnp.zeros((n,), dtype),
+        }
+        for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+    return _swap(layers, layout)
 
 
 def _swap(layers, layout):
@@ -171,17 +174,13 @@ def main(argv=None):
     hvp_c = jax.jit(lambda p, d, v: hvp_fn(p, d, v, c))
     hvp_1 = jax.jit(lambda p, d, v: hvp_fn(p, d, v, args.n))
 
-    def lanczos_fn(p, d, v, num_iters, chunk=c):
-        H = hl.full_data_hvp(loss, p, d, chunk_size=chunk)
+    def lanczos_fn(p, d, v, num_iters, chunk=c, linearize=False):
+        H = hl.full_data_hvp(loss, p, d, chunk_size=chunk, linearize=linearize)
         return hl.top_eigs(H, v, k=1, num_iters=num_iters).values[0]
 
     lanczos = jax.jit(lambda p, d, v: lanczos_fn(p, d, v, args.num_iters))
 
-    def lanczos_lin(p, d, v):
-        H = hl.full_data_hvp(loss, p, d, chunk_size=c, linearize=True)
-        return hl.top_eigs(H, v, k=1, num_iters=args.num_iters).values[0]
-
-    lanczos_lin = jax.jit(lanczos_lin)
+    lanczos_lin = jax.jit(lambda p, d, v: lanczos_fn(p, d, v, args.num_iters, linearize=True))
 
     def hvp_loop(p, d, v):
         # num_iters products in one jitted loop: "num_iters x HVP" under the same conditions as

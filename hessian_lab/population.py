@@ -169,8 +169,9 @@ def train_population(
     Raises:
       ValueError: ``learning_rates`` / ``seeds`` not 1-D of equal length, a learning rate <= 0,
         ``params`` / ``opt_state`` whose leaves lack the leading member axis P, neither
-        ``init_fn`` nor ``params``, unknown ``mode``, ``mesh``/``axis`` given without ``mode="sharded"``, a ``mesh`` that
-        is not a Mesh or lacks ``axis``, plus everything :func:`hessian_lab.trainer.train` rejects.
+        ``init_fn`` nor ``params``, unknown ``mode``, ``mesh``/``axis`` given without
+        ``mode="sharded"``, a ``mesh`` that is not a Mesh or lacks ``axis``, plus everything
+        :func:`hessian_lab.trainer.train` rejects.
     """
     lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
     if lrs.ndim != 1 or lrs.size == 0:
@@ -221,16 +222,13 @@ def train_population(
     def member(tree, p):
         return jax.tree.map(lambda x: x[p], tree)
 
-    def initial_params(i):  # i indexes keys/idx (padded), idx[i] the member
-        return init_fn(keys[i][0]) if params is None else member(params, idx[i])
-
     if mode == "loop":
         runs = []
         for p in range(P):
             runs.append(
                 _tr.train(
                     loss_fn,
-                    initial_params(p),
+                    init_fn(keys[p][0]) if params is None else member(params, p),
                     optimizer,
                     data,
                     num_steps=num_steps,
@@ -252,16 +250,19 @@ def train_population(
         opt_state = _stack([r.opt_state for r in runs])
     else:
         static, shared = _tr._prepare(loss_fn, optimizer, data, num_steps=num_steps, **kw)
+
         # Members are initialised one by one, exactly as separate runs would be: a vmapped or
         # jitted init would compile the PRNG once more (seconds on CPU) for no gain.
-        members = [initial_params(i) for i in range(len(idx))]
-        states = (
-            [optimizer.init(m) for m in members]
-            if opt_state is None
-            else [member(opt_state, p) for p in idx]
-        )
-        params = _stack(members)
-        states = set_hyperparams(_stack(states), hp)
+        # Given stacked states are gathered in one step (with the padding copies, if any).
+        def select(tree):
+            return jax.tree.map(lambda x: jnp.asarray(x)[idx], tree)
+
+        params = _stack([init_fn(k[0]) for k in keys]) if params is None else select(params)
+        if opt_state is None:
+            states = _stack([optimizer.init(member(params, i)) for i in range(len(idx))])
+        else:
+            states = select(opt_state)
+        states = set_hyperparams(states, hp)
         carry = jax.vmap(lambda p, s: _tr._init_carry(static, p, s))(params, states)
         data_keys = jnp.stack([k[1] for k in keys])
         if mode == "sharded":

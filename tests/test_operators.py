@@ -71,8 +71,8 @@ def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(
 
 
 def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
-    # Same top eigenpairs as the recomputing operator, and the jitted Lanczos evaluates the
-    # loss (forward pass) once per chunk instead of once per chunk per product.
+    # Same top eigenpairs as the recomputing operator, and the loss (forward pass) is traced
+    # once per chunk shape when the operator is built, never again per product.
     params, _, _, loss_fn, batch = make_problem(getkey(), "tanh", "mse", n=12)
     calls = []
 
@@ -94,6 +94,10 @@ def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
     op(v0)
     op(v0)
     assert len(calls) == 2
+    # the counter does see per-product traces: the recomputing operator traces at every product
+    plain = hl.full_data_hvp(counted_loss, params, batch, chunk_size=5)
+    plain(v0)
+    assert len(calls) > 2
 
 
 def test_full_data_hvp_rejects_non_bool_linearize(getkey):
