@@ -69,6 +69,29 @@ def test_no_ghost_eigenvalues(getkey):
     assert res.values[1] <= 1.0 + 1e-8  # no second copy of 100
 
 
+def test_lanczos_restarts_past_an_invariant_krylov_space(getkey):
+    """A start vector in a 3-dimensional invariant subspace: the Krylov space breaks down after
+    3 steps, and Lanczos must continue from a fresh orthogonal vector to reach the rest."""
+    lam = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0, -1.0, -7.0])
+    A, Q = testing.prescribed_spectrum(getkey(), lam)
+    v0 = Q[:, 5] + Q[:, 6] + Q[:, 7]  # spans eigenvectors of 1, -1, -7 only
+    top = hl.top_eigs(A, v0, k=5, num_iters=8)
+    np.testing.assert_allclose(top.values, lam[:5], rtol=1e-10)
+    assert _sign_match(top.vectors[0], Q[:, 0]) < 1e-8
+    # the same under jit and vmap (where the restart branch runs as a select)
+    v1 = jax.random.normal(getkey(), (8,))
+    both = jax.jit(jax.vmap(lambda v: hl.bottom_eigs(A, v, k=8, num_iters=8).values))(
+        jnp.stack([v0, v1])
+    )
+    np.testing.assert_allclose(both, np.stack([lam[::-1], lam[::-1]]), rtol=1e-10, atol=1e-12)
+    # An exact breakdown: e_0 is an eigenvector of a diagonal matrix, so A q - alpha q is
+    # exactly zero after one step and nothing but the restart can supply the next vector.
+    D = jnp.diag(jnp.asarray(lam[::-1].copy()))
+    exact = hl.top_eigs(D, jnp.eye(8)[0], k=8, num_iters=8)
+    np.testing.assert_allclose(exact.values, lam, rtol=1e-10, atol=1e-12)
+    assert float(exact.residuals.max()) < 1e-10
+
+
 @pytest.mark.parametrize(("act", "loss"), [("tanh", "mse"), ("relu", "xent")])
 def test_power_iteration_top_eigenvalue(act, loss, getkey):
     params, _, _, loss_fn, batch = make_problem(getkey(), act, loss)
