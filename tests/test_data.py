@@ -225,6 +225,30 @@ def test_preprocess():
         data.preprocess(ds, first_n=41)
 
 
+def test_random_subset_is_a_fixed_uniform_draw():
+    x = np.arange(200, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    ds = data.Dataset(x, np.arange(200) % 4)
+    sub = data.random_subset(ds, 50, seed=3)
+    rows = sub.x[:, 0].astype(int)
+    assert sub.x.shape == (50, 3) and len(set(rows)) == 50  # without replacement
+    assert np.all(np.diff(rows) > 0)  # original order kept
+    np.testing.assert_array_equal(sub.y, rows % 4)  # x and y rows stay paired
+    np.testing.assert_array_equal(data.random_subset(ds, 50, seed=3).x, sub.x)  # same seed
+    assert not np.array_equal(data.random_subset(ds, 50, seed=4).x, sub.x)
+    # Uniform over examples: over many seeds each example is picked with probability 1/4.
+    counts = np.zeros(200)
+    for seed in range(400):
+        counts[data.random_subset(ds, 50, seed=seed).x[:, 0].astype(int)] += 1
+    # Binomial(400, 1/4) per example: mean 100, sd 8.7; the extremes of 200 stay within 5 sd.
+    assert abs(counts.mean() - 100) < 1e-9 and np.abs(counts - 100).max() < 5 * 8.7
+    assert data.random_subset(ds, 200).x.shape == (200, 3)
+    for bad in (0, 201, 2.5, True):
+        with pytest.raises(ValueError, match=r"n: must be an integer in \[1, 200\]"):
+            data.random_subset(ds, bad)
+    with pytest.raises(ValueError, match="seed"):
+        data.random_subset(ds, 5, seed=-1)
+
+
 # --- synthetic -----------------------------------------------------------------------------------
 
 

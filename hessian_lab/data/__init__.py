@@ -7,6 +7,7 @@ are seeded generators.
 
 from ._dataset import Dataset as Dataset
 from ._dataset import preprocess as preprocess
+from ._dataset import random_subset as random_subset
 from ._dataset import to_one_hot as to_one_hot
 from ._files import cifar10 as cifar10
 from ._files import digits as digits
@@ -24,6 +25,7 @@ __all__ = [
     "graph_walks",
     "mnist",
     "preprocess",
+    "random_subset",
     "read_idx",
     "teacher",
     "to_one_hot",

@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end at tiny sizes and print every row of their summaries.
+
+They are scripts, not tests: their numbers are never asserted. This only keeps them from
+rotting (an API change that breaks a benchmark fails here, not on the day someone measures).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_bench_core_prints_every_target(capsys):
+    tiny = "--n 64 --chunk-size 16 --in-dim 12 --width 8 --depth 2 --out-dim 3 --starts 2"
+    tiny += " --num-iters 6 --ref-iters 24 --budgets 3 6 --memory-factor 2 --repeats 1"
+    _load("bench_core").main([*tiny.split(), "--compile-repeats", "1"])
+    out = capsys.readouterr().out
+    for row in (
+        "HVP / gradient (chunk_size=16)",
+        "6-step Lanczos / (6 x HVP)",
+        "compile (CPU time): Lanczos / HVP",
+        "compile (wall time): Lanczos / HVP",
+        "top_eigs rel. error at 6 matvecs (median)",
+        "HVP temp memory n=128 / n=64",
+        "scipy eigsh",
+    ):
+        assert row in out, row
+
+
+def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
+    pytest.importorskip("sklearn")
+    _load("bench_callbacks").main(num_steps=20, rounds=1, subset=100)
+    out = capsys.readouterr().out
+    assert out.count("ratio") == 5 and out.count("floor") == 5
+    assert "random subset of 100" in out
+    assert "subset sharpness vs full-set sharpness over the 2 measurements" in out
