@@ -12,6 +12,7 @@ lambda_max that average is biased upward. Chunks are read with ``dynamic_slice``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,12 +41,40 @@ def num_examples(data: PyTree, name: str = "data") -> int:
     return int(sizes.pop())
 
 
-def _check_chunk_size(chunk_size: Any, n: int) -> int:
+def _example_shards(data: PyTree) -> tuple[int, str]:
+    """Devices the example axis of ``data`` is split over in its *type* (Explicit mesh axes).
+
+    Returns ``(d, axis names)``; ``(1, "")`` for unsharded data or Auto/Manual sharding, where
+    slicing chunks is unconstrained.
+    """
+    for leaf in jax.tree.leaves(data):
+        try:
+            sharding = jax.typeof(leaf).sharding
+            first = sharding.spec[0] if len(sharding.spec) else None
+        except (AttributeError, TypeError):  # not an array type JAX can describe
+            continue
+        if first is None:
+            continue
+        axes = first if isinstance(first, tuple) else (first,)
+        return math.prod(sharding.mesh.shape[a] for a in axes), ", ".join(map(str, axes))
+    return 1, ""
+
+
+def _check_chunk_size(chunk_size: Any, n: int, data: PyTree = None) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise ValueError(f"chunk_size: must be an int in [1, n={n}], got {chunk_size!r}")
     if not 1 <= chunk_size <= n:
         raise ValueError(
             f"chunk_size: must be in [1, n={n}] (number of examples), got {chunk_size}"
+        )
+    d, axes = _example_shards(data)
+    if d > 1 and (chunk_size % d or (n % chunk_size) % d):
+        raise ValueError(
+            f"chunk_size: {chunk_size} examples per chunk (n={n}) cannot be sliced from data "
+            f"whose example axis is split across {d} devices (Explicit mesh axes {axes}). Use "
+            "hessian_lab.sharded_full_data_hvp, which scans each device's examples locally "
+            f"(docs/scaling.md); or chunks of a multiple of {d} examples, with a loss that "
+            "names the output sharding of its contractions over the example axis."
         )
     return chunk_size
 
@@ -95,7 +124,7 @@ def chunked_operator(
     Raises:
       ValueError: ``data`` leaves disagree in length, or ``chunk_size`` is not in [1, n].
     """
-    c = _check_chunk_size(chunk_size, num_examples(data))
+    c = _check_chunk_size(chunk_size, num_examples(data), data)
 
     def matvec(v: PyTree) -> PyTree:
         return chunked_mean(lambda chunk: make_matvec(chunk)(v), data, chunk_size=c, like=v)
@@ -156,7 +185,7 @@ def full_data_hvp(
             chunk_size=chunk_size,
             name="full_data_hvp",
         )
-    c = _check_chunk_size(chunk_size, num_examples(data))
+    c = _check_chunk_size(chunk_size, num_examples(data), data)
     grad = jax.grad(loss_fn)
 
     def full_grad(p: PyTree) -> PyTree:

@@ -82,11 +82,21 @@ FOUR_DEVICES = textwrap.dedent(
     data = shard_data((x[:100], y[:100]), mesh)
     assert len(data[0].sharding.device_set) == 4
     H = sharded_full_data_hvp(loss_fn, params, data, mesh=mesh, chunk_size=25)
-    # the reference on unplaced data: full_data_hvp's dynamic_slice rejects arrays laid out over
-    # an Explicit mesh axis (a ShardingTypeError), which is what the sharded operator is for
+    # the reference on unplaced data (chunks of 25 cannot be sliced from data split 4 ways)
     ref = hl.full_data_hvp(loss_fn, params, (x[:100], y[:100]), chunk_size=25)(v0)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(H(v0)), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    # full_data_hvp on the placed data cannot slice chunks of 25 or 6 from 4 shards: it says so
+    # up front, pointing to the sharded operator (instead of JAX's ShardingTypeError from inside
+    # dynamic_slice)
+    for chunk in (25, 6):
+        try:
+            hl.full_data_hvp(loss_fn, params, data, chunk_size=chunk)
+        except ValueError as e:
+            assert str(e).startswith("chunk_size") and "across 4 devices" in str(e), e
+            assert "sharded_full_data_hvp" in str(e), e
+        else:
+            raise AssertionError(f"no ValueError for chunk_size={chunk} on data split 4 ways")
 
     for kwargs, word in [
         (dict(data=(x[:3], y[:3]), chunk_size=1), "data"),
