@@ -138,6 +138,7 @@ def sharded_full_data_hvp(
     mesh: Mesh,
     axis: Any = "data",
     chunk_size: int,
+    linearize: bool = False,
 ) -> Operator:
     """Return ``v -> H v`` for the Hessian of the mean loss over ``data``, data-parallel.
 
@@ -156,10 +157,13 @@ def sharded_full_data_hvp(
       axis: mesh axis name the examples are split over (default ``"data"``).
       chunk_size: examples per chunk on each device (the per-device memory knob), in
         ``[1, n // d]``; see :func:`chunk_size_for_memory`.
+      linearize: as in :func:`hessian_lab.full_data_hvp`: linearise the data-parallel
+        full-data gradient once and reuse it for every product (each device keeps the
+        activations of its own examples).
 
     Raises:
-      ValueError: non-finite ``params``, a bad ``mesh`` or ``axis``, ``n < d``, or
-        ``chunk_size`` outside ``[1, n // d]``.
+      ValueError: non-finite ``params``, a bad ``mesh`` or ``axis``, ``n < d``,
+        ``chunk_size`` outside ``[1, n // d]``, or ``linearize`` not a bool.
 
     Example:
       >>> import jax, jax.numpy as jnp, hessian_lab as hl
@@ -172,15 +176,35 @@ def sharded_full_data_hvp(
       4.0
     """
     tu.check_finite(params, "params")
-    return sharded_operator(
-        lambda p, chunk: hvp(loss_fn, p, chunk),
-        params,
-        data,
-        mesh=mesh,
-        axis=axis,
-        chunk_size=chunk_size,
-        name="sharded_full_data_hvp",
-    )
+    if not isinstance(linearize, bool):
+        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    if not linearize:
+        return sharded_operator(
+            lambda p, chunk: hvp(loss_fn, p, chunk),
+            params,
+            data,
+            mesh=mesh,
+            axis=axis,
+            chunk_size=chunk_size,
+            name="sharded_full_data_hvp",
+        )
+    grad = jax.grad(loss_fn)
+
+    def full_grad(p: PyTree) -> PyTree:
+        # The data-parallel mean gradient, as a "product" that ignores its vector: the same
+        # split, chunk scan, psum and remainder as the recomputing operator.
+        op = sharded_operator(
+            lambda q, chunk: lambda _: grad(q, chunk),
+            p,
+            data,
+            mesh=mesh,
+            axis=axis,
+            chunk_size=chunk_size,
+        )
+        return op(p)
+
+    _, lin = jax.linearize(full_grad, params)
+    return Operator(lin, shape_struct(params), "sharded_full_data_hvp")
 
 
 def sharded_full_data_ggn(

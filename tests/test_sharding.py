@@ -18,6 +18,7 @@ import pytest
 from core_problems import make_problem
 
 import hessian_lab as hl
+from hessian_lab import testing
 from hessian_lab import tree as tu
 from hessian_lab._sharding import (
     _hvp_temp_bytes,
@@ -65,6 +66,8 @@ FOUR_DEVICES = textwrap.dedent(
             single = estimates(hl.full_data_hvp(loss_fn, p, d, chunk_size=7))
             sharded = estimates(sharded_full_data_hvp(loss_fn, p, d, mesh=mesh, chunk_size=7))
             out[f"n={n}"] = (single, sharded)
+            lin = sharded_full_data_hvp(loss_fn, p, d, mesh=mesh, chunk_size=7, linearize=True)
+            out[f"n={n}, linearized"] = (single, estimates(lin))
         # a 2 x 2 mesh with Auto axes: data split over "data" only, replicated over "model"
         d = (x, y)
         out["auto"] = (
@@ -149,6 +152,35 @@ def test_one_device_mesh_equals_full_data_hvp_jitted_and_eager(getkey):
         assert jax.tree.structure(a) == jax.tree.structure(b)
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-14)
+
+
+def test_linearized_sharded_hvp_equals_the_dense_hessian_and_skips_the_forward_pass(getkey):
+    params, _, _, loss_fn, data = make_problem(getkey(), act="tanh", n=23)
+    H = np.asarray(testing.dense_hessian(loss_fn, params, data))
+    mesh = _one_device_mesh()
+    vs = [tu.random_like(getkey(), params) for _ in range(3)]
+    ops = {
+        lin: sharded_full_data_hvp(loss_fn, params, data, mesh=mesh, chunk_size=5, linearize=lin)
+        for lin in (True, False)
+    }
+    for lin, op in ops.items():
+        for v in vs:
+            np.testing.assert_allclose(
+                tu.ravel(op(v))[0], H @ tu.ravel(v)[0], rtol=1e-10, atol=1e-12, err_msg=str(lin)
+            )
+    # A linearised product evaluates only the stored linear map: no tanh (the forward pass)
+    # left in it, while the recomputing product runs the forward pass every time.
+    assert "tanh" not in str(jax.make_jaxpr(ops[True])(vs[0]))
+    assert "tanh" in str(jax.make_jaxpr(ops[False])(vs[0]))
+    # and it runs under jit, built from traced params
+    jitted = jax.jit(
+        lambda p, v: sharded_full_data_hvp(
+            loss_fn, p, data, mesh=mesh, chunk_size=5, linearize=True
+        )(v)
+    )(params, vs[0])
+    np.testing.assert_allclose(tu.ravel(jitted)[0], H @ tu.ravel(vs[0])[0], rtol=1e-10)
+    with pytest.raises(ValueError, match=r"^linearize: "):
+        sharded_full_data_hvp(loss_fn, params, data, mesh=mesh, chunk_size=5, linearize=1)
 
 
 def test_shard_data_places_arrays_on_the_mesh(getkey):
