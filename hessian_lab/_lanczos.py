@@ -97,7 +97,8 @@ def tridiagonalize(mv, x0: jax.Array, num_iters: int) -> Tridiagonal:
 
         def restart(_):
             r = orthogonalize(Q, _restart_vector(i, dim, dtype))
-            return r / jnp.linalg.norm(r)
+            n = jnp.linalg.norm(r)  # 0 only once the basis spans the space (the last step)
+            return r / jnp.where(n > 0, n, 1)
 
         q_next = jax.lax.cond(broke, restart, lambda _: w / jnp.where(b > 0, b, 1), None)
         b = jnp.where(broke, 0, b).astype(dtype)

@@ -87,8 +87,11 @@ def test_lanczos_restarts_past_an_invariant_krylov_space(getkey):
     # An exact breakdown: e_0 is an eigenvector of a diagonal matrix, so A q - alpha q is
     # exactly zero after one step and nothing but the restart can supply the next vector.
     D = jnp.diag(jnp.asarray(lam[::-1].copy()))
-    exact = hl.top_eigs(D, jnp.eye(8)[0], k=8, num_iters=8)
+    with jax.debug_nans(True):  # no NaN anywhere, not even in a branch that is not taken
+        exact = hl.top_eigs(D, jnp.eye(8)[0], k=8, num_iters=8)
+        batched = jax.vmap(lambda v: hl.top_eigs(D, v, k=8, num_iters=8).values)(jnp.eye(8)[:2])
     np.testing.assert_allclose(exact.values, lam, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(batched, np.stack([lam, lam]), rtol=1e-10, atol=1e-12)
     assert float(exact.residuals.max()) < 1e-10
 
 
