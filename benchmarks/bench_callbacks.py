@@ -47,7 +47,7 @@ def _round_robin(fns, rounds):
 def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
     ds = data.digits()
     d = (ds.x, ds.y)
-    sub = data.random_subset(ds, subset, seed=0)
+    sub = data.random_subset(ds, subset, seed=0)  # the examples sharpness(subset=) measures
     sub = (sub.x, sub.y)
     net = models.mlp(64, 10, depth=1, width=128)
     loss_fn = losses.make_loss_fn(net.apply, "mse")
@@ -71,13 +71,13 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
     cases = {
         "full set, every=10, num_iters=20": (10, 20, False, None),
         "full set, every=10, num_iters=20, linearize=True": (10, 20, True, None),
-        f"random subset of {subset}, every=10, num_iters=20": (10, 20, False, sub),
+        f"subset={subset}, every=10, num_iters=20": (10, 20, False, subset),
         "full set, every=40, num_iters=20": (40, 20, False, None),
         "full set, every=10, num_iters=5": (10, 5, False, None),
     }
     callbacks = {
-        label: (sharpness(loss_fn, dd, every=every, num_iters=iters, linearize=lin),)
-        for label, (every, iters, lin, dd) in cases.items()
+        label: (sharpness(loss_fn, every=every, num_iters=iters, linearize=lin, subset=m),)
+        for label, (every, iters, lin, m) in cases.items()
     }
     fns = {"plain": lambda: run(())[0]}
     fns |= {label: (lambda cbs=cbs: run(cbs)[0]) for label, cbs in callbacks.items()}
@@ -95,9 +95,9 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
         f"plain GD: {step * 1e3:.3f} ms/step; one full-data HVP {t_hvp['full'] * 1e3:.3f} ms "
         f"({t_hvp['full'] / step:.2f} GD steps), on the subset {t_hvp['subset'] * 1e3:.3f} ms"
     )
-    for label, (every, iters, _, dd) in cases.items():
+    for label, (every, iters, _, m) in cases.items():
         ratios = sorted(a / b for a, b in zip(times[label], times["plain"], strict=True))
-        floor = 1 + iters / every * t_hvp["full" if dd is None else "subset"] / step
+        floor = 1 + iters / every * t_hvp["full" if m is None else "subset"] / step
         print(
             f"+ sharpness({label}): {med[label] * 1e3 / num_steps:.3f} ms/step, "
             f"ratio {statistics.median(ratios):.2f}x [range {ratios[0]:.2f}-{ratios[-1]:.2f}], "
@@ -108,7 +108,7 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
         np.asarray(run(callbacks[label])[1]["sharpness"])
         for label in (
             "full set, every=10, num_iters=20",
-            f"random subset of {subset}, every=10, num_iters=20",
+            f"subset={subset}, every=10, num_iters=20",
         )
     )
     full, part = full[np.isfinite(full)], part[np.isfinite(part)]

@@ -46,5 +46,5 @@ def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
     _load("bench_callbacks").main(num_steps=20, rounds=1, subset=100)
     out = capsys.readouterr().out
     assert out.count("ratio") == 5 and out.count("floor") == 5
-    assert "random subset of 100" in out
+    assert "sharpness(subset=100, every=10, num_iters=20)" in out
     assert "subset sharpness vs full-set sharpness over the 2 measurements" in out

@@ -72,6 +72,33 @@ def test_linearized_sharpness_equals_the_recomputing_one():
         cb.sharpness(LOSS, linearize=1)
 
 
+def test_subset_sharpness_measures_a_fixed_random_subset():
+    # the callback's subset= is data.random_subset(train, m, seed=0), at every measurement
+    from hessian_lab import data
+
+    sub = data.random_subset(data.Dataset(*map(np.asarray, DATA)), 7, seed=0)
+    c = cb.sharpness(LOSS, k=2, num_iters=24, subset=7)
+    _, _, m = _run(c, _info())
+    lam = np.linalg.eigvalsh(testing.dense_hessian(LOSS, PARAMS, (sub.x, sub.y)))
+    np.testing.assert_allclose([m["sharpness"], m["sharpness_1"]], lam[::-1][:2], rtol=1e-8)
+    full = np.linalg.eigvalsh(testing.dense_hessian(LOSS, PARAMS, DATA))
+    assert abs(float(m["sharpness"]) - full[-1]) > 1e-6  # a different quantity on 7 of 12
+    # on given data too, and for the preconditioned and SLQ callbacks
+    given = cb.sharpness(LOSS, DATA, k=2, num_iters=24, subset=7)
+    np.testing.assert_allclose(_run(given, _info())[2]["sharpness"], m["sharpness"], rtol=1e-10)
+    grid = jnp.linspace(-1.0, 3.0, 9)
+    dens = [
+        _run(cb.spectral_density(LOSS, d, grid=grid, num_iters=8, subset=s), _info())[2]
+        for d, s in ((DATA, 7), ((jnp.asarray(sub.x), jnp.asarray(sub.y)), None))
+    ]
+    np.testing.assert_allclose(dens[0]["spectral_density"], dens[1]["spectral_density"])
+    for bad in (0, 13, 2.5):
+        with pytest.raises(ValueError, match=r"^subset: must be an integer in \[1, 12\]"):
+            cb.sharpness(LOSS, DATA, subset=bad)
+    with pytest.raises(ValueError, match=r"^subset: must be an integer in \[1, 12\]"):
+        _run(cb.sharpness(LOSS, subset=13), _info())  # training set: checked when traced
+
+
 def test_batch_sharpness_uses_the_batch():
     batch = (X[:4], DATA[1][:4])
     c = cb.batch_sharpness(LOSS, num_iters=10)

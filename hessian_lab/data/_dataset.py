@@ -153,10 +153,18 @@ def random_subset(ds: Dataset, n: int, *, seed: int = 0) -> Dataset:
     Raises:
       ValueError: naming the argument, for ``n`` outside ``[1, len(ds.x)]`` or a bad ``seed``.
     """
-    total = np.shape(ds.x)[0]
+    idx = subset_indices(np.shape(ds.x)[0], n, seed=seed)
+    return Dataset(np.asarray(ds.x)[idx], np.asarray(ds.y)[idx])
+
+
+def subset_indices(total: int, n: int, *, seed: int = 0, name: str = "n") -> np.ndarray:
+    """Sorted indices of ``n`` of ``total`` examples, drawn without replacement by
+    ``numpy.random.default_rng(seed)``: the draw behind :func:`random_subset` (and the
+    callbacks' ``subset=``). Raises ValueError naming ``name`` or ``seed``."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= total:
-        raise ValueError(f"n: must be an integer in [1, {total}] (examples in ds), got {n!r}")
+        raise ValueError(
+            f"{name}: must be an integer in [1, {total}] (examples in the data), got {n!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    idx = np.sort(np.random.default_rng(int(seed)).choice(total, size=int(n), replace=False))
-    return Dataset(np.asarray(ds.x)[idx], np.asarray(ds.y)[idx])
+    return np.sort(np.random.default_rng(int(seed)).choice(total, size=int(n), replace=False))
