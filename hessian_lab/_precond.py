@@ -41,14 +41,19 @@ __all__ = ["adam_preconditioner", "preconditioned_sharpness", "rmsprop_precondit
 PyTree = Any
 
 
-def _find(opt_state: PyTree, cls: type) -> list:
+def _one_state(opt_state: PyTree, cls: type):
+    """The single ``cls`` state inside an optax state; ValueError if there is none or several."""
     found = []
     jax.tree.map(
         lambda s: found.append(s) if isinstance(s, cls) else None,
         opt_state,
         is_leaf=lambda s: isinstance(s, cls),
     )
-    return found
+    if len(found) != 1:
+        raise ValueError(
+            f"opt_state: must hold exactly one optax.{cls.__name__}, found {len(found)}"
+        )
+    return found[0]
 
 
 def _injected(opt_state: PyTree, name: str):
@@ -101,13 +106,8 @@ def rmsprop_preconditioner(
       ValueError: no or several RMS states, a missing hyperparameter, or ``grads`` whose
         structure differs from the parameters'.
     """
-    states = _find(opt_state, optax.ScaleByRmsState)
-    if len(states) != 1:
-        raise ValueError(
-            f"opt_state: must hold exactly one optax.ScaleByRmsState, found {len(states)}"
-        )
+    nu = _one_state(opt_state, optax.ScaleByRmsState).nu
     decay, eps = _hyperparams(opt_state, decay=decay, eps=eps)
-    nu = states[0].nu
     tu.check_same_structure(nu, grads, ("the RMSProp second moment nu", "grads"))
     return jax.tree.map(
         lambda n, g: jnp.sqrt(decay * n + (1 - decay) * g * g + eps).astype(n.dtype), nu, grads
@@ -147,12 +147,7 @@ def adam_preconditioner(
       ValueError: no or several Adam states, a missing hyperparameter, or ``grads`` whose
         structure differs from the parameters'.
     """
-    states = _find(opt_state, optax.ScaleByAdamState)
-    if len(states) != 1:
-        raise ValueError(
-            f"opt_state: must hold exactly one optax.ScaleByAdamState, found {len(states)}"
-        )
-    state = states[0]
+    state = _one_state(opt_state, optax.ScaleByAdamState)
     b1, b2, eps = _hyperparams(opt_state, b1=b1, b2=b2, eps=eps)
     if grads is None:
         v, t1 = state.nu, state.count
