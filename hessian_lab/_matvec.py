@@ -77,9 +77,9 @@ def flat_problem(matvec: Any, like: PyTree, *, name: str = "v0") -> FlatProblem:
         raise ValueError(f"{name}: must hold floating-point arrays, got dtype {dtype}")
 
     def mv(x: jax.Array) -> jax.Array:
-        return tu.ravel(matvec(unravel(x)))[0].astype(dtype)
+        return tu.to_flat(matvec(unravel(x))).astype(dtype)
 
-    return FlatProblem(mv, int(flat.shape[0]), dtype, lambda v: tu.ravel(v)[0], unravel)
+    return FlatProblem(mv, int(flat.shape[0]), dtype, tu.to_flat, unravel)
 
 
 def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:

@@ -89,7 +89,7 @@ def power_iteration(matvec, v0, /, *, num_iters: int = 100, k: int = 1) -> EigRe
     order = jnp.argsort(-values)
     return EigResult(
         values[order],
-        jax.vmap(prob.unravel)(basis[order]),
+        prob.unravel(basis[order]),
         jnp.stack(residuals)[order],
         jnp.asarray(k * (num_iters + 2), jnp.int32),
     )

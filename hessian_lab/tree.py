@@ -6,6 +6,7 @@ Lanczos basis). Structure checks run eagerly and show both trees in the error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "ravel",
     "scale",
     "sub",
+    "to_flat",
     "vdot",
     "zeros_like",
 ]
@@ -91,8 +93,58 @@ def random_like(
 
 
 def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
-    """Flatten a pytree to one 1-D array; return ``(flat, unravel)``."""
-    return ravel_pytree(tree)
+    """Flatten a pytree to one 1-D array; return ``(flat, unravel)``.
+
+    ``flat`` is ``jax.flatten_util.ravel_pytree``'s (leaves concatenated in tree order, promoted
+    to a common dtype). ``unravel`` maps an array whose last axis has that length back to the
+    tree, each leaf in its own shape and dtype; leading axes are kept (a ``(k, D)`` array gives
+    leaves of shape ``(k, *leaf_shape)``), and it works under ``jax.vmap``.
+
+    ``unravel`` cuts each leaf with a dynamic slice whose offset XLA cannot see as a constant,
+    so leaves of the same shape share one compiled kernel. A static slice bakes the offset into
+    the kernel, and on XLA:CPU each kernel costs ~10 ms of compile time: for the benchmark MLP
+    (10 leaves, 5 shapes) this halves the kernels unravelling costs inside every jitted
+    estimator loop. The result is the same.
+    """
+    flat, _ = ravel_pytree(tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    shapes = [tuple(jnp.shape(x)) for x in leaves]
+    dtypes = [jnp.result_type(x) for x in leaves]
+    sizes = [math.prod(shape) for shape in shapes]
+    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+    total = int(flat.shape[0])
+    dynamic = total < 2**31  # int32 offsets
+
+    def piece(x: jax.Array, offset: int, size: int) -> jax.Array:
+        axis = x.ndim - 1
+        if not dynamic:
+            return jax.lax.slice_in_dim(x, offset, offset + size, axis=axis)
+        # A 2-element constant behind an optimisation barrier stays an operand of the kernel
+        # (a scalar would be folded into it, and so would the offset it stands for).
+        pair = jax.lax.optimization_barrier(np.array([offset, 0], np.int32))
+        start = jax.lax.reshape(jax.lax.slice(pair, (0,), (1,)), ())
+        return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis, allow_negative_indices=False)
+
+    def unravel(x: jax.Array) -> PyTree:
+        if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != total:
+            raise ValueError(
+                f"unravel: expected an array whose last axis has length {total}, got shape "
+                f"{jnp.shape(x)}"
+            )
+        x = jnp.asarray(x)
+        lead = x.shape[:-1]
+        out = []
+        for o, n, shape, dt in zip(offsets, sizes, shapes, dtypes, strict=True):
+            leaf = jax.lax.reshape(piece(x, o, n), lead + shape)
+            out.append(leaf if leaf.dtype == dt else jax.lax.convert_element_type(leaf, dt))
+        return jax.tree.unflatten(treedef, out)
+
+    return flat, unravel
+
+
+def to_flat(tree: PyTree) -> jax.Array:
+    """The ``flat`` half of :func:`ravel`, without building an ``unravel``."""
+    return ravel_pytree(tree)[0]
 
 
 def check_same_structure(a: PyTree, b: PyTree, names: tuple[str, str] = ("a", "b")) -> None:

@@ -95,6 +95,39 @@ def test_lanczos_restarts_past_an_invariant_krylov_space(getkey):
     assert float(exact.residuals.max()) < 1e-10
 
 
+def test_unravel_inverts_ravel_for_leaves_of_mixed_shapes_and_dtypes(getkey):
+    """tree.ravel's unravel cuts leaves with dynamic slices (so same-shape leaves share one XLA
+    kernel); it must agree with jax.flatten_util for every leaf, batched or not."""
+    from jax.flatten_util import ravel_pytree
+
+    k = jax.random.split(getkey(), 4)
+    tree = {
+        "a": jax.random.normal(k[0], (3, 4)),
+        "b": [jax.random.normal(k[1], (4,)), jax.random.normal(k[2], (3, 4))],
+        "c": jax.random.normal(k[3], (4,)).astype(jnp.float32),
+        "d": jnp.zeros((0, 2)),
+    }
+    flat, unravel = tu.ravel(tree)
+    ref_flat, ref_unravel = ravel_pytree(tree)
+    np.testing.assert_array_equal(flat, ref_flat)
+    x = jnp.arange(flat.size, dtype=flat.dtype) + 0.5
+    for fn in (unravel, jax.jit(unravel)):
+        got, want = fn(x), ref_unravel(x)
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+    # leading axes are kept, and vmap agrees
+    X = jnp.stack([x, 2 * x, -x])
+    for got in (unravel(X), jax.vmap(unravel)(X)):
+        for g, w in zip(
+            jax.tree.leaves(got), jax.tree.leaves(jax.vmap(ref_unravel)(X)), strict=True
+        ):
+            np.testing.assert_array_equal(g, w)
+    with pytest.raises(ValueError, match="unravel: expected an array whose last axis has length"):
+        unravel(x[:-1])
+
+
 @pytest.mark.parametrize(("act", "loss"), [("tanh", "mse"), ("relu", "xent")])
 def test_power_iteration_top_eigenvalue(act, loss, getkey):
     params, _, _, loss_fn, batch = make_problem(getkey(), act, loss)
