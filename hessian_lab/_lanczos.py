@@ -56,12 +56,12 @@ def _restart_vector(i: jax.Array, dim: int, dtype: Any) -> jax.Array:
     the current Krylov space.
     """
     u32 = jnp.uint32
-    h = jnp.arange(dim, dtype=u32) * u32(0x9E3779B1) + (jnp.asarray(i).astype(u32) + 1) * u32(
-        0x85EBCA77
-    )
+    # (index + salt) first: no sub-expression is loop-invariant, so XLA does not hoist part of
+    # the hash into a kernel of its own (each kernel costs compile time).
+    salt = (jnp.asarray(i).astype(u32) + 1) * u32(0x3C6EF372)
+    h = (jnp.arange(dim, dtype=u32) + salt) * u32(0x9E3779B1)
     h = (h ^ (h >> 15)) * u32(0x2C1B3C6D)
-    h = (h ^ (h >> 12)) * u32(0x297A2D39)
-    h = h ^ (h >> 15)
+    h = h ^ (h >> 12)
     return h.astype(dtype) * (2.0**-31) - 1.0
 
 
@@ -71,61 +71,109 @@ def tridiagonalize(mv, x0: jax.Array, num_iters: int) -> Tridiagonal:
     On breakdown (an invariant Krylov subspace, beta ~ 0), continue from a fresh deterministic
     vector orthogonal to the basis with beta = 0, so the requested number of Ritz values always
     comes out. Costs exactly ``num_iters`` matvecs.
+
+    Written for compile time as much as for run time: on XLA:CPU every distinct kernel costs
+    ~10 ms of compilation (a matrix-vector product ~40 ms), and a jitted Lanczos should compile
+    in about the time of the matvec it wraps (benchmarks/bench_core.py). So the restart reuses
+    the one Gram-Schmidt loop, the step's unit vector is never formed (products use the
+    unnormalised vector and its scale), and scalars are kept out of kernels of their own.
     """
     dim = x0.shape[0]
     dtype = x0.dtype
-    eps = jnp.finfo(dtype).eps
+    inv_tol2 = float((100 * jnp.finfo(dtype).eps) ** -2)
+    zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
 
-    def orthogonalize(Q, v):
-        # Classical Gram-Schmidt against every basis row, twice ("twice is enough"). One vector
-        # at a time: XLA:CPU runs the (m, D) x (D,) products 3-10x faster than a 2-row block,
-        # and the loop over the two passes compiles the projection once.
-        return jax.lax.fori_loop(0, 2, lambda _, u: u - (Q @ u) @ Q, v)
+    def orthogonalize(Q, w, i, scale):
+        # Classical Gram-Schmidt against every basis row, twice ("twice is enough"), one vector
+        # at a time (XLA:CPU runs (m, D) x (D,) products 3-10x faster than a 2-row block). If
+        # the first pass leaves (almost) nothing, w lies in the span of the basis: the Krylov
+        # space is invariant, and the second pass projects a fresh vector instead. ``w`` comes
+        # scaled by 1 / scale (the step's vector was not normalised); the first pass rescales
+        # it. Returns (u, ||u||^2 = beta^2, broke), u not normalised.
+        w2 = jnp.vdot(w, w)
+
+        def body(p, c):
+            u, _, broke = c
+            f = jax.lax.select(p == 0, scale, one)
+            u = (u - (Q @ u) @ Q) * f
+            nrm2 = jnp.vdot(u, u)
+            # (w2 f^2, not w2 scale^2: XLA would hoist the latter into a kernel of its own)
+            restart = (p == 0) & (nrm2 * inv_tol2 <= w2 * f * f)
+            # Seeded with i + p (= i where it is used), so it fuses into this select.
+            u = jax.lax.select(restart, _restart_vector(i + p, dim, dtype), u)
+            return u, nrm2, broke | restart
+
+        init = (w, jnp.zeros((), dtype), jnp.zeros((), bool))
+        return _loop(2, body, init)
 
     def body(i, carry):
-        Q, alphas, betas, q, anorm = carry
-        Q = jax.lax.dynamic_update_index_in_dim(Q, q, i, 0)  # in place: writes one row
-        w = mv(q)
-        a = jnp.vdot(q, w)
-        anorm = jnp.maximum(anorm, jnp.linalg.norm(w))  # ||A q||: the breakdown scale
-        w = orthogonalize(Q, w)
-        b = jnp.linalg.norm(w)
-        # A (near-)zero remainder means the Krylov space is invariant: continue from a fresh
-        # vector orthogonal to the basis, with beta = 0. Rare, so it runs only when needed (under
-        # vmap both branches run and a select picks).
-        broke = b <= 100 * eps * anorm
+        Q, ab, u, nrm2 = carry
+        # The step's vector q = u * scale is never formed: the basis row and the products use
+        # u and the scale (linearity), which saves XLA kernels.
+        scale = _rsqrt_or_one(nrm2)
+        # In place: writes one row (no negative-index wrap: one XLA kernel less to compile).
+        Q = jax.lax.dynamic_update_slice(
+            Q, (u * scale)[None], (i, jnp.zeros_like(i)), allow_negative_indices=False
+        )
+        w = mv(u)  # = A q / scale
+        a = jnp.vdot(u, w) * scale * scale
+        u, nrm2, broke = orthogonalize(Q, w, i, scale)
+        b2 = jax.lax.select(broke, zero, nrm2)  # beta^2; square roots are taken after the loop
+        # A select, not dynamic_update_slice, which rejects a and b2 if the matvec returns
+        # them on a device mesh (sharded_full_data_hvp) while ab is not on one.
+        row = jax.lax.broadcast_in_dim(jnp.stack([a, b2]), (num_iters, 2), (1,))
+        ab = jax.lax.select(jax.lax.broadcast_in_dim(rows == i, (num_iters, 2), (0, 1)), row, ab)
+        return Q, ab, u, nrm2
 
-        def restart(_):
-            r = orthogonalize(Q, _restart_vector(i, dim, dtype))
-            n = jnp.linalg.norm(r)  # 0 only once the basis spans the space (the last step)
-            return r / jnp.where(n > 0, n, 1)
-
-        q_next = jax.lax.cond(broke, restart, lambda _: w / jnp.where(b > 0, b, 1), None)
-        b = jnp.where(broke, 0, b).astype(dtype)
-        return Q, alphas.at[i].set(a), betas.at[i].set(b), q_next, anorm
-
-    q0 = x0 / jnp.linalg.norm(x0)
+    # A zero start vector (it cannot be rejected under jit) starts from a restart vector.
+    x0 = jax.lax.select(jnp.vdot(x0, x0) > 0, x0, _restart_vector(num_iters, dim, dtype))
     init = (
         jnp.zeros((num_iters, dim), dtype),
-        jnp.zeros((num_iters,), dtype),
-        jnp.zeros((num_iters,), dtype),
-        q0,
-        jnp.zeros((), dtype),
+        jnp.zeros((num_iters, 2), dtype),
+        x0,
+        jnp.vdot(x0, x0),
     )
-    Q, alphas, betas, _, _ = jax.lax.fori_loop(0, num_iters, body, init)
-    return Tridiagonal(Q, alphas, betas)
+    rows = jax.lax.broadcasted_iota(jnp.asarray(0).dtype, (num_iters, 1), 0)
+    Q, ab, *_ = _loop(num_iters, body, init)
+    return Tridiagonal(Q, ab[:, 0], jnp.sqrt(ab[:, 1]))
+
+
+def _loop(n: int, body, init):
+    """``fori_loop(0, n, body, init)`` as a bare ``while_loop``.
+
+    A static ``fori_loop`` becomes a scan, which traces and lowers more slowly (~10 ms per
+    jitted Lanczos). The counter has JAX's default integer type, like every other loop's, so
+    XLA compiles one increment and one comparison kernel for all of them.
+    """
+
+    def step(c):
+        i, carry = c
+        return i + 1, body(i, carry)
+
+    return jax.lax.while_loop(lambda c: c[0] < n, step, (jnp.asarray(0), init))[1]
+
+
+def _rsqrt_or_one(x: jax.Array) -> jax.Array:
+    """``1 / sqrt(x)``, or 1 where ``x`` is 0 (normalising a zero vector leaves it zero)."""
+    return jax.lax.rsqrt(jax.lax.select(x > 0, x, jnp.ones_like(x)))
 
 
 def tridiagonal_eigh(tri: Tridiagonal) -> tuple[jax.Array, jax.Array]:
     """Eigen-decompose the Lanczos tridiagonal: ascending Ritz values and their vectors."""
     # Built with one select and decomposed without re-symmetrising (T is symmetric by
     # construction): fewer XLA kernels, so a jitted Lanczos compiles faster.
-    i = jnp.arange(tri.alphas.shape[0])
-    offset = i[:, None] - i[None, :]
-    T = jnp.where(
-        offset == 0,
-        tri.alphas[:, None],
-        jnp.where(jnp.abs(offset) == 1, tri.betas[jnp.minimum(i[:, None], i[None, :])], 0),
+    m = tri.alphas.shape[0]
+    i = jax.lax.broadcasted_iota(jnp.int32, (m, m), 0)
+    j = jax.lax.broadcasted_iota(jnp.int32, (m, m), 1)
+    rows = jax.lax.broadcast_in_dim  # rows(v, ...)[i, j] = v[i]
+    a = rows(tri.alphas, (m, m), (0,))
+    b_row, b_col = rows(tri.betas, (m, m), (0,)), rows(tri.betas, (m, m), (1,))
+    zero = jnp.zeros((m, m), tri.alphas.dtype)
+    # T[i, i] = alpha_i, T[i, i+1] = beta_i, T[i+1, i] = beta_i
+    T = jax.lax.select(
+        i == j,
+        a,
+        jax.lax.select(j == i + 1, b_row, jax.lax.select(i == j + 1, b_col, zero)),
     )
     vectors, values = jax.lax.linalg.eigh(T, symmetrize_input=False)
     return values, vectors
@@ -135,18 +183,15 @@ def _extreme_eigs(matvec, v0, k, num_iters, top: bool) -> EigResult:
     prob = flat_problem(matvec, v0)
     k, num_iters = check_k_iters(k, num_iters, prob.dim)
     tri = tridiagonalize(prob.mv, prob.ravel(v0), num_iters)
-    theta, S = tridiagonal_eigh(tri)
-    idx = jnp.arange(num_iters - 1, num_iters - 1 - k, -1) if top else jnp.arange(k)
-    values = theta[idx]
-    S_k = S[:, idx]
+    theta, S = tridiagonal_eigh(tri)  # ascending
+    # Static slices, not an index array: a gather would cost compile time.
+    if top:
+        values, S_k = theta[::-1][:k], S[:, ::-1][:, :k]
+    else:
+        values, S_k = theta[:k], S[:, :k]
     vectors = S_k.T @ tri.basis  # (k, D)
     residuals = jnp.abs(tri.betas[-1] * S_k[-1, :])
-    return EigResult(
-        values,
-        jax.vmap(prob.unravel)(vectors),
-        residuals,
-        jnp.asarray(num_iters, jnp.int32),
-    )
+    return EigResult(values, prob.unravel(vectors), residuals, jnp.asarray(num_iters, jnp.int32))
 
 
 def top_eigs(matvec, v0, /, *, k: int = 1, num_iters: int = 20) -> EigResult:

@@ -115,16 +115,6 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
     total = int(flat.shape[0])
     dynamic = total < 2**31  # int32 offsets
 
-    def piece(x: jax.Array, offset: int, size: int) -> jax.Array:
-        axis = x.ndim - 1
-        if not dynamic:
-            return jax.lax.slice_in_dim(x, offset, offset + size, axis=axis)
-        # A 2-element constant behind an optimisation barrier stays an operand of the kernel
-        # (a scalar would be folded into it, and so would the offset it stands for).
-        pair = jax.lax.optimization_barrier(np.array([offset, 0], np.int32))
-        start = jax.lax.reshape(jax.lax.slice(pair, (0,), (1,)), ())
-        return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis, allow_negative_indices=False)
-
     def unravel(x: jax.Array) -> PyTree:
         if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != total:
             raise ValueError(
@@ -132,10 +122,21 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
                 f"{jnp.shape(x)}"
             )
         x = jnp.asarray(x)
-        lead = x.shape[:-1]
+        axis, lead = x.ndim - 1, x.shape[:-1]
+        if dynamic:
+            # Each offset as a 2-element constant behind an optimisation barrier: XLA keeps
+            # it an operand of the slicing kernel (a scalar would be folded into the kernel).
+            pairs = jax.lax.optimization_barrier([np.array([o, 0], np.int32) for o in offsets])
         out = []
-        for o, n, shape, dt in zip(offsets, sizes, shapes, dtypes, strict=True):
-            leaf = jax.lax.reshape(piece(x, o, n), lead + shape)
+        for k, (o, n, shape, dt) in enumerate(zip(offsets, sizes, shapes, dtypes, strict=True)):
+            if dynamic:
+                start = jax.lax.reshape(jax.lax.slice(pairs[k], (0,), (1,)), ())
+                piece = jax.lax.dynamic_slice_in_dim(
+                    x, start, n, axis=axis, allow_negative_indices=False
+                )
+            else:
+                piece = jax.lax.slice_in_dim(x, o, o + n, axis=axis)
+            leaf = jax.lax.reshape(piece, lead + shape)
             out.append(leaf if leaf.dtype == dt else jax.lax.convert_element_type(leaf, dt))
         return jax.tree.unflatten(treedef, out)
 

@@ -95,6 +95,16 @@ def test_lanczos_restarts_past_an_invariant_krylov_space(getkey):
     assert float(exact.residuals.max()) < 1e-10
 
 
+def test_lanczos_from_a_zero_start_vector_restarts_instead_of_returning_nans(getkey):
+    """A zero start vector (possible under jit, where it cannot be rejected up front) is an
+    immediate breakdown: Lanczos continues from its restart vector."""
+    lam = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0, -1.0, -7.0])
+    A, _ = testing.prescribed_spectrum(getkey(), lam)
+    with jax.debug_nans(True):
+        res = jax.jit(lambda v: hl.top_eigs(A, v, k=2, num_iters=8))(jnp.zeros(8))
+    np.testing.assert_allclose(res.values, lam[:2], rtol=1e-10)
+
+
 def test_unravel_inverts_ravel_for_leaves_of_mixed_shapes_and_dtypes(getkey):
     """tree.ravel's unravel cuts leaves with dynamic slices (so same-shape leaves share one XLA
     kernel); it must agree with jax.flatten_util for every leaf, batched or not."""
