@@ -165,15 +165,18 @@ def tridiagonal_eigh(tri: Tridiagonal) -> tuple[jax.Array, jax.Array]:
     m = tri.alphas.shape[0]
     i = jax.lax.broadcasted_iota(jnp.int32, (m, m), 0)
     j = jax.lax.broadcasted_iota(jnp.int32, (m, m), 1)
-    rows = jax.lax.broadcast_in_dim  # rows(v, ...)[i, j] = v[i]
-    a = rows(tri.alphas, (m, m), (0,))
-    b_row, b_col = rows(tri.betas, (m, m), (0,)), rows(tri.betas, (m, m), (1,))
+
+    def spread(v, axis):  # (m,) -> (m, m), constant along the other axis: out[i, j] = v[i or j]
+        return jax.lax.broadcast_in_dim(v, (m, m), (axis,))
+
     zero = jnp.zeros((m, m), tri.alphas.dtype)
     # T[i, i] = alpha_i, T[i, i+1] = beta_i, T[i+1, i] = beta_i
     T = jax.lax.select(
         i == j,
-        a,
-        jax.lax.select(j == i + 1, b_row, jax.lax.select(i == j + 1, b_col, zero)),
+        spread(tri.alphas, 0),
+        jax.lax.select(
+            j == i + 1, spread(tri.betas, 0), jax.lax.select(i == j + 1, spread(tri.betas, 1), zero)
+        ),
     )
     vectors, values = jax.lax.linalg.eigh(T, symmetrize_input=False)
     return values, vectors
