@@ -126,7 +126,9 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
         if dynamic:
             # Each offset as a 2-element constant behind an optimisation barrier: XLA keeps
             # it an operand of the slicing kernel (a scalar would be folded into the kernel).
-            pairs = jax.lax.optimization_barrier([np.array([o, 0], np.int32) for o in offsets])
+            # Padded to [o, -1, 1], which is neither uniform nor an arithmetic sequence: XLA
+            # rebuilds such constants (e.g. [0, 0]) as a broadcast or iota, a kernel of its own.
+            pairs = jax.lax.optimization_barrier([np.array([o, -1, 1], np.int32) for o in offsets])
         out = []
         for k, (o, n, shape, dt) in enumerate(zip(offsets, sizes, shapes, dtypes, strict=True)):
             if dynamic:
