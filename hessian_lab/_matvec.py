@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree as tu
-from ._operators import Operator
+from ._operators import Operator, flat_product
 
 PyTree = Any
 
@@ -77,7 +77,7 @@ def flat_problem(matvec: Any, like: PyTree, *, name: str = "v0") -> FlatProblem:
         raise ValueError(f"{name}: must hold floating-point arrays, got dtype {dtype}")
 
     def mv(x: jax.Array) -> jax.Array:
-        return tu.to_flat(matvec(unravel(x))).astype(dtype)
+        return flat_product(matvec, unravel(x)).astype(dtype)
 
     return FlatProblem(mv, int(flat.shape[0]), dtype, tu.to_flat, unravel)
 

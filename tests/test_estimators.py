@@ -257,9 +257,13 @@ def test_preconditioned_sharpness_matches_dense_p_inv_h_from_optax_state(getkey)
     H = np.asarray(testing.dense_hessian(loss_fn, params, batch))
     dense = np.max(np.linalg.eigvals(np.diag(1 / _flat(P)) @ H).real)
     D = H.shape[0]
-    res = hl.preconditioned_sharpness(
-        hl.hvp(loss_fn, params, batch), P, tu.random_like(getkey(), params), num_iters=D
-    )
+    v0 = tu.random_like(getkey(), params)
+    res = hl.preconditioned_sharpness(hl.hvp(loss_fn, params, batch), P, v0, num_iters=D)
+    np.testing.assert_allclose(res.values[0], dense, rtol=1e-8)
+    # a chunked operator, whose products the estimator takes as flat vectors (flat_fn)
+    n = jax.tree.leaves(batch)[0].shape[0]
+    full = hl.full_data_hvp(loss_fn, params, batch, chunk_size=n // 2 + 1)
+    res = hl.preconditioned_sharpness(full, P, v0, num_iters=D)
     np.testing.assert_allclose(res.values[0], dense, rtol=1e-8)
 
 
