@@ -160,8 +160,8 @@ def _rsqrt_or_one(x: jax.Array) -> jax.Array:
 
 def tridiagonal_eigh(tri: Tridiagonal) -> tuple[jax.Array, jax.Array]:
     """Eigen-decompose the Lanczos tridiagonal: ascending Ritz values and their vectors."""
-    # Built with one select and decomposed without re-symmetrising (T is symmetric by
-    # construction): fewer XLA kernels, so a jitted Lanczos compiles faster.
+    # One select builds the lower triangle, the only part eigh reads here (lower=True, no
+    # re-symmetrising): the smallest XLA kernel for T, so a jitted Lanczos compiles faster.
     m = tri.alphas.shape[0]
     i = jax.lax.broadcasted_iota(jnp.int32, (m, m), 0)
     j = jax.lax.broadcasted_iota(jnp.int32, (m, m), 1)
@@ -170,15 +170,11 @@ def tridiagonal_eigh(tri: Tridiagonal) -> tuple[jax.Array, jax.Array]:
         return jax.lax.broadcast_in_dim(v, (m, m), (axis,))
 
     zero = jnp.zeros((m, m), tri.alphas.dtype)
-    # T[i, i] = alpha_i, T[i, i+1] = beta_i, T[i+1, i] = beta_i
+    # T[i, i] = alpha_i, T[i+1, i] = beta_i; the upper triangle is left zero (unread).
     T = jax.lax.select(
-        i == j,
-        spread(tri.alphas, 0),
-        jax.lax.select(
-            j == i + 1, spread(tri.betas, 0), jax.lax.select(i == j + 1, spread(tri.betas, 1), zero)
-        ),
+        i == j, spread(tri.alphas, 0), jax.lax.select(i == j + 1, spread(tri.betas, 1), zero)
     )
-    vectors, values = jax.lax.linalg.eigh(T, symmetrize_input=False)
+    vectors, values = jax.lax.linalg.eigh(T, lower=True, symmetrize_input=False)
     return values, vectors
 
 
