@@ -107,7 +107,7 @@ def timed(cases, *, repeats):
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def compile_times(fns, *args, repeats=9):
+def compile_times(fns, *args, repeats=15):
     """Per-repeat (process CPU time, wall time) of ``jax.jit(fn).lower(*args).compile()``.
 
     The functions are compiled round-robin, so every repeat yields one *pair* of measurements
@@ -155,7 +155,7 @@ def main(argv=None):
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--memory-factor", type=int, default=10, help="n multiplier for memory")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--compile-repeats", type=int, default=9, help="interleaved compile pairs")
+    ap.add_argument("--compile-repeats", type=int, default=15, help="interleaved compile pairs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 

@@ -124,7 +124,7 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
         x = jnp.asarray(x)
         axis, lead = x.ndim - 1, x.shape[:-1]
         if dynamic:
-            # Each offset as a 2-element constant behind an optimisation barrier: XLA keeps
+            # Each offset as a small constant behind an optimisation barrier: XLA keeps
             # it an operand of the slicing kernel (a scalar would be folded into the kernel).
             # Padded to [o, -1, 1], which is neither uniform nor an arithmetic sequence: XLA
             # rebuilds such constants (e.g. [0, 0]) as a broadcast or iota, a kernel of its own.
