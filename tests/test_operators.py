@@ -114,8 +114,10 @@ def test_full_data_ggn_matches_dense(getkey):
     params, apply, out_loss, _, (x, y) = make_problem(getkey(), "tanh", "xent", n=9)
     G = testing.dense_ggn(apply, out_loss, params, x, y)
     v = tu.random_like(getkey(), params)
-    got = hl.full_data_ggn(apply, out_loss, params, x, y, chunk_size=4)(v)
-    np.testing.assert_allclose(_flat(got), G @ _flat(v), rtol=1e-10, atol=1e-12)
+    op = hl.full_data_ggn(apply, out_loss, params, x, y, chunk_size=4)
+    np.testing.assert_allclose(_flat(op(v)), G @ _flat(v), rtol=1e-10, atol=1e-12)
+    # the flat product estimators take (accumulated flat over the chunk scan)
+    np.testing.assert_allclose(hl.flat_product(op, v), G @ _flat(v), rtol=1e-10, atol=1e-12)
 
 
 def test_mean_of_batch_sharpness_is_not_the_sharpness(getkey):
