@@ -128,11 +128,11 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
             # it an operand of the slicing kernel (a scalar would be folded into the kernel).
             # Padded to [o, -1, 1], which is neither uniform nor an arithmetic sequence: XLA
             # rebuilds such constants (e.g. [0, 0]) as a broadcast or iota, a kernel of its own.
-            pairs = jax.lax.optimization_barrier([np.array([o, -1, 1], np.int32) for o in offsets])
+            consts = jax.lax.optimization_barrier([np.array([o, -1, 1], np.int32) for o in offsets])
         out = []
         for k, (o, n, shape, dt) in enumerate(zip(offsets, sizes, shapes, dtypes, strict=True)):
             if dynamic:
-                start = jax.lax.reshape(jax.lax.slice(pairs[k], (0,), (1,)), ())
+                start = jax.lax.reshape(jax.lax.slice(consts[k], (0,), (1,)), ())
                 piece = jax.lax.dynamic_slice_in_dim(
                     x, start, n, axis=axis, allow_negative_indices=False
                 )
