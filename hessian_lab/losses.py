@@ -4,7 +4,7 @@ The last axis of ``outputs`` holds the ``k`` outputs; all leading axes index exa
 model's ``(batch, T, vocab)`` logits count ``batch * T`` examples). Targets are either integer class
 labels with shape ``outputs.shape[:-1]`` or arrays of the same shape as ``outputs`` (one-hot or real).
 
-Two MSE conventions are in use (see SCIENCE.md); they differ by the factor ``k``:
+Two MSE conventions are in use (see docs/conventions.md); they differ by the factor ``k``:
 
 - ``"per_example"`` (Cohen et al., arXiv 2103.00065): ``L = 1/(2n) sum_i ||f_i - y_i||^2``;
 - ``"per_output"`` (Kalra & Barkeshli, arXiv 2302.12250): ``L = 1/(2nk) sum_i ||f_i - y_i||^2``,

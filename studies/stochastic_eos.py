@@ -147,7 +147,7 @@ def _fdt():
 
 
 def noise_kernel_threshold(spectrum, batch_size: int, n: int) -> float:
-    """Solve ``eta c_B sum_i lambda_i / (2 - eta lambda_i) = 1`` for eta (SCIENCE.md criterion).
+    """Solve ``eta c_B sum_i lambda_i / (2 - eta lambda_i) = 1`` for eta (noise-kernel criterion).
 
     ``c_B = (n - B) / (B (n - 1))`` is the batch-noise factor of a uniform ``B``-subset (epoch
     shuffling); ``spectrum`` holds the eigenvalues of the NTK normalised like the loss. The left
