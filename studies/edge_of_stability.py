@@ -19,7 +19,8 @@ whether the loss decreased over long windows while rising within most short wind
 
 The engine is shared with :mod:`hessian_lab.studies.momentum`: :func:`simulate` trains groups
 of (optimizer, learning rates, momentum) and measures everything against each optimizer's
-critical ``eta * lambda`` (2 for GD).
+critical ``eta * lambda`` (2 for GD). Runs that diverge are counted and left out of every
+statistic.
 
 Example:
   >>> from hessian_lab.studies import edge_of_stability as eos
@@ -33,77 +34,86 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab.studies._results import load_results, save_results
+from . import edge_of_stability_plots as plots
+from . import kit, problems, stats
+from .kit import knob, need
 
-from . import _common as c
-
-__all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "cifar_config", "figures", "load"]
-__all__ += ["run", "save", "simulate", "summary"]
+__all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
+__all__ += ["cifar_config", "figures", "load", "run", "run_label", "save", "simulate"]
+__all__ += ["summary", "verdict"]
 
 NAME = "edge_of_stability"
-
-
-def need(ok: bool, obj: Any, field: str, allowed: str) -> None:
-    """Raise ``ValueError`` naming ``field``, its value and what is allowed, unless ``ok``."""
-    if not ok:
-        raise ValueError(f"{field}: must be {allowed}, got {getattr(obj, field)!r}")
+PAPER = "Cohen et al. 2021, arXiv 2103.00065"
+DOCS = "docs/studies/edge_of_stability.md"
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "erf", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob of the study (the problem, the learning rates, the measurement)."""
 
-    cifar_path: str | None = None  # None: sklearn digits; else a CIFAR-10 directory
-    n_train: int = 500  # first n training examples (the fixed training set)
-    depth: int = 2
-    width: int = 64
-    activation: Literal["tanh", "relu", "gelu", "silu", "erf", "linear"] = "tanh"
-    param: Literal["sp", "ntk", "mup"] = "sp"
-    normalization: Literal["per_example", "per_output"] = "per_example"  # MSE convention
-    lrs: tuple[float, ...] = (0.2, 0.25, 0.3, 0.4)
-    num_steps: int = 2500
-    sharpness_every: int = 20  # Lanczos every k steps
-    lanczos_iters: int = 20
-    seed: int = 0  # the same initialisation for every learning rate
-    flow_step: float = 0.025  # gradient flow: GD with this tiny step ...
-    flow_time: float = 300.0  # ... up to this time tau = eta t (0 disables the baseline)
-    long_window: int = 250  # steps per block for "the loss decreases over long windows"
-    short_window: int = 20  # steps per window for "the loss is non-monotone over short ones"
-    divergence_threshold: float = 100.0  # a loss above it marks a run diverged
+    cifar_path: str | None = knob(None, "CIFAR-10 directory; None uses sklearn's digits")
+    n_train: int = knob(500, "first n training examples (the fixed training set)")
+    depth: int = knob(2, "hidden layers of the MLP")
+    width: int = knob(64, "units per hidden layer")
+    activation: Literal["tanh", "relu", "gelu", "silu", "erf", "linear"] = knob(
+        "tanh", "hidden activation"
+    )
+    param: Literal["sp", "ntk", "mup"] = knob("sp", "parameterisation: standard, NTK or muP")
+    normalization: Literal["per_example", "per_output"] = knob(
+        "per_example", "MSE convention: 1/(2n) sum ||f-y||^2, or also / outputs"
+    )
+    lrs: tuple[float, ...] = knob((0.2, 0.25, 0.3, 0.4), "learning rates eta, one run each")
+    num_steps: int = knob(2500, "GD steps per run")
+    sharpness_every: int = knob(20, "measure the sharpness (Lanczos) every k steps")
+    lanczos_iters: int = knob(20, "Lanczos iterations per measurement (>= 2)")
+    seed: int = knob(0, "initialisation seed, shared by every learning rate")
+    flow_step: float = knob(0.025, "gradient-flow baseline: GD with this tiny step ...")
+    flow_time: float = knob(300.0, "... up to this time tau = eta t (0 disables the baseline)")
+    long_window: int = knob(250, "steps per block for 'the loss decreases over long windows'")
+    short_window: int = knob(20, "steps per window for 'the loss is non-monotone over short ones'")
+    divergence_threshold: float = knob(100.0, "a loss above it marks a run diverged")
 
     def __post_init__(self):
-        need(self.cifar_path is None or (isinstance(self.cifar_path, str) and self.cifar_path),
-             self, "cifar_path", "None or a non-empty path")  # fmt: skip
-        for f in ("n_train", "depth", "width", "num_steps", "sharpness_every", "lanczos_iters"):
-            v = getattr(self, f)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, self, f, "an int >= 1")
-        need(self.cifar_path is not None or self.n_train <= 1797, self, "n_train",
-             "<= 1797 (the size of digits)")  # fmt: skip
-        need(self.activation in ("tanh", "relu", "gelu", "silu", "erf", "linear"), self,
-             "activation", "tanh, relu, gelu, silu, erf or linear")  # fmt: skip
-        need(self.param in ("sp", "ntk", "mup"), self, "param", "'sp', 'ntk' or 'mup'")
-        need(self.normalization in ("per_example", "per_output"), self, "normalization",
-             "'per_example' or 'per_output'")  # fmt: skip
-        lrs = np.asarray(self.lrs, float)
-        need(lrs.ndim == 1 and lrs.size >= 1 and bool(np.all(np.isfinite(lrs) & (lrs > 0))),
-             self, "lrs", "a non-empty tuple of positive numbers")  # fmt: skip
-        need(self.lanczos_iters >= 2, self, "lanczos_iters", ">= 2")
-        need(isinstance(self.seed, int), self, "seed", "an int")
-        need(np.isfinite(self.flow_step) and self.flow_step > 0, self, "flow_step", "> 0")
-        need(np.isfinite(self.flow_time) and self.flow_time >= 0, self, "flow_time", ">= 0")
-        need(self.flow_time == 0 or self.flow_time >= self.flow_step, self, "flow_time",
-             "0 (no baseline) or >= flow_step")  # fmt: skip
-        need(isinstance(self.long_window, int) and 2 <= self.long_window, self, "long_window",
-             "an int >= 2")  # fmt: skip
-        need(isinstance(self.short_window, int) and 2 <= self.short_window <= self.long_window,
-             self, "short_window", "an int in [2, long_window]")  # fmt: skip
-        need(self.divergence_threshold > 0, self, "divergence_threshold", "> 0")
+        need(
+            self.cifar_path is None or (isinstance(self.cifar_path, str) and self.cifar_path),
+            self,
+            "cifar_path",
+            "None or a non-empty path",
+        )
+        kit.check_ints(self, "n_train", "depth", "width", "num_steps", "sharpness_every")
+        kit.check_ints(self, "lanczos_iters", minimum=2)
+        kit.check_ints(self, "seed", minimum=0)
+        need(
+            self.cifar_path is not None or self.n_train <= 1797,
+            self,
+            "n_train",
+            "<= 1797 (the size of digits)",
+        )
+        kit.check_choice(self, "activation", ACTIVATIONS)
+        kit.check_choice(self, "param", ("sp", "ntk", "mup"))
+        kit.check_choice(self, "normalization", ("per_example", "per_output"))
+        kit.check_rates(self, "lrs")
+        kit.check_positive(self, "flow_step", "divergence_threshold")
+        kit.check_positive(self, "flow_time", allow_zero=True)
+        need(
+            self.flow_time == 0 or self.flow_time >= self.flow_step,
+            self,
+            "flow_time",
+            "0 (no baseline) or >= flow_step",
+        )
+        kit.check_ints(self, "long_window", minimum=2)
+        need(
+            kit.is_int(self.short_window) and 2 <= self.short_window <= self.long_window,
+            self,
+            "short_window",
+            "an int in [2, long_window]",
+        )
 
 
 DEFAULT = Config()
@@ -124,9 +134,18 @@ def cifar_config(path: str, **overrides) -> Config:
     Learning rates 2/30 ... 2/100-style (``2/eta`` = 30, 45, 60, 80) as in their Figure 1; it
     takes hours on a CPU, so it is never a preset, only used when a path is given.
     """
-    kw = dict(cifar_path=str(path), n_train=5000, depth=2, width=200, activation="tanh",
-              lrs=(2 / 80, 2 / 60, 2 / 45, 2 / 30), num_steps=5000, sharpness_every=50,
-              flow_time=0.0, long_window=500)  # fmt: skip
+    kw = dict(
+        cifar_path=str(path),
+        n_train=5000,
+        depth=2,
+        width=200,
+        activation="tanh",
+        lrs=(2 / 80, 2 / 60, 2 / 45, 2 / 30),
+        num_steps=5000,
+        sharpness_every=50,
+        flow_time=0.0,
+        long_window=500,
+    )
     return Config(**(kw | overrides))
 
 
@@ -147,7 +166,7 @@ class Results:
     sharpness0: np.ndarray  # (P,) sharpness at initialisation
     reach_step: np.ndarray  # (P,) first step with lambda >= critical / eta (-1: never)
     rose: np.ndarray  # (P,) bool: lambda rose to the threshold (progressive sharpening)
-    median_x_lr: np.ndarray  # (P,) median eta * lambda from reach_step on
+    median_x_lr: np.ndarray  # (P,) median eta * lambda from reach_step on (NaN if diverged)
     long_decrease: np.ndarray  # (P,) bool: block means of the loss decrease after reach_step
     short_nonmonotone: np.ndarray  # (P,) bool: the loss rises within most short windows
     flow_time: np.ndarray  # (Kf,) gradient-flow time tau of each flow measurement
@@ -156,57 +175,84 @@ class Results:
     elapsed: np.ndarray  # () seconds
 
 
-def problem(config) -> c.Problem:
-    """The training problem a config describes (cached; see ``_common.make_problem``)."""
-    return c.make_problem(n_train=config.n_train, depth=config.depth, width=config.width,
-                          activation=config.activation, param=config.param,
-                          normalization=config.normalization,
-                          cifar_path=config.cifar_path)  # fmt: skip
+def problem(config) -> problems.Problem:
+    """The training problem a config describes."""
+    return problems.make_problem(
+        n_train=config.n_train,
+        depth=config.depth,
+        width=config.width,
+        activation=config.activation,
+        param=config.param,
+        normalization=config.normalization,
+        cifar_path=config.cifar_path,
+    )
 
 
 def simulate(config, groups, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Train each group ``(optimizer, lrs, momentum)`` on ``config``'s problem; measure EoS.
 
-    One population (one compiled program) per optimizer; the gradient-flow baseline shares the
-    GD program. ``config`` needs the fields of :class:`Config`.
+    One compiled program per optimizer (a :class:`~hessian_lab.studies.problems.SharpnessRunner`);
+    the gradient-flow baseline reuses the GD one. ``progress(done, total)`` counts training steps
+    (members x steps, plus the flow's). ``config`` needs the fields of :class:`Config`.
     """
     t0 = time.perf_counter()
     prob = problem(config)
     groups = [(o, np.asarray(lrs, float), float(b)) for o, lrs, b in groups if len(lrs)]
-    total, done = len(groups) + (config.flow_time > 0), 0
-    kw = dict(num_steps=config.num_steps, every=config.sharpness_every,
-              num_iters=config.lanczos_iters, seed=config.seed)  # fmt: skip
+    n_flow = problems.flow_steps(config.flow_time, config.flow_step) if config.flow_time else 0
+    counter = kit.StepCounter(sum(g[1].size for g in groups) * config.num_steps + n_flow, progress)
+    runners: dict[str, problems.SharpnessRunner] = {}
+
+    def runner(opt: str) -> problems.SharpnessRunner:
+        if opt not in runners:
+            runners[opt] = problems.SharpnessRunner(
+                prob, opt, every=config.sharpness_every, num_iters=config.lanczos_iters
+            )
+        return runners[opt]
+
     parts, meta = [], []
     for opt, lrs, beta in groups:
-        mom = None if opt == "gd" else beta
         parts.append(
-            c.train_runs(
-                prob, opt, lrs, momentum=mom, divergence_threshold=config.divergence_threshold, **kw
+            runner(opt).train(
+                lrs,
+                num_steps=config.num_steps,
+                seed=config.seed,
+                momentum=None if opt == "gd" else beta,
+                divergence_threshold=config.divergence_threshold,
+                progress=counter.part(lrs.size * config.num_steps),
             )
         )
-        meta += [(opt, lr, beta, c.stability_threshold(opt, beta)) for lr in lrs]
-        done += 1
-        if progress is not None:
-            progress(done, total)
+        meta += [(opt, lr, beta, stats.stability_threshold(opt, beta)) for lr in lrs]
+    ft, fs, fl = np.zeros(0), np.zeros(0), np.zeros(0)
+    if n_flow:
+        flow = runner("gd").flow(
+            time=config.flow_time,
+            step=config.flow_step,
+            seed=config.seed,
+            progress=counter.part(n_flow),
+        )
+        ft, fs, fl = flow.steps * config.flow_step, flow.sharpness[0], flow.loss[0, flow.steps]
+    counter.finish()
     loss = np.concatenate([p.loss for p in parts])
     sharp = np.concatenate([p.sharpness for p in parts])
+    diverged = np.concatenate([p.diverged for p in parts])
     opts, lrs, betas, crit = (np.asarray(v) for v in zip(*meta, strict=True))
     steps = parts[0].steps
-    stats = []
+    per_run = []
     for i in range(lrs.size):
         full = np.full(config.num_steps, np.nan)
         full[steps] = sharp[i]
-        stats.append(c.eos_stats(full, loss[i], lrs[i], crit[i], long_window=config.long_window,
-                                 short_window=config.short_window))  # fmt: skip
-    col = lambda k, dt: np.asarray([s[k] for s in stats], dtype=dt)  # noqa: E731
-    ft, fs, fl = np.zeros(0), np.zeros(0), np.zeros(0)
-    if config.flow_time > 0:
-        flow = c.gradient_flow(prob, time=config.flow_time, step=config.flow_step,
-                               every=config.sharpness_every, num_iters=config.lanczos_iters,
-                               seed=config.seed)  # fmt: skip
-        ft, fs, fl = flow.steps * config.flow_step, flow.sharpness[0], flow.loss[0, flow.steps]
-        if progress is not None:
-            progress(total, total)
+        s = stats.eos_stats(
+            full,
+            loss[i],
+            lrs[i],
+            crit[i],
+            long_window=config.long_window,
+            short_window=config.short_window,
+        )
+        if diverged[i]:  # a diverged run has no edge of stability to report
+            s |= {"median_x_lr": float("nan"), "long_decrease": False, "short_nonmonotone": False}
+        per_run.append(s)
+    col = lambda k, dt: np.asarray([s[k] for s in per_run], dtype=dt)  # noqa: E731
     return Results(
         config=config,
         optimizers=opts.astype(str),
@@ -216,7 +262,7 @@ def simulate(config, groups, *, progress: Callable[[int, int], None] | None = No
         loss=loss,
         sharp_steps=steps,
         sharpness=sharp,
-        diverged=np.concatenate([p.diverged for p in parts]),
+        diverged=diverged,
         diverged_step=np.concatenate([p.diverged_step for p in parts]),
         sharpness0=col("sharpness0", float),
         reach_step=col("reach_step", np.int64),
@@ -236,40 +282,103 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     return simulate(config, [("gd", config.lrs, 0.0)], progress=progress)
 
 
+def run_label(results: Results, i: int) -> str:
+    """A reader's name for run ``i``: ``"GD eta=0.2"``, ``"heavy ball eta=0.4 beta=0.9"``."""
+    return plots.run_label(results.optimizers[i], results.lrs[i], results.momenta[i])
+
+
 def figures(results: Results) -> dict[str, Figure]:
     """Loss and sharpness vs steps with the thresholds; sharpness vs time against gradient flow."""
-    from ._edge_of_stability_plots import draw
-
-    return draw(results, NAME)
+    return plots.draw(results, NAME)
 
 
-def save(results: Results, run_dir: str | Path) -> None:
-    """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, kind=NAME, summary=summary(results))
+METRICS = {
+    "sharpness0": kit.Metric("sharpness at initialisation", "1/lr"),
+    "threshold": kit.Metric("the run's stability threshold, critical eta*lambda / eta", "1/lr"),
+    "reach_step": kit.Metric("first step with sharpness >= threshold (-1: never)", "steps"),
+    "rose": kit.Metric("the sharpness rose >= 10% before reaching it (progressive sharpening)"),
+    "median_x_lr": kit.Metric("median eta*lambda after first reaching the threshold"),
+    "median_ratio": kit.Metric("median eta*lambda / critical value (1 = at the edge)"),
+    "long_decrease": kit.Metric("after reaching it, the loss still falls over long windows"),
+    "short_nonmonotone": kit.Metric("after reaching it, the loss rises within short windows"),
+    "diverged": kit.Metric("the run diverged (left out of every statistic)"),
+    "final_loss": kit.Metric("training loss at the last step", "loss"),
+    "num_diverged": kit.Metric("runs that diverged", "runs"),
+    "flow_final_time": kit.Metric("gradient flow: time tau = eta t reached", "time"),
+    "flow_final_sharpness": kit.Metric("gradient flow: sharpness at that time", "1/lr"),
+    "elapsed_s": kit.Metric("wall-clock time of the study", "s"),
+}
 
 
-def load(run_dir: str | Path) -> Results:
-    """Read back what :func:`save` wrote; ``load`` after ``save`` round-trips exactly."""
-    return load_results(run_dir, Results, Config)
-
-
-def summary(results: Results) -> dict[str, float | int | str | bool]:
+def summary(results: Results) -> dict[str, Any]:
     """Per run: sharpness at init, first step at the threshold, median eta*lambda, loss pattern."""
-    r, out = results, {}
-    for i, (o, lr) in enumerate(zip(r.optimizers, r.lrs, strict=True)):
-        p = f"{o}_eta{lr:g}" + (f"_beta{r.momenta[i]:g}" if o != "gd" else "")
-        out[f"{p}_sharpness0"] = float(r.sharpness0[i])
-        out[f"{p}_threshold"] = float(r.critical[i] / lr)
-        out[f"{p}_reach_step"] = int(r.reach_step[i])
-        out[f"{p}_rose"] = bool(r.rose[i])
-        out[f"{p}_median_x_lr"] = float(r.median_x_lr[i])
-        out[f"{p}_median_ratio"] = float(r.median_x_lr[i] / r.critical[i])
-        out[f"{p}_long_decrease"] = bool(r.long_decrease[i])
-        out[f"{p}_short_nonmonotone"] = bool(r.short_nonmonotone[i])
-        out[f"{p}_diverged"] = bool(r.diverged[i])
-        out[f"{p}_final_loss"] = float(r.loss[i, -1])
+    r = results
+    labels = [run_label(r, i) for i in range(r.lrs.size)]
+    per = lambda f: {lab: f(i) for i, lab in enumerate(labels)}  # noqa: E731
+    out: dict[str, Any] = {
+        "sharpness0": per(lambda i: float(r.sharpness0[i])),
+        "threshold": per(lambda i: float(r.critical[i] / r.lrs[i])),
+        "reach_step": per(lambda i: int(r.reach_step[i])),
+        "rose": per(lambda i: bool(r.rose[i])),
+        "median_x_lr": per(lambda i: float(r.median_x_lr[i])),
+        "median_ratio": per(lambda i: float(r.median_x_lr[i] / r.critical[i])),
+        "long_decrease": per(lambda i: bool(r.long_decrease[i])),
+        "short_nonmonotone": per(lambda i: bool(r.short_nonmonotone[i])),
+        "diverged": per(lambda i: bool(r.diverged[i])),
+        "final_loss": per(lambda i: float(r.loss[i, -1])),
+        "num_diverged": int(np.sum(r.diverged)),
+    }
     if r.flow_time.size:
         out["flow_final_time"] = float(r.flow_time[-1])
         out["flow_final_sharpness"] = float(r.flow_sharpness[-1])
     out["elapsed_s"] = float(r.elapsed)
     return out
+
+
+def at_the_edge(results: Results, i: int) -> bool:
+    """Run ``i`` shows the edge of stability: it sharpened to its threshold, then hovered there.
+
+    Cohen et al.'s criteria: progressive sharpening up to the threshold, then ``eta * lambda``
+    within [0.95, 1.1] of the critical value on the median, and a loss that still decreases over
+    long windows.
+    """
+    r = results
+    ratio = r.median_x_lr[i] / r.critical[i]
+    return bool(not r.diverged[i] and r.rose[i] and 0.95 <= ratio <= 1.1 and r.long_decrease[i])
+
+
+def verdict(results: Results) -> list[str]:
+    """One sentence per run, our median eta*lambda beside the paper's, and the flow baseline."""
+    r, out = results, []
+    for i in range(r.lrs.size):
+        label = run_label(r, i)
+        if r.diverged[i]:
+            out.append(f"{label}: diverged at step {int(r.diverged_step[i])} (not counted).")
+            continue
+        if r.reach_step[i] < 0:
+            out.append(
+                f"{label}: the sharpness never reached its threshold "
+                f"{kit.fmt(r.critical[i] / r.lrs[i])} in {r.loss.shape[1]} steps."
+            )
+            continue
+        crit = kit.fmt(r.critical[i])
+        out.append(
+            kit.compare(
+                f"{label}: sharpness rose from {kit.fmt(r.sharpness0[i])} to the threshold by step "
+                f"{int(r.reach_step[i])}, then median eta*lambda",
+                r.median_x_lr[i],
+                "Cohen et al.",
+                f"~{crit}, hovering at or just above it",
+                ok=at_the_edge(r, i),
+            )
+        )
+    if r.flow_time.size:
+        out.append(
+            f"Gradient flow kept sharpening: sharpness {kit.fmt(r.flow_sharpness[0])} -> "
+            f"{kit.fmt(r.flow_sharpness[-1])} by time {kit.fmt(r.flow_time[-1])}, past the "
+            "thresholds at which GD stopped."
+        )
+    return out
+
+
+save, load = kit.persistence(NAME, Results, Config, summary)

@@ -12,7 +12,8 @@ for optax's ``sgd(momentum=beta, nesterov=...)``, on ``L = lambda x^2 / 2`` (der
 
 This study is :mod:`hessian_lab.studies.edge_of_stability` with other optimizers: the same
 problem, engine (:func:`~hessian_lab.studies.edge_of_stability.simulate`), statistics and
-figures, measured against each optimizer's own critical ``eta * lambda``.
+figures (``edge_of_stability_plots``), measured against each optimizer's own critical
+``eta * lambda``.
 
 Example:
   >>> from hessian_lab.studies import momentum
@@ -25,21 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 from matplotlib.figure import Figure
 
-from hessian_lab.studies._results import load_results, save_results
-
-from . import _common as c
 from . import edge_of_stability as eos
+from . import edge_of_stability_plots as plots
+from . import kit, stats
 from .edge_of_stability import Results
+from .kit import knob, need
 
-__all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "figures", "load", "quadratic_orbit"]
-__all__ += ["run", "save", "summary"]
+__all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
+__all__ += ["figures", "load", "quadratic_orbit", "run", "save", "summary", "verdict"]
 
 NAME = "momentum"
+PAPER = "Cohen et al. 2021, arXiv 2103.00065 (momentum appendix)"
+DOCS = "docs/studies/momentum.md"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,20 +56,19 @@ class Config(eos.Config):
     (``flow_time=0``).
     """
 
-    lrs: tuple[float, ...] = (0.35, 0.4, 0.45)
-    nesterov_lrs: tuple[float, ...] = (0.15, 0.2)
-    momentum: float = 0.9
+    lrs: tuple[float, ...] = knob((0.35, 0.4, 0.45), "heavy-ball learning rates, one run each")
+    nesterov_lrs: tuple[float, ...] = knob((0.15, 0.2), "Nesterov learning rates (may be empty)")
+    momentum: float = knob(0.9, "momentum beta of both optimizers, in [0, 1)")
     num_steps: int = 1500
     flow_time: float = 0.0
     long_window: int = 150
 
     def __post_init__(self):
         super().__post_init__()
-        eos.need(isinstance(self.momentum, float | int) and 0 <= self.momentum < 1, self,
-                 "momentum", "a number in [0, 1)")  # fmt: skip
-        nl = np.asarray(self.nesterov_lrs, float)
-        eos.need(nl.ndim == 1 and bool(np.all(np.isfinite(nl) & (nl > 0))), self,
-                 "nesterov_lrs", "a tuple of positive numbers (may be empty)")  # fmt: skip
+        m = self.momentum
+        ok = isinstance(m, float | int) and not isinstance(m, bool) and 0 <= m < 1
+        need(ok, self, "momentum", "a number in [0, 1)")
+        kit.check_rates(self, "nesterov_lrs", allow_empty=True)
 
 
 DEFAULT = Config()
@@ -80,8 +84,10 @@ TINY = Config(
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Train heavy-ball (``lrs``) and Nesterov (``nesterov_lrs``) runs at ``momentum`` (no I/O)."""
-    groups = [("momentum", config.lrs, config.momentum),
-              ("nesterov", config.nesterov_lrs, config.momentum)]  # fmt: skip
+    groups = [
+        ("momentum", config.lrs, config.momentum),
+        ("nesterov", config.nesterov_lrs, config.momentum),
+    ]
     return eos.simulate(config, groups, progress=progress)
 
 
@@ -90,9 +96,6 @@ def quadratic_orbit(optimizer: str, eta_lambda: float, momentum: float, num_step
 
     Returns the (num_steps + 1,) iterates; used to check :func:`stability_threshold` numerically.
     """
-    import jax.numpy as jnp
-    import optax
-
     opt = optax.sgd(eta_lambda, momentum=momentum, nesterov=optimizer == "nesterov")
     x = jnp.asarray(1.0)
     state = opt.init(x)
@@ -104,29 +107,41 @@ def quadratic_orbit(optimizer: str, eta_lambda: float, momentum: float, num_step
     return np.asarray(xs)
 
 
-stability_threshold = c.stability_threshold
+stability_threshold = stats.stability_threshold
 
 
 def figures(results: Results) -> dict[str, Figure]:
     """Loss, sharpness with each run's threshold, and eta*lambda / threshold vs step."""
-    from ._edge_of_stability_plots import draw
-
-    return draw(results, NAME)
+    return plots.draw(results, NAME)
 
 
-def save(results: Results, run_dir: str | Path) -> None:
-    """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, kind=NAME, summary=summary(results))
+METRICS = eos.METRICS | {
+    "heavy_ball_threshold_x_lr": kit.Metric("heavy ball's critical eta*lambda, 2 + 2 beta"),
+    "nesterov_threshold_x_lr": kit.Metric(
+        "Nesterov's critical eta*lambda in optax's form, (2 + 2 beta) / (1 + 2 beta)"
+    ),
+}
 
 
-def load(run_dir: str | Path) -> Results:
-    """Read back what :func:`save` wrote; ``load`` after ``save`` round-trips exactly."""
-    return load_results(run_dir, Results, Config)
-
-
-def summary(results: Results) -> dict[str, float | int | str | bool]:
-    """Per run: first step at the threshold, median eta*lambda and its ratio to the threshold."""
+def summary(results: Results) -> dict[str, Any]:
+    """The edge-of-stability summary plus both critical values at ``momentum``."""
     out = eos.summary(results)
-    out["heavy_ball_threshold_x_lr"] = c.stability_threshold("momentum", results.config.momentum)
-    out["nesterov_threshold_x_lr"] = c.stability_threshold("nesterov", results.config.momentum)
+    out["heavy_ball_threshold_x_lr"] = stats.stability_threshold(
+        "momentum", results.config.momentum
+    )
+    out["nesterov_threshold_x_lr"] = stats.stability_threshold("nesterov", results.config.momentum)
     return out
+
+
+def verdict(results: Results) -> list[str]:
+    """Each run's median eta*lambda against its own optimizer's threshold."""
+    b = results.config.momentum
+    head = (
+        f"Thresholds at beta={b:g} (optax's update, from the companion matrix): heavy ball "
+        f"{kit.fmt(stats.stability_threshold('momentum', b))}, Nesterov "
+        f"{kit.fmt(stats.stability_threshold('nesterov', b))} (eta*lambda)."
+    )
+    return [head, *eos.verdict(results)]
+
+
+save, load = kit.persistence(NAME, Results, Config, summary)

@@ -4,10 +4,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
+import study_contract
 
-from hessian_lab.studies import _common as c
 from hessian_lab.studies import edge_of_stability as eos
+from hessian_lab.studies import problems
+from hessian_lab.studies import stats as c
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +35,30 @@ def test_tiny_gradient_flow_keeps_sharpening(tiny):
                                tiny.config.flow_step * tiny.config.sharpness_every)  # fmt: skip
 
 
-def test_save_load_round_trip(tiny, tmp_path):
-    eos.save(tiny, tmp_path / "run")
-    back = eos.load(tmp_path / "run")
-    assert back.config == tiny.config
-    for f in dataclasses.fields(eos.Results):
-        if f.name != "config":
-            a, b = getattr(tiny, f.name), getattr(back, f.name)
-            assert a.dtype == b.dtype and a.shape == b.shape, f.name
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
+def test_contract(tiny, tmp_path):
+    study_contract.check_dynamic(eos, tiny, tmp_path)
 
 
-def test_figures_and_summary(tiny):
-    figs = eos.figures(tiny)
-    assert set(figs) == {"edge_of_stability_dynamics", "edge_of_stability_flow"}
-    assert all(isinstance(f, Figure) for f in figs.values())
+def test_summary_and_verdict(tiny):
     s = eos.summary(tiny)
-    assert s["gd_eta0.4_threshold"] == pytest.approx(5.0)
-    assert isinstance(s["gd_eta0.4_rose"], bool)
+    assert s["threshold"]["GD eta=0.4"] == pytest.approx(5.0)
+    assert s["rose"]["GD eta=0.4"] is True and s["num_diverged"] == 0
+    assert set(eos.figures(tiny)) == {"edge_of_stability_dynamics", "edge_of_stability_flow"}
+    lines = eos.verdict(tiny)
+    assert all(line.endswith("- reproduced") for line in lines[:2]), lines
+    assert "Cohen et al." in lines[0]
+
+
+def test_a_diverged_run_is_counted_not_summarised(tiny):
+    r = dataclasses.replace(
+        tiny,
+        diverged=np.array([False, True]),
+        median_x_lr=np.array([2.0, np.nan]),
+        diverged_step=np.array([-1, 5]),
+    )
+    s = eos.summary(r)
+    assert s["num_diverged"] == 1 and np.isnan(s["median_x_lr"]["GD eta=0.4"])
+    assert "diverged at step 5" in eos.verdict(r)[1]
 
 
 @pytest.mark.parametrize(
@@ -93,11 +100,15 @@ def test_statistics_on_synthetic_curves():
     assert c.loss_oscillation(loss, -1, long_window=100) == (False, False)
 
 
-def test_new_learning_rates_reuse_the_compiled_program(tiny):
-    from hessian_lab import trainer
-
-    before = trainer._run_chunk._cache_size()
-    cfg = dataclasses.replace(eos.TINY, lrs=(0.3,), num_steps=200, flow_time=0.0)
-    r = eos.run(cfg)
-    assert trainer._run_chunk._cache_size() == before
-    assert r.loss.shape == (1, 200) and r.flow_time.size == 0
+def test_new_learning_rates_reuse_the_compiled_program():
+    # One runner holds one compiled step: populations with other learning rates, and the
+    # gradient-flow run, trace it once.
+    prob = eos.problem(eos.TINY)
+    runner = problems.SharpnessRunner(prob, "gd", every=10, num_iters=4)
+    runner.train([0.3], num_steps=30)
+    size = runner.step.step.run._cache_size()
+    assert size == 1
+    r = runner.train([0.1, 0.2], num_steps=30, seed=3)
+    runner.flow(time=1.5, step=0.05)  # 30 steps: the same chunk length
+    assert runner.step.step.run._cache_size() == size
+    assert r.loss.shape == (2, 30)

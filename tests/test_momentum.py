@@ -4,9 +4,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+import study_contract
 
-from hessian_lab.studies import _common as c
 from hessian_lab.studies import momentum
+from hessian_lab.studies import stats as c
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +62,11 @@ def test_tiny_heavy_ball_hovers_at_its_threshold(tiny):
         assert 0.85 <= ratio <= 1.15, (eta, ratio)
 
 
-def test_save_load_round_trip(tiny, tmp_path):
-    momentum.save(tiny, tmp_path / "run")
-    back = momentum.load(tmp_path / "run")
-    assert back.config == tiny.config and isinstance(back.config, momentum.Config)
-    for f in dataclasses.fields(momentum.Results):
-        if f.name != "config":
-            np.testing.assert_array_equal(getattr(tiny, f.name), getattr(back, f.name))
+def test_contract(tiny, tmp_path):
+    study_contract.check_dynamic(momentum, tiny, tmp_path)
     assert set(momentum.figures(tiny)) == {"momentum_dynamics"}
     assert momentum.summary(tiny)["heavy_ball_threshold_x_lr"] == pytest.approx(3.8)
+    assert "heavy ball eta=0.45 beta=0.9" in momentum.summary(tiny)["median_x_lr"]
 
 
 @pytest.mark.parametrize(
