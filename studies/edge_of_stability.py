@@ -373,10 +373,13 @@ def verdict(results: Results) -> list[str]:
             )
         )
     if r.flow_time.size:
+        lowest = float(np.min(r.critical / r.lrs))
+        past = float(np.nanmax(r.flow_sharpness)) > lowest
         out.append(
-            f"Gradient flow kept sharpening: sharpness {kit.fmt(r.flow_sharpness[0])} -> "
-            f"{kit.fmt(r.flow_sharpness[-1])} by time {kit.fmt(r.flow_time[-1])}, past the "
-            "thresholds at which GD stopped."
+            f"Gradient flow: sharpness {kit.fmt(r.flow_sharpness[0])} -> "
+            f"{kit.fmt(r.flow_sharpness[-1])} by time {kit.fmt(r.flow_time[-1])}, "
+            + ("past" if past else "not yet past")
+            + f" the lowest GD threshold {kit.fmt(lowest)} (Cohen et al.: the flow keeps sharpening)."
         )
     return out
 
