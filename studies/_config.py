@@ -1,8 +1,9 @@
 """Study configs: typed overrides from strings (``--set lr=0.1``) or JSON values.
 
 A study's ``Config`` is a frozen dataclass; :func:`with_overrides` reads each value according to
-the field's annotation (tuples ``0.1,0.2``, booleans ``true``/``false``, optionals ``none``,
-literals by value) and lets the Config's own checks reject bad values. :func:`normalize` is the
+the field's annotation with pydantic's ``TypeAdapter`` (numbers, booleans ``true``/``false``,
+literals by value; on the command line also tuples as ``0.1,0.2`` and optionals as ``none``) and
+lets the Config's own checks reject bad values. :func:`normalize` is the
 JSON form ``write_json`` stores, so a stored config and a new one compare equal.
 """
 
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from hessian_lab.io import to_jsonable
 
@@ -52,86 +56,52 @@ def field_types(config_cls: type, example: Any) -> dict[str, Any]:
     return {f.name: hints.get(f.name, type(getattr(example, f.name))) for f in fields}
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+_NONE = ("none", "null")
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Convert ``value`` (a string from the command line, or a JSON value) to type ``tp``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any or tp is object:
-        return value
-    if origin is typing.Union or origin is types.UnionType:
-        options = [a for a in args if a is not type(None)]
-        if len(options) < len(args) and (
-            value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        ):
+def _message(key: str, error: ValidationError, value: Any) -> str:
+    """Pydantic's first complaint as one line: ``"lrs[1]: must be a valid number, got 'x'"``."""
+    first = error.errors(include_url=False)[0]
+    where = key + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    msg = re.sub(r"^Input should be ", "must be ", first["msg"])
+    return f"{where}: {msg}, got {value!r}"
+
+
+def _read(tp: Any, value: Any, key: str) -> Any:
+    """Read ``value`` (a command-line string or a JSON value) as type ``tp`` with pydantic.
+
+    Strings go through pydantic's string mode (``3``, ``0.1``, ``true``/``yes``/``1``); our own
+    conventions are only the ones pydantic has no notion of: a comma-separated list for a tuple
+    (``0.1,0.2``) and ``none`` for an optional field.
+    """
+    adapter = TypeAdapter(tp)
+    if not isinstance(value, str):
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as e:
+            raise ValueError(_message(key, e, value)) from None
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(options) < len(
+        typing.get_args(tp)
+    ):
+        if value.strip().lower() in _NONE:
             return None
-        for option in options:
-            try:
-                return _coerce(option, value, key)
-            except ValueError:
-                continue
-        raise ValueError(f"{key}: cannot read {value!r} as {tp}")
-    if origin is Literal:
-        for allowed in args:
-            try:
-                if _coerce(type(allowed), value, key) == allowed:
-                    return allowed
-            except ValueError:
-                continue
-        raise ValueError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
-    if origin in (tuple, list) or tp in (tuple, list):
-        if isinstance(value, str):
-            items: list[Any] = [s.strip() for s in value.split(",")] if value.strip() else []
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            raise ValueError(f"{key}: expected comma-separated values, got {value!r}")
-        if args and len(args) == 2 and args[1] is Ellipsis:
-            items = [_coerce(args[0], v, key) for v in items]
-        elif args:
-            if len(items) != len(args):
-                raise ValueError(f"{key}: expected {len(args)} values, got {len(items)}")
-            items = [_coerce(a, v, key) for a, v in zip(args, items, strict=True)]
-        return list(items) if (origin or tp) is list else tuple(items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is not None and number.is_integer():
-            return int(number)
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{key}: expected a string, got {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+        tp = options[0] if len(options) == 1 else typing.Union[tuple(options)]  # noqa: UP007
+    if typing.get_origin(tp) in (tuple, list) or tp in (tuple, list):
+        items = [s.strip() for s in value.split(",")] if value.strip() else []
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(items)
+        elif args and len(args) != len(items):
+            raise ValueError(f"{key}: must be {len(args)} comma-separated values, got {value!r}")
+        items = [
+            _read(a, item, f"{key}[{i}]") for i, (a, item) in enumerate(zip(args, items, strict=True))
+        ] if args else items  # fmt: skip
+        return _read(tp, items, key)
+    try:
+        return adapter.validate_strings(value)
+    except ValidationError as e:
+        raise ValueError(_message(key, e, value)) from None
 
 
 def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) -> Any:
@@ -161,10 +131,10 @@ def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) ->
             f"; allowed: {', '.join(types_)}"
         )
     try:
-        values = {k: _coerce(types_[k], v, k) for k, v in pairs}
+        values = {k: _read(types_[k], v, k) for k, v in pairs}
         return dataclasses.replace(config, **values)
     except (ValueError, TypeError) as e:
-        raise SweepError(f"config: {e}") from e
+        raise SweepError(str(e)) from e
 
 
 def config_from_dict(module: ModuleType, stored: Mapping[str, Any]) -> Any:

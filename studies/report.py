@@ -1,10 +1,15 @@
-"""One self-contained HTML page per run directory: figures, summary, config and environment.
+"""One self-contained HTML page per run directory: verdict, figures, summary, config, environment.
 
 :func:`write_report` loads a complete run directory with its study's ``load``, draws the study's
 ``figures``, saves each as ``<run_dir>/figures/<name>.png`` and ``.svg``, and writes
-``<run_dir>/report.html`` with the PNGs embedded as base64 (the page needs no other file). A run
-directory whose study is unknown (e.g. written by ``hessian-lab sharpness``) still gets a report:
-its tables, and any PNGs already in ``figures/``.
+``<run_dir>/report.html`` with the PNGs embedded as base64 (the page needs no other file).
+
+The page reads top to bottom as a reader asks: what was reproduced (the study's ``verdict``
+sentences, our number beside the paper's), the figures, the summary (every metric with the unit
+and description the study declares in ``METRICS``; per-run metrics as one row per run), the config
+(each field with its description), the paper and the study's docs page, the arrays and the
+environment. A run directory whose study is unknown (e.g. written by ``hessian-lab sharpness``)
+still gets a report: its tables, and any PNGs already in ``figures/``.
 
 Everything is computed before the first file is written, so a failure leaves the directory as it
 was.
@@ -32,7 +37,14 @@ from hessian_lab.io import CorruptRunError, atomic_write_bytes, read_json
 
 from . import registry, sweep
 
-__all__ = ["figure_bytes", "render_html", "write_report"]
+try:  # the study kit (field descriptions) is new; reports work without it
+    from .kit import describe
+except ImportError:  # pragma: no cover
+    describe = None
+
+_REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["figure_bytes", "render_html", "summary_html", "write_report"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -43,6 +55,7 @@ td, th { border: 1px solid #ddd; padding: 3px 9px; text-align: left; vertical-al
 th { background: #f4f4f4; } td.num { font-family: ui-monospace, monospace; }
 figure { display: inline-block; margin: 0.6em; } figcaption { color: #555; text-align: center; }
 img { max-width: 100%; border: 1px solid #eee; }
+ul.verdict { font-size: 1.05em; line-height: 1.5; } h3 { font-size: 1em; margin-bottom: 0.2em; }
 """
 
 
@@ -66,17 +79,65 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(rows: Mapping[str, Any], header: tuple[str, str] = ("name", "value")) -> str:
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _rows(header: tuple[str, ...], rows: list[tuple[Any, ...]], numeric: int = -1) -> str:
+    """An HTML table; column ``numeric`` is set in a monospace font."""
     if not rows:
         return "<p class='meta'>(none)</p>"
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td class='num'>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in rows.items()
+        "<tr>"
+        + "".join(
+            f"<td class='num'>{_esc(_fmt(c))}</td>" if j == numeric else f"<td>{_esc(c)}</td>"
+            for j, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
     )
-    return (
-        f"<table><tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>"
-        f"{body}</table>"
-    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _table(rows: Mapping[str, Any], header: tuple[str, str] = ("name", "value")) -> str:
+    return _rows(header, list(rows.items()), numeric=1)
+
+
+def _metric(metrics: Mapping[str, Any], name: str) -> tuple[str, str]:
+    """(description, unit) of a summary metric; empty for one the study does not declare."""
+    m = metrics.get(name)
+    return (getattr(m, "description", ""), getattr(m, "unit", "")) if m is not None else ("", "")
+
+
+def summary_html(summary: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """The summary as a reader wants it: each metric with its unit and description.
+
+    Scalar metrics are one row each; metrics whose value is ``{run label: value}`` share one table
+    with a row per run and a column per metric, followed by what each column means.
+    """
+    scalars = [
+        (name, value, _metric(metrics, name)[1], _metric(metrics, name)[0])
+        for name, value in summary.items()
+        if not isinstance(value, Mapping)
+    ]
+    per_run = [name for name, value in summary.items() if isinstance(value, Mapping)]
+    parts = []
+    if per_run:
+        runs = list(dict.fromkeys(run for name in per_run for run in summary[name]))
+        units = [_metric(metrics, name)[1] for name in per_run]
+        header = (
+            "run",
+            *(n + (f" [{u}]" if u else "") for n, u in zip(per_run, units, strict=True)),
+        )
+        rows = [(run, *(_fmt(summary[name].get(run, "")) for name in per_run)) for run in runs]
+        legend = [(name, _metric(metrics, name)[1], _metric(metrics, name)[0]) for name in per_run]
+        parts += ["<h3>Per run</h3>", _rows(header, rows)]
+        parts += ["<p class='meta'>Columns:</p>", _rows(("metric", "unit", "meaning"), legend)]
+    if scalars or not per_run:
+        parts += ["<h3>Whole study</h3>"] if per_run else []
+        parts.append(_rows(("metric", "value", "unit", "meaning"), scalars, numeric=1))
+    return "\n".join(parts)
 
 
 def render_html(
@@ -88,31 +149,72 @@ def render_html(
     environment: Mapping[str, Any],
     arrays: Mapping[str, str],
     pngs: Mapping[str, bytes],
+    verdict: list[str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    config_docs: Mapping[str, str] | None = None,
+    paper: str = "",
+    docs: str = "",
 ) -> str:
-    """Build the report page; ``pngs`` are embedded as base64 data URIs."""
+    """Build the report page: verdict, figures, summary, config, docs, arrays, environment.
+
+    ``pngs`` are embedded as base64 data URIs. ``verdict`` is None for a run whose study states
+    none; ``metrics`` maps summary keys to ``Metric(description, unit)``; ``config_docs`` maps
+    Config fields to their descriptions; ``docs`` is the study's repository-relative docs page.
+    """
     figures = "".join(
-        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
-        f"{base64.b64encode(data).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>"
+        f"<figure><img alt='{_esc(name)}' src='data:image/png;base64,"
+        f"{base64.b64encode(data).decode()}'><figcaption>{_esc(name)}</figcaption></figure>"
         for name, data in pngs.items()
     )
+    if verdict:
+        found = "".join(f"<li>{_esc(sentence)}</li>" for sentence in verdict)
+        found = f"<ul class='verdict'>{found}</ul>"
+    else:
+        found = "<p class='meta'>(this study states no verdict; see the summary below)</p>"
+    cfg_docs = config_docs or {}
+    config_table = _rows(
+        ("field", "value", "meaning"),
+        [(k, v, cfg_docs.get(k, "")) for k, v in config.items()],
+        numeric=1,
+    )
+    about = f"<p>Reproduces: {_esc(paper)}.</p>" if paper else ""
+    docs_html = ""
+    if docs:
+        local = _REPO / docs  # present in a source checkout (editable install)
+        name = f"<code>{_esc(docs)}</code>"
+        if local.is_file():
+            name = f"<a href='{_esc(local.as_uri())}'>{name}</a>"
+        docs_html = (
+            f"<h2>Documentation</h2><p>{name} in the hessian-lab repository: what the study "
+            "measures, its conventions, and the paper's numbers.</p>"
+        )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
 <style>{_CSS}</style></head>
 <body>
-<h1>{html.escape(title)}</h1>
-<p class="meta">{html.escape(subtitle)}</p>
+<h1>{_esc(title)}</h1>
+<p class="meta">{_esc(subtitle)}</p>
+{about}
+<h2>What was found</h2>
+{found}
 <h2>Figures</h2>
 {figures or "<p class='meta'>(no figures)</p>"}
 <h2>Summary</h2>
-{_table(summary)}
+{summary_html(summary, metrics or {})}
 <h2>Config</h2>
-{_table(config, ("field", "value"))}
+{config_table}
+{docs_html}
 <h2>Arrays</h2>
 {_table(arrays, ("array", "shape and dtype"))}
 <h2>Environment</h2>
 {_table(environment, ("", ""))}
 </body></html>
 """
+
+
+def _config_docs(config_cls: type) -> dict[str, str]:
+    """Each Config field's one-line description (studies not yet built with the kit have none)."""
+    return describe(config_cls) if describe is not None else {}
 
 
 def _array_shapes(run_dir: Path) -> dict[str, str]:
@@ -139,7 +241,7 @@ def write_report(run_dir: str | Path, *, results: Any = None) -> Path:
     Raises:
       SweepError: ``run_dir`` is not a complete run directory.
       CorruptRunError: a results file cannot be read.
-      StudyError: the study's ``load``, ``figures`` or ``summary`` failed.
+      StudyError: the study's ``load``, ``figures``, ``summary`` or ``verdict`` failed.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -161,14 +263,21 @@ def write_report(run_dir: str | Path, *, results: Any = None) -> Path:
         except registry.UnknownStudyError:
             module = None  # a run of a study this installation lacks: generic report
     figures: dict[str, tuple[bytes, bytes]] = {}
+    about: dict[str, Any] = {}
     if module is not None:
         if results is None:
-            results = sweep._call(study, "load", module.load, run_dir)
-        summary = sweep._call(study, "summary", module.summary, results)
-        figs = sweep._call(study, "figures", module.figures, results)
+            results = sweep.call(study, "load", module.load, run_dir)
+        summary = sweep.call(study, "summary", module.summary, results)
+        if hasattr(module, "verdict"):
+            about["verdict"] = list(sweep.call(study, "verdict", module.verdict, results))
+        about["metrics"] = getattr(module, "METRICS", {})
+        about["config_docs"] = _config_docs(module.Config)
+        about["paper"] = getattr(module, "PAPER", "")
+        about["docs"] = getattr(module, "DOCS", "")
+        figs = sweep.call(study, "figures", module.figures, results)
         try:
             for name, fig in figs.items():
-                figures[_safe_name(name)] = sweep._call(study, "figures", figure_bytes, fig)
+                figures[_safe_name(name)] = sweep.call(study, "figures", figure_bytes, fig)
         finally:
             import matplotlib.pyplot as plt
 
@@ -192,6 +301,7 @@ def write_report(run_dir: str | Path, *, results: Any = None) -> Path:
         environment=environment,
         arrays=arrays,
         pngs=pngs,
+        **about,
     )
     for name, (png, svg) in figures.items():
         atomic_write_bytes(run_dir / "figures" / f"{name}.png", png)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import io
 import time
 import zipfile
@@ -55,6 +56,7 @@ __all__ = [
     "Shard",
     "StudyError",
     "SweepError",
+    "call",
     "check_run_dir",
     "config_from_dict",
     "config_to_dict",
@@ -138,7 +140,8 @@ def check_study(module: ModuleType) -> None:
     is_sweep(module)
 
 
-def _call(study: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+def call(study: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, a study's own code: its failures become :class:`StudyError`."""
     try:
         return fn(*args, **kwargs)
     except (CorruptRunError, SweepError, StudyError):
@@ -287,9 +290,18 @@ def _clean_stale(run_dir: Path, indices: list[int]) -> None:
 def _finish(study: str, module: ModuleType, config: Any, run_dir: Path, n: int) -> Any:
     """Assemble all points of a sweep from ``run_dir/points`` and save the results."""
     point_results = [_load_npz(run_dir / "points" / f"{i}.npz") for i in range(n)]
-    results = _call(study, "assemble", module.assemble, config, point_results)
-    _call(study, "save", module.save, results, run_dir)
+    results = call(study, "assemble", module.assemble, config, point_results)
+    call(study, "save", module.save, results, run_dir)
     return results
+
+
+def _takes_progress(fn: Callable) -> bool:
+    """Whether ``fn`` accepts ``progress=`` (studies gain it one by one; none is required)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def execute(
@@ -299,13 +311,18 @@ def execute(
     *,
     shard: Shard = WHOLE,
     progress: Progress | None = None,
+    steps: Progress | None = None,
 ) -> Outcome:
     """Run ``study`` with ``config`` into ``run_dir``, resuming whatever is already there.
 
     A complete run directory (with ``config.json``) is loaded, not recomputed. For a sweep, only
     the points of ``shard`` are computed; the results are assembled and saved once every point
-    of the sweep is present in ``run_dir``. ``progress(done, total)`` is called as points (or,
-    for studies without points, the study's own steps) finish.
+    of the sweep is present in ``run_dir``.
+
+    Two progress callbacks, ``(done, total)`` each: ``progress`` counts this shard's sweep points
+    (called once before the first point and after each one; never for a study without points),
+    and ``steps`` is handed to the study's ``run`` (or to each ``run_point`` whose signature
+    takes ``progress``), which counts the training steps of that run or point.
 
     Raises:
       SweepError, CorruptRunError: bad input or run directory; nothing has been written.
@@ -322,20 +339,20 @@ def execute(
 
     if not is_sweep(module):
         if complete:
-            results = _call(study, "load", module.load, run_dir)
+            results = call(study, "load", module.load, run_dir)
             return Outcome(run_dir, study, True, results, None, 0, 0)
         if manifest is None:
             _write_manifest(run_dir, study, stored, None)
-        results = _call(study, "run", module.run, config, progress=progress)
-        _call(study, "save", module.save, results, run_dir)
+        results = call(study, "run", module.run, config, progress=steps)
+        call(study, "save", module.save, results, run_dir)
         return Outcome(run_dir, study, True, results, None, 0, 0)
 
-    raw_points = _call(study, "points", module.points, config)
+    raw_points = call(study, "points", module.points, config)
     points = normalize(raw_points)
     n = len(points)
     done = _finished(run_dir, points)
     if complete:
-        results = _call(study, "load", module.load, run_dir)
+        results = call(study, "load", module.load, run_dir)
         return Outcome(run_dir, study, True, results, n, len(done), 0)
     if manifest is None:
         _write_manifest(run_dir, study, stored, n)
@@ -345,10 +362,11 @@ def execute(
     finished_mine = len(mine) - len(todo)
     if progress is not None:
         progress(finished_mine, len(mine))
+    forward = {"progress": steps} if steps is not None and _takes_progress(module.run_point) else {}
     for index in todo:
         start = time.perf_counter()
-        arrays = _call(study, "run_point", module.run_point, config, raw_points[index])
-        data = _call(study, "run_point", _npz_bytes, arrays)
+        arrays = call(study, "run_point", module.run_point, config, raw_points[index], **forward)
+        data = call(study, "run_point", _npz_bytes, arrays)
         seconds = time.perf_counter() - start
         _write_point(
             run_dir, index, points[index], data, shard=f"{shard.index}/{shard.count}",
@@ -407,7 +425,7 @@ def merge(
     config = config_from_dict(module, stored)
     if config_to_dict(config) != stored:
         raise SweepError(f"merge: the stored config of {run_dirs[0]} no longer reads back")
-    points = normalize(_call(study, "points", module.points, config))
+    points = normalize(call(study, "points", module.points, config))
     n = len(points)
 
     source: dict[int, Path] = {}
@@ -447,7 +465,7 @@ def merge(
         if progress is not None:
             progress(index + 1, n)
     if (out / "config.json").exists():
-        results = _call(study, "load", module.load, out)
+        results = call(study, "load", module.load, out)
     else:
         results = _finish(study, module, config, out, n)
     return Outcome(out, study, True, results, n, n, 0)

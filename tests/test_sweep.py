@@ -81,8 +81,8 @@ def test_registry_errors(tmp_path, monkeypatch):
 def test_overrides_parse_by_field_type():
     c = sweep.with_overrides(
         TINY,
-        ["lrs=0.5, 1", "num_seeds=3", "scale=2.5", "mode=grow", "log_y=true", "tag=a=b",
-         "width=64", "steps=1e1"],
+        ["lrs=0.5, 1", "num_seeds=3", "scale=2.5", "mode=grow", "log_y=yes", "tag=a=b",
+         "width=64", "steps=10"],
     )  # fmt: skip
     assert c.lrs == (0.5, 1.0) and isinstance(c.lrs, tuple)
     assert (c.num_seeds, c.scale, c.mode, c.log_y, c.tag, c.width, c.steps) == (
@@ -91,6 +91,8 @@ def test_overrides_parse_by_field_type():
     assert sweep.with_overrides(c, ["width=none", "log_y=0"]).width is None
     assert sweep.with_overrides(TINY, {"lrs": [0.2], "scale": 2}).lrs == (0.2,)
     assert isinstance(sweep.with_overrides(TINY, {"scale": 2}).scale, float)
+    assert sweep.with_overrides(TINY, {"steps": 10.0}).steps == 10  # JSON numbers, lax
+    assert sweep.with_overrides(TINY, {"width": None}).width is None
     # a stored config reads back to an equal Config
     assert sweep.config_from_dict(fake_study, sweep.config_to_dict(c)) == c
 
@@ -99,17 +101,26 @@ def test_overrides_parse_by_field_type():
     ("item", "match"),
     [
         ("foo=1", "unknown config key 'foo'.*allowed: lrs, num_seeds, steps, scale"),
-        ("num_seeds=1.5", "num_seeds: expected an integer"),
-        ("log_y=maybe", "log_y: expected true or false"),
-        ("mode=sideways", "mode: must be one of 'decay', 'grow'"),
-        ("scale=abc", "scale: expected a number"),
-        ("scale=30", r"scale: must be in \(0, 10\]"),  # the Config's own validation
+        ("num_seeds=1.5", "^num_seeds: must be a valid integer, .*, got '1.5'$"),
+        ("log_y=maybe", "^log_y: must be a valid boolean, .*, got 'maybe'$"),
+        ("mode=sideways", "^mode: must be 'decay' or 'grow', got 'sideways'$"),
+        ("scale=abc", "^scale: must be a valid number, .*, got 'abc'$"),
+        ("lrs=0.1,abc", r"^lrs\[1\]: must be a valid number, .*, got 'abc'$"),
+        ("width=wide", "^width: must be a valid integer"),
+        ("scale=30", r"^scale: must be in \(0, 10\]"),  # the Config's own validation
         ("noequals", "expected key=value"),
     ],
 )
 def test_overrides_reject_bad_input(item, match):
     with pytest.raises(sweep.SweepError, match=match):
         sweep.with_overrides(TINY, [item])
+
+
+def test_json_overrides_reject_bad_types():
+    with pytest.raises(sweep.SweepError, match=r"^steps: must be a valid integer, got a number"):
+        sweep.with_overrides(TINY, {"steps": 2.5})
+    with pytest.raises(sweep.SweepError, match=r"^tag: must be a valid string, got 5"):
+        sweep.with_overrides(TINY, {"tag": 5})
 
 
 @pytest.mark.parametrize("spec", ["4/3", "3/3", "-1/2", "a/b", "1", "1/0", "0/"])
@@ -205,13 +216,31 @@ def test_corrupted_points_are_errors(tmp_path):
 def test_study_without_points_runs_and_saves(tmp_path):
     plain = fake_study.variant(points=None, run_point=None, assemble=None)
     with fake_study.registered("plain", plain):
-        calls = []
-        out = sweep.execute("plain", TINY, tmp_path / "r", progress=lambda d, t: calls.append(d))
-        assert out.complete and out.num_points is None and calls == [1, 2, 3, 4]
+        points, steps = [], []
+        out = sweep.execute("plain", TINY, tmp_path / "r", progress=lambda d, t: points.append(d),
+                            steps=lambda d, t: steps.append(d))  # fmt: skip
+        assert out.complete and out.num_points is None and steps == [1, 2, 3, 4] and not points
         assert not (tmp_path / "r" / "points").exists()
         assert (tmp_path / "r" / "config.json").exists()
         with pytest.raises(sweep.SweepError, match="has no sweep points"):
             sweep.merge([tmp_path / "r"], tmp_path / "m")
+
+
+def test_step_progress_reaches_run_point_when_it_takes_progress(tmp_path):
+    def counting(config, point, *, progress=None):
+        for step in range(config.steps):
+            progress(step + 1, config.steps)
+        return fake_study.run_point(config, point)
+
+    events = []
+    with fake_study.registered("counting", fake_study.variant(run_point=counting)):
+        sweep.execute("counting", TINY, tmp_path / "c", progress=lambda d, t: events.append(("p", d, t)),
+                      steps=lambda d, t: events.append(("s", d, t)))  # fmt: skip
+    one_point = [("s", i, TINY.steps) for i in range(1, TINY.steps + 1)]
+    assert events == [("p", 0, 4)] + [e for p in range(1, 5) for e in [*one_point, ("p", p, 4)]]
+    # a run_point without the keyword (the fake study's own) is called as before
+    out = sweep.execute("fake", TINY, tmp_path / "f", steps=lambda d, t: events.append(d))
+    assert out.complete
 
 
 def test_study_failures_are_study_errors(tmp_path):
