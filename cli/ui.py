@@ -3,27 +3,39 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from typer.core import TyperGroup
 
 from hessian_lab.io import CorruptRunError
 from hessian_lab.studies import registry, sweep
 
-try:  # typer >= 0.20 vendors click
-    from typer._click.exceptions import NoArgsIsHelpError
-except ImportError:  # pragma: no cover
-    from click.exceptions import NoArgsIsHelpError
+ProgressFn = Callable[[int, int], None]
 
 QUIET = typer.Option("--quiet", "-q", help="No progress bar or messages (for scripts).")
 NO_REPORT = typer.Option("--no-report", help="Do not write figures and report.html.")
 
 
 class OneLineErrors(TyperGroup):
-    """Print usage errors as one line (``error: ...``) instead of a usage box; exit code 2."""
+    """Print usage errors as one line (``error: ...``) instead of a usage box; exit code 2.
+
+    Only typer's public exceptions are caught: ``typer.TyperException`` is the base of every
+    usage error of the click that typer vendors (the separate ``click`` package's classes are not
+    the ones typer raises), with ``exit_code``, ``format_message()`` and, for usage errors,
+    ``ctx``.
+    """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -33,10 +45,7 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
-        except NoArgsIsHelpError as e:
-            typer.echo(e.ctx.get_help(), nl=False)  # rich prints the help itself
-            sys.exit(e.exit_code)
-        except typer.TyperException as e:  # typer's (vendored click) usage errors
+        except typer.TyperException as e:
             ctx = getattr(e, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
@@ -76,22 +85,24 @@ def errors() -> Iterator[None]:
         fail(str(e) if isinstance(e, known) else f"{type(e).__name__}: {e}", 1)
 
 
-@contextmanager
-def progress_bar(quiet: bool, description: str) -> Iterator[Any]:
-    """Yield a ``progress(done, total)`` callable drawing a rich bar with ETA (None if quiet)."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+class Bars(NamedTuple):
+    """Progress callbacks ``(done, total)``: sweep points, and training steps of the current run."""
 
+    points: ProgressFn | None
+    steps: ProgressFn | None
+
+
+@contextmanager
+def progress_bars(quiet: bool, description: str) -> Iterator[Bars]:
+    """Yield :class:`Bars` drawing rich bars with ETA on stderr (both None if ``quiet``).
+
+    A bar appears on its first update, so input errors found before any work print none, and a
+    study that does not report steps shows only its points. The steps bar restarts (and its ETA
+    with it) when a sweep point finishes.
+    """
+    if quiet:
+        yield Bars(None, None)
+        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -100,27 +111,49 @@ def progress_bar(quiet: bool, description: str) -> Iterator[Any]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    # Started on the first update, so that input errors found before any work print no bar.
-    live: dict[str, Any] = {}
+    bar = Progress(*columns, console=Console(stderr=True))
+    tasks: dict[str, Any] = {}
+    # Points finished so far (None until the first points update); a change restarts the steps.
+    seen = {"points": None, "steps_of": None}
 
-    def update(done: int, total: int) -> None:
-        if not live:
-            live["bar"] = Progress(*columns, console=Console(stderr=True))
-            live["bar"].start()
-            live["task"] = live["bar"].add_task(description, total=total)
-        live["bar"].update(live["task"], completed=done, total=total)
+    def task(name: str, label: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        if name not in tasks:
+            tasks[name] = bar.add_task(label, total=total)
+        bar.update(tasks[name], completed=done, total=total, description=label)
+
+    def points(done: int, total: int) -> None:
+        seen["points"] = done
+        task("points", f"{description}: points", done, total)
+
+    def steps(done: int, total: int) -> None:
+        label = f"{description}: steps"
+        if seen["points"] is not None:
+            label = f"{description}: steps of point {seen['points'] + 1}"
+            if "steps" in tasks and seen["steps_of"] != seen["points"]:
+                bar.reset(tasks["steps"], total=total)
+            seen["steps_of"] = seen["points"]
+        task("steps", label, done, total)
 
     try:
-        yield update
+        yield Bars(points, steps)
     except BaseException:
-        if live:  # erase the bar, so that the error is the only line left on stderr
-            live["bar"].live.transient = True
+        if tasks:  # erase the bars, so that the error is the only line left on stderr
+            bar.live.transient = True
         raise
     finally:
-        if live:
-            live["bar"].stop()
+        if tasks:
+            bar.stop()
 
 
 def say(quiet: bool, message: str) -> None:
     if not quiet:
         typer.echo(message)
+
+
+def help_without_command(ctx: typer.Context) -> None:
+    """A group called without a command prints its help and exits 2 (as click's no_args_is_help)."""
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+        typer.echo(ctx.get_help(), nl=False)  # rich prints the help itself and returns ""
+        raise typer.Exit(2)

@@ -77,8 +77,17 @@ def test_every_help_works(command):
 
 
 def test_no_arguments_shows_help():
-    result = cli()
-    assert "Usage: hessian-lab" in result.output and "study" in result.output
+    for args in ([], ["study"]):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert "Usage: hessian-lab" in result.output and "Examples" in result.output
+
+
+def test_version():
+    from hessian_lab import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"hessian-lab {__version__}\n"
 
 
 def test_study_list_and_show():
@@ -92,7 +101,27 @@ def test_study_list_and_show():
     shown = cli("study", "show", "fake", "--preset", "tiny")
     assert shown.exit_code == 0
     assert "lrs" in shown.stdout and "tuple[float, ...]" in shown.stdout
-    assert "sweep points (tiny): 4" in shown.stdout
+    assert "sweep points (tiny): 4" in shown.stdout and "phase-diagram axes" not in shown.stdout
+    with fake_study.registered("axes", fake_study.variant(PHASE_AXES=("lrs", "num_seeds"))):
+        shown = cli("study", "show", "axes").stdout
+    assert "phase-diagram axes: --x lrs=V1,V2,...  --y num_seeds=V1,V2,..." in shown
+
+
+def _counting_run_point(config, point, *, progress=None):
+    for step in range(config.steps):
+        if progress is not None:
+            progress(step + 1, config.steps)
+    return fake_study.run_point(config, point)
+
+
+def test_progress_shows_points_and_the_steps_of_each_point(tmp_path):
+    with fake_study.registered("steps", fake_study.variant(run_point=_counting_run_point)):
+        result = cli("study", "run", "steps", "--preset", "tiny", "--out", tmp_path / "r",
+                     "--no-report")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bars = result.stderr.splitlines()
+    assert bars[0].startswith("steps: points") and "4/4" in bars[0] and "eta" in bars[0]
+    assert bars[1].startswith("steps: steps of point 4") and "8/8" in bars[1]
 
 
 def test_tiny_run_end_to_end(tmp_path):
@@ -155,7 +184,9 @@ def existing(tmp_path):
         (["study", "run", "fake", "--preset", "tiny", "--set", "foo=1", "--out", "{d}/run"],
          "unknown config key 'foo'"),
         (["study", "run", "fake", "--preset", "tiny", "--set", "scale=30", "--out", "{d}/run"],
-         "scale: must be in (0, 10]"),
+         "--set scale=30: scale: must be in (0, 10]"),
+        (["study", "run", "fake", "--preset", "tiny", "--set", "lrs=0.1,x", "--out", "{d}/run"],
+         "--set lrs=0.1,x: lrs[1]: must be a valid number"),
         (["study", "run", "fake", "--preset", "tiny", "--set", "scale=2", "--out", "{d}/run"],
          "different config (scale: 1.0 != 2.0)"),
         (["study", "run", "fake", "--preset", "tiny", "--out", "{d}/afile"],
@@ -206,28 +237,37 @@ def test_shards_then_merge_equal_unsharded(tmp_path):
     assert not (tmp_path / "m2").exists()
 
 
-def test_phase_diagram_forwards_axes_to_the_study(tmp_path):
-    with fake_study.registered("early_phase_diagram"):
+def test_phase_diagram_axes_are_named_fields_checked_before_any_work(tmp_path):
+    axes = fake_study.variant(PHASE_AXES=("lrs", "num_seeds"))
+    with fake_study.registered("early_phase_diagram", axes):
         result = cli("phase-diagram", "early", "--preset", "tiny", "--x", "lrs=0.2,0.4",
                      "--y", "num_seeds=1", "--out", tmp_path / "pd", "-q", "--no-report")  # fmt: skip
         assert result.exit_code == 0, result.output
         stored = json.loads((tmp_path / "pd" / "config.json").read_text())["config"]
         assert stored["lrs"] == [0.2, 0.4] and stored["num_seeds"] == 1
+        for args, match in [
+            (["--x", "0.2,0.4"], "--x: name the field, as in --x lrs=0.2,0.4"),
+            (["--y", "lrs=1,2"], "--y: the vertical axis of early_phase_diagram is num_seeds"),
+            (["--y", "num_seeds=1,2"], "--y num_seeds=1,2: num_seeds: must be a valid integer"),
+            (["--x", "lrs=-1"], "--x lrs=-1: lrs: must be non-empty and positive"),
+        ]:
+            result = cli("phase-diagram", "early", *args, "--out", tmp_path / "bad")
+            _assert_one_line_error(result, 2, match)
+    assert not (tmp_path / "bad").exists()
+    with fake_study.registered("uv_model"):
         _assert_one_line_error(
-            cli("phase-diagram", "early", "--x", "0.2,0.4", "--out", tmp_path / "pd2"),
-            2, "names no default axis",
+            cli("phase-diagram", "uv", "--x", "lrs=0.3", "--out", tmp_path / "bad"),
+            2, "--x: uv_model has no axis fields; set its grid with --set",
         )  # fmt: skip
-        _assert_one_line_error(
-            cli("phase-diagram", "early", "--x", "depth=1,2", "--out", tmp_path / "pd2"),
-            2, "unknown config key 'depth'",
-        )  # fmt: skip
-    axes = fake_study.variant(PHASE_AXES=("lrs", "num_seeds"))
-    with fake_study.registered("uv_model", axes):
-        result = cli("phase-diagram", "uv", "--preset", "tiny", "--x", "0.3", "--y", "2",
-                     "--out", tmp_path / "uv", "-q", "--no-report")  # fmt: skip
-        assert result.exit_code == 0, result.output
-        stored = json.loads((tmp_path / "uv" / "config.json").read_text())["config"]
-        assert stored["lrs"] == [0.3] and stored["num_seeds"] == 2
+
+
+def test_phase_diagram_help_names_the_studies_axes():
+    from hessian_lab.studies import early_phase_diagram
+
+    x, y = early_phase_diagram.PHASE_AXES
+    text = " ".join(cli("phase-diagram", "--help").output.split())
+    assert f"--x {x}=V1,V2,..." in text and f"--y {y}=V1,V2,..." in text
+    assert f"early: {x}" in text and f"early: {y}" in text
 
 
 def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
@@ -269,6 +309,21 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
     names = sorted(p.name for p in points.iterdir())
     assert names == sorted([f"{i}.npz" for i in range(12)] + [f"{i}.json" for i in range(12)])
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--n", "0"], "--n: must be an int >= 1, got 0"),
+        (["--in-dim", "0", "--dataset", "teacher"], "--in-dim: must be an int >= 1"),
+        (["--activation", "sigmoidal"], "--activation: must be one of relu"),
+        (["--dataset", "teacher", "--loss", "xent"], "--loss: must be mse for the teacher"),
+        (["--checkpoint", "no/such/file.npz"], "--checkpoint: must be an existing file"),
+    ],
+)
+def test_sharpness_rejects_bad_options_before_any_work(tmp_path, args, match):
+    _assert_one_line_error(cli("sharpness", *args, "--out", tmp_path / "s"), 2, match)
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow  # about 10 s of XLA compilation on 2 cores

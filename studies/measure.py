@@ -1,0 +1,192 @@
+"""Curvature of an MLP on a built-in dataset at one point in parameter space (``hessian-lab sharpness``).
+
+:func:`measure` builds ``models.mlp`` on sklearn's ``digits`` (8x8 images, 10 classes, no
+download) or a seeded ``teacher`` regression task, takes the parameters at the seeded
+initialisation or from a checkpoint (:func:`hessian_lab.trainer.save_checkpoint` of the same
+model), and measures the Hessian of the mean training loss over all ``n`` examples
+(:func:`hessian_lab.full_data_hvp`):
+
+- the ``k`` top eigenvalues by Lanczos (:func:`hessian_lab.top_eigs`); the first is the sharpness;
+- the trace (:func:`hessian_lab.trace`, Hutchinson or Hutch++);
+- optionally the spectral density by stochastic Lanczos quadrature
+  (:func:`hessian_lab.spectral_density`).
+
+Every option is checked when :class:`Options` is built, and the model, data, loss and checkpoint
+are all built before the first product is compiled, so bad input fails in a second, in words.
+:func:`save` writes a run directory (``kind`` ``"sharpness"``) that ``hessian-lab report`` reads.
+
+Example:
+  >>> from hessian_lab.studies import measure
+  >>> m = measure.measure(measure.Options(dataset="teacher", n=16, in_dim=3, width=4, k=1,
+  ...                                     num_iters=8, trace_matvecs=4, density=False))
+  >>> sorted(m.arrays)
+  ['eigenvalues', 'residuals']
+  >>> m.summary["num_params"]  # (3 x 4 + 4) + (4 x 4 + 4) + (4 + 1)
+  41
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+import hessian_lab as hl
+from hessian_lab import data, losses, models, trainer
+from hessian_lab.io import atomic_write_bytes, save_run
+
+from .kit import check_ints, knob, need
+from .report import figure_bytes
+
+__all__ = ["KIND", "Measurement", "Options", "figures", "measure", "save"]
+
+KIND = "sharpness"
+_DIGITS = 1797  # examples in sklearn's digits
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every option of the measurement; ``describe(Options)`` gives each one's description."""
+
+    dataset: Literal["digits", "teacher"] = knob("digits", "built-in dataset")
+    n: int = knob(256, "number of training examples")
+    in_dim: int = knob(16, "input features (teacher dataset only)")
+    depth: int = knob(2, "hidden layers of the MLP")
+    width: int = knob(64, "hidden units per layer")
+    activation: str = knob("relu", "hidden activation: " + ", ".join(models.ACTIVATIONS))
+    param: str = knob("sp", "parameterisation: " + ", ".join(models.PARAMS))
+    loss: Literal["mse", "xent"] = knob("mse", "loss on the outputs")
+    normalization: str = knob(
+        "per_example", "MSE convention: " + " or ".join(losses.MSE_NORMALIZATIONS)
+    )
+    seed: int = knob(0, "seed of the init, data and probes")
+    checkpoint: str | None = knob(None, "params saved with trainer.save_checkpoint (same model)")
+    k: int = knob(5, "number of top eigenvalues")
+    num_iters: int = knob(30, "Lanczos iterations for the top-k")
+    trace_matvecs: int = knob(40, "matvec budget of the trace")
+    trace_method: Literal["hutchinson", "hutchpp"] = knob("hutchinson", "trace estimator")
+    density: bool = knob(True, "estimate the spectral density (SLQ)")
+    density_iters: int = knob(30, "Lanczos steps per SLQ probe")
+    density_probes: int = knob(2, "SLQ probes")
+    chunk_size: int = knob(256, "examples per chunk of the HVP")
+    x64: bool = knob(False, "compute in float64")
+
+    def __post_init__(self):
+        check_ints(self, "n", "in_dim", "width", "k", "num_iters", "trace_matvecs")
+        check_ints(self, "density_iters", "density_probes", "chunk_size")
+        check_ints(self, "depth", minimum=0)
+        need(self.dataset in ("digits", "teacher"), self, "dataset", "digits or teacher")
+        need(self.dataset != "digits" or self.n <= _DIGITS, self, "n", f"<= {_DIGITS} for digits")
+        need(self.activation in models.ACTIVATIONS, self, "activation",
+             "one of " + ", ".join(models.ACTIVATIONS))  # fmt: skip
+        need(self.param in models.PARAMS, self, "param", "one of " + ", ".join(models.PARAMS))
+        need(self.loss in ("mse", "xent"), self, "loss", "mse or xent")
+        need(self.loss != "xent" or self.dataset == "digits", self, "loss",
+             "mse for the teacher dataset (xent needs class labels; use dataset digits)")  # fmt: skip
+        need(self.normalization in losses.MSE_NORMALIZATIONS, self, "normalization",
+             "one of " + ", ".join(losses.MSE_NORMALIZATIONS))  # fmt: skip
+        need(self.trace_method in ("hutchinson", "hutchpp"), self, "trace_method",
+             "hutchinson or hutchpp")  # fmt: skip
+        need(self.checkpoint is None or Path(self.checkpoint).is_file(), self, "checkpoint",
+             "an existing file")  # fmt: skip
+
+
+class Measurement(NamedTuple):
+    """What :func:`measure` found: the options, named arrays and the summary numbers."""
+
+    options: Options
+    arrays: dict[str, np.ndarray]
+    summary: dict[str, Any]
+
+
+def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
+    """``(loss_fn, params, batch)``; raises ValueError naming the option, before any compile."""
+    if o.dataset == "digits":
+        ds = data.digits(n=o.n, one_hot=o.loss == "mse")
+        in_dim, out_dim = 64, 10
+    else:
+        ds = data.teacher(o.seed, o.n, o.in_dim, 1)
+        in_dim, out_dim = o.in_dim, 1
+    net = models.mlp(in_dim, out_dim, depth=o.depth, width=o.width, activation=o.activation,
+                     param=o.param)  # fmt: skip
+    params = net.init(jax.random.split(jax.random.key(o.seed), 4)[0])
+    if o.checkpoint is not None:
+        try:
+            params = trainer.load_checkpoint(o.checkpoint, params)
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"checkpoint: cannot use {o.checkpoint}: {e}") from e
+    kw = {"normalization": o.normalization} if o.loss == "mse" else {}
+    loss_fn = losses.make_loss_fn(net.apply, o.loss, **kw)
+    return loss_fn, params, (jnp.asarray(ds.x), jnp.asarray(ds.y))
+
+
+def measure(options: Options, *, progress: Callable[[int, int], None] | None = None) -> Measurement:
+    """Top eigenvalues, trace and (optionally) spectral density of the full-data Hessian.
+
+    Cost: ``num_iters`` (Lanczos) + ``trace_matvecs`` + ``density_iters * density_probes``
+    Hessian-vector products over all ``n`` examples. ``progress(done, total)`` counts the
+    estimators (2, or 3 with the density) as they finish.
+
+    Raises:
+      ValueError: an option the model, data or checkpoint cannot use (named), before any work.
+    """
+    report = progress if progress is not None else (lambda done, total: None)
+    steps = 3 if options.density else 2
+    with jax.enable_x64(True) if options.x64 else contextlib.nullcontext():
+        loss_fn, params, batch = _problem(options)
+        H = hl.full_data_hvp(loss_fn, params, batch, chunk_size=min(options.chunk_size, options.n))
+        keys = jax.random.split(jax.random.key(options.seed), 4)[1:]  # [0] initialised params
+        v0 = hl.tree.random_like(keys[0], params)
+        eig = hl.top_eigs(H, v0, k=options.k, num_iters=options.num_iters)
+        report(1, steps)
+        tr = hl.trace(H, keys[1], params, num_matvecs=options.trace_matvecs,
+                      method=options.trace_method)  # fmt: skip
+        report(2, steps)
+        arrays = {"eigenvalues": np.asarray(eig.values), "residuals": np.asarray(eig.residuals)}
+        summary: dict[str, Any] = {
+            "loss": float(loss_fn(params, batch)),
+            "sharpness": float(eig.values[0]),
+            "trace": float(tr.value),
+            "trace_stderr": float(tr.stderr),
+            "num_params": int(hl.tree.ravel(params)[0].size),
+            "num_matvecs": int(eig.num_matvecs) + int(tr.num_matvecs),
+        }
+        if options.density:
+            sd = hl.spectral_density(H, keys[2], params, num_iters=options.density_iters,
+                                     num_probes=options.density_probes)  # fmt: skip
+            arrays.update(density_grid=np.asarray(sd.grid), density=np.asarray(sd.density))
+            summary["num_matvecs"] += int(sd.num_matvecs)
+            report(3, steps)
+    return Measurement(options, arrays, summary)
+
+
+def figures(m: Measurement) -> dict[str, Figure]:
+    """The spectral density (log scale) with the top eigenvalues marked; none without a density."""
+    if "density" not in m.arrays:
+        return {}
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.semilogy(m.arrays["density_grid"], np.maximum(m.arrays["density"], 1e-12))
+    for value in m.arrays["eigenvalues"]:
+        ax.axvline(value, color="C3", lw=0.8, alpha=0.6)
+    ax.set(xlabel="Hessian eigenvalue", ylabel="density (SLQ)", title="spectral density")
+    return {"spectral_density": fig}
+
+
+def save(m: Measurement, run_dir: str | Path) -> Path:
+    """Write ``run_dir``: config.json (the options), arrays.npz, summary.json, figures/*.png|svg."""
+    run_dir = Path(run_dir)
+    rendered = {name: figure_bytes(fig) for name, fig in figures(m).items()}
+    save_run(run_dir, config=dataclasses.asdict(m.options), arrays=m.arrays, summary=m.summary,
+             kind=KIND)  # fmt: skip
+    for name, (png, svg) in rendered.items():
+        atomic_write_bytes(run_dir / "figures" / f"{name}.png", png)
+        atomic_write_bytes(run_dir / "figures" / f"{name}.svg", svg)
+    return run_dir
