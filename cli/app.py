@@ -107,7 +107,9 @@ def merge_cmd(
     Examples:
 
     ```
-    hessian-lab merge runs/epd-0 runs/epd-1 runs/epd-2 --out runs/epd
+    hessian-lab study run early_phase_diagram --preset tiny --shard 0/2 --out runs/epd-0
+    hessian-lab study run early_phase_diagram --preset tiny --shard 1/2 --out runs/epd-1
+    hessian-lab merge runs/epd-0 runs/epd-1 --out runs/epd
     ```
     """
     with errors():
@@ -215,6 +217,7 @@ def report_cmd(
     Examples:
 
     ```
+    hessian-lab study run edge_of_stability --preset tiny --out runs/eos --no-report
     hessian-lab report runs/eos
     ```
     """
