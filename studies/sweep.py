@@ -21,27 +21,18 @@ Example:
 from __future__ import annotations
 
 import inspect
-import io
 import time
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from hessian_lab.io import (
-    CorruptRunError,
-    atomic_write_bytes,
-    environment,
-    read_json,
-    write_json,
-)
+from hessian_lab.io import CorruptRunError, atomic_write_bytes, read_json, write_json
 
-from . import registry
-from ._config import (
+from . import registry, rundir
+from .configs import (
     SweepError,
     config_from_dict,
     config_to_dict,
@@ -49,6 +40,7 @@ from ._config import (
     normalize,
     with_overrides,
 )
+from .rundir import MANIFEST, check_run_dir, read_manifest
 
 __all__ = [
     "MANIFEST",
@@ -66,11 +58,10 @@ __all__ = [
     "merge",
     "normalize",
     "parse_shard",
+    "read_manifest",
     "with_overrides",
 ]
 
-MANIFEST = "study.json"
-_FORMAT = 1
 _REQUIRED = ("Config", "TINY", "DEFAULT", "run", "save", "load", "figures", "summary")
 _SWEEP = ("points", "run_point", "assemble")
 
@@ -150,146 +141,13 @@ def call(study: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         raise StudyError(f"{study}.{what} failed: {type(e).__name__}: {e}") from e
 
 
-def read_manifest(run_dir: Path) -> dict | None:
-    """The run directory's ``study.json``, or None if there is none."""
-    path = run_dir / MANIFEST
-    if not path.exists():
-        return None
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or "study" not in manifest or "config" not in manifest:
-        raise CorruptRunError(f"cannot read {path}: not a hessian-lab study manifest")
-    return manifest
-
-
-def _diff(old: Mapping, new: Mapping) -> str:
-    keys = sorted(set(old) | set(new))
-    parts = [f"{k}: {old.get(k)!r} != {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(parts[:3]) + (" ..." if len(parts) > 3 else "")
-
-
-def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
-    """Validate ``run_dir`` for a run of ``study`` with ``config``; return its manifest if any.
-
-    Writes nothing. A new or empty directory is fine; so is one holding the same study and config.
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SweepError(f"out: {run_dir} exists and is not a directory")
-    if not run_dir.exists():
-        return None
-    manifest = read_manifest(run_dir)
-    if manifest is None and (run_dir / "config.json").exists():
-        meta = read_json(run_dir / "config.json")
-        stored = meta.get("config") if isinstance(meta, dict) else None
-        if not isinstance(stored, dict):
-            raise CorruptRunError(f"cannot read {run_dir / 'config.json'}: no config")
-        manifest = {"study": meta.get("kind") or study, "config": stored}
-    if manifest is None:
-        # Hidden temporary files are another process's atomic write in progress (a shard
-        # started at the same moment into the same directory), not someone else's data.
-        if any(not p.name.startswith(".") for p in run_dir.iterdir()):
-            raise SweepError(f"out: {run_dir} is not empty and holds no {MANIFEST}")
-        return None
-    if manifest["study"] != study:
-        raise SweepError(f"out: {run_dir} holds a run of {manifest['study']!r}, not {study!r}")
-    if manifest["config"] != config:
-        raise SweepError(
-            f"out: {run_dir} holds a run with a different config ({_diff(manifest['config'], config)})"
-            "; use a new --out or the same settings"
-        )
-    return manifest
-
-
-def _write_manifest(run_dir: Path, study: str, config: dict, num_points: int | None, **extra):
-    write_json(
-        run_dir / MANIFEST,
-        {
-            "format": _FORMAT,
-            "study": study,
-            "config": config,
-            "num_points": num_points,
-            "environment": environment(),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **extra,
-        },
-    )
-
-
-def _npz_bytes(arrays: Mapping[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            if not isinstance(key, str) or not key or "/" in key:
-                raise ValueError(f"array names must be non-empty strings without '/', got {key!r}")
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise CorruptRunError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-
-
-def _finished(run_dir: Path, points: list[dict]) -> set[int]:
-    """Indices of the finished points in ``run_dir/points``, each checked against ``points``."""
-    folder = run_dir / "points"
-    if not folder.is_dir():
-        return set()
-    done = set()
-    for path in sorted(folder.glob("*.json")):
-        if not path.stem.isdigit():
-            continue
-        index = int(path.stem)
-        meta = read_json(path)
-        if (
-            not isinstance(meta, dict)
-            or meta.get("index") != index
-            or index >= len(points)
-            or meta.get("point") != points[index]
-        ):
-            raise SweepError(
-                f"{path} does not match point {index} of this sweep; "
-                "delete it to recompute, or use a new --out"
-            )
-        npz = folder / f"{index}.npz"
-        try:
-            with zipfile.ZipFile(npz) as zf:
-                if zf.testzip() is not None:
-                    raise zipfile.BadZipFile("bad CRC")
-        except (OSError, zipfile.BadZipFile) as e:
-            raise CorruptRunError(
-                f"cannot read {npz}: {e}; delete {path.name} to recompute the point"
-            ) from e
-        done.add(index)
-    return done
-
-
-def _write_point(run_dir: Path, index: int, point: dict, arrays: bytes, **meta: Any) -> None:
-    folder = run_dir / "points"
-    # Arrays first, description last: the .json is the "finished" mark.
-    atomic_write_bytes(folder / f"{index}.npz", arrays)
-    write_json(folder / f"{index}.json", {"index": index, "point": point, **meta})
-
-
-def _clean_stale(run_dir: Path, indices: list[int]) -> None:
-    # A SIGKILL inside atomic_write_bytes leaves its hidden temporary file behind.
-    folder = run_dir / "points"
-    if folder.is_dir():
-        for index in indices:
-            for tmp in folder.glob(f".{index}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Running and merging.
 
 
 def _finish(study: str, module: ModuleType, config: Any, run_dir: Path, n: int) -> Any:
     """Assemble all points of a sweep from ``run_dir/points`` and save the results."""
-    point_results = [_load_npz(run_dir / "points" / f"{i}.npz") for i in range(n)]
+    point_results = [rundir.load_npz(run_dir / "points" / f"{i}.npz") for i in range(n)]
     results = call(study, "assemble", module.assemble, config, point_results)
     call(study, "save", module.save, results, run_dir)
     return results
@@ -342,7 +200,7 @@ def execute(
             results = call(study, "load", module.load, run_dir)
             return Outcome(run_dir, study, True, results, None, 0, 0)
         if manifest is None:
-            _write_manifest(run_dir, study, stored, None)
+            rundir.write_manifest(run_dir, study, stored, None)
         results = call(study, "run", module.run, config, progress=steps)
         call(study, "save", module.save, results, run_dir)
         return Outcome(run_dir, study, True, results, None, 0, 0)
@@ -350,15 +208,15 @@ def execute(
     raw_points = call(study, "points", module.points, config)
     points = normalize(raw_points)
     n = len(points)
-    done = _finished(run_dir, points)
+    done = rundir.finished(run_dir, points)
     if complete:
         results = call(study, "load", module.load, run_dir)
         return Outcome(run_dir, study, True, results, n, len(done), 0)
     if manifest is None:
-        _write_manifest(run_dir, study, stored, n)
+        rundir.write_manifest(run_dir, study, stored, n)
     mine = [i for i in range(n) if i % shard.count == shard.index]
     todo = [i for i in mine if i not in done]
-    _clean_stale(run_dir, todo)
+    rundir.clean_stale(run_dir, todo)
     finished_mine = len(mine) - len(todo)
     if progress is not None:
         progress(finished_mine, len(mine))
@@ -366,9 +224,9 @@ def execute(
     for index in todo:
         start = time.perf_counter()
         arrays = call(study, "run_point", module.run_point, config, raw_points[index], **forward)
-        data = call(study, "run_point", _npz_bytes, arrays)
+        data = call(study, "run_point", rundir.npz_bytes, arrays)
         seconds = time.perf_counter() - start
-        _write_point(
+        rundir.write_point(
             run_dir, index, points[index], data, shard=f"{shard.index}/{shard.count}",
             seconds=round(seconds, 6),
         )  # fmt: skip
@@ -377,7 +235,7 @@ def execute(
         if progress is not None:
             progress(finished_mine, len(mine))
     if len(done) < n:
-        done = _finished(run_dir, points)  # other shards may share this directory
+        done = rundir.finished(run_dir, points)  # other shards may share this directory
     if len(done) < n:
         return Outcome(run_dir, study, False, None, n, len(done), len(todo))
     results = _finish(study, module, config, run_dir, n)
@@ -417,7 +275,9 @@ def merge(
         if m["study"] != study:
             raise SweepError(f"merge: {d} holds {m['study']!r}, {run_dirs[0]} holds {study!r}")
         if m["config"] != stored:
-            raise SweepError(f"merge: {d} has a different config ({_diff(stored, m['config'])})")
+            raise SweepError(
+                f"merge: {d} has a different config ({rundir.diff(stored, m['config'])})"
+            )
     module = registry.get(study)
     check_study(module)
     if not is_sweep(module):
@@ -430,12 +290,12 @@ def merge(
 
     source: dict[int, Path] = {}
     for d in run_dirs:
-        for index in sorted(_finished(d, points)):
+        for index in sorted(rundir.finished(d, points)):
             if index not in source:
                 source[index] = d
                 continue
-            a = _load_npz(source[index] / "points" / f"{index}.npz")
-            b = _load_npz(d / "points" / f"{index}.npz")
+            a = rundir.load_npz(source[index] / "points" / f"{index}.npz")
+            b = rundir.load_npz(d / "points" / f"{index}.npz")
             same = a.keys() == b.keys() and all(
                 np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind in "fc") for k in a
             )
@@ -446,10 +306,10 @@ def merge(
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
         raise SweepError(f"merge: {len(missing)} of {n} points missing ({shown}); run their shards")
     manifest = check_run_dir(out, study, stored)
-    existing = _finished(out, points) if manifest is not None else set()
+    existing = rundir.finished(out, points) if manifest is not None else set()
 
     if manifest is None:
-        _write_manifest(
+        rundir.write_manifest(
             out, study, stored, n,
             merged_from=[{"dir": str(d), "environment": m.get("environment")}
                          for d, m in zip(run_dirs, manifests, strict=True)],

@@ -1,0 +1,172 @@
+"""Run directories: the manifest that names a run, and the sweep's per-point files.
+
+``<run_dir>/study.json`` (:data:`MANIFEST`) is written before any work and names the study and
+config; :func:`check_run_dir` refuses a directory that holds another run. A sweep writes each
+finished point as ``points/<index>.npz`` (its arrays) and then ``points/<index>.json`` (its
+description, the "finished" mark); :func:`finished` reads and checks them back. Used by
+:mod:`hessian_lab.studies.sweep`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hessian_lab.io import CorruptRunError, atomic_write_bytes, environment, read_json, write_json
+
+from .configs import SweepError
+
+__all__ = [
+    "MANIFEST",
+    "check_run_dir",
+    "clean_stale",
+    "diff",
+    "finished",
+    "load_npz",
+    "npz_bytes",
+    "read_manifest",
+    "write_manifest",
+    "write_point",
+]
+
+MANIFEST = "study.json"
+FORMAT = 1
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    """The run directory's ``study.json``, or None if there is none."""
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return None
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "study" not in manifest or "config" not in manifest:
+        raise CorruptRunError(f"cannot read {path}: not a hessian-lab study manifest")
+    return manifest
+
+
+def diff(old: Mapping, new: Mapping) -> str:
+    keys = sorted(set(old) | set(new))
+    parts = [f"{k}: {old.get(k)!r} != {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(parts[:3]) + (" ..." if len(parts) > 3 else "")
+
+
+def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
+    """Validate ``run_dir`` for a run of ``study`` with ``config``; return its manifest if any.
+
+    Writes nothing. A new or empty directory is fine; so is one holding the same study and config.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SweepError(f"out: {run_dir} exists and is not a directory")
+    if not run_dir.exists():
+        return None
+    manifest = read_manifest(run_dir)
+    if manifest is None and (run_dir / "config.json").exists():
+        meta = read_json(run_dir / "config.json")
+        stored = meta.get("config") if isinstance(meta, dict) else None
+        if not isinstance(stored, dict):
+            raise CorruptRunError(f"cannot read {run_dir / 'config.json'}: no config")
+        manifest = {"study": meta.get("kind") or study, "config": stored}
+    if manifest is None:
+        # Hidden temporary files are another process's atomic write in progress (a shard
+        # started at the same moment into the same directory), not someone else's data.
+        if any(not p.name.startswith(".") for p in run_dir.iterdir()):
+            raise SweepError(f"out: {run_dir} is not empty and holds no {MANIFEST}")
+        return None
+    if manifest["study"] != study:
+        raise SweepError(f"out: {run_dir} holds a run of {manifest['study']!r}, not {study!r}")
+    if manifest["config"] != config:
+        raise SweepError(
+            f"out: {run_dir} holds a run with a different config ({diff(manifest['config'], config)})"
+            "; use a new --out or the same settings"
+        )
+    return manifest
+
+
+def write_manifest(run_dir: Path, study: str, config: dict, num_points: int | None, **extra):
+    write_json(
+        run_dir / MANIFEST,
+        {
+            "format": FORMAT,
+            "study": study,
+            "config": config,
+            "num_points": num_points,
+            "environment": environment(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **extra,
+        },
+    )
+
+
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            if not isinstance(key, str) or not key or "/" in key:
+                raise ValueError(f"array names must be non-empty strings without '/', got {key!r}")
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise CorruptRunError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+
+
+def finished(run_dir: Path, points: list[dict]) -> set[int]:
+    """Indices of the finished points in ``run_dir/points``, each checked against ``points``."""
+    folder = run_dir / "points"
+    if not folder.is_dir():
+        return set()
+    done = set()
+    for path in sorted(folder.glob("*.json")):
+        if not path.stem.isdigit():
+            continue
+        index = int(path.stem)
+        meta = read_json(path)
+        if (
+            not isinstance(meta, dict)
+            or meta.get("index") != index
+            or index >= len(points)
+            or meta.get("point") != points[index]
+        ):
+            raise SweepError(
+                f"{path} does not match point {index} of this sweep; "
+                "delete it to recompute, or use a new --out"
+            )
+        npz = folder / f"{index}.npz"
+        try:
+            with zipfile.ZipFile(npz) as zf:
+                if zf.testzip() is not None:
+                    raise zipfile.BadZipFile("bad CRC")
+        except (OSError, zipfile.BadZipFile) as e:
+            raise CorruptRunError(
+                f"cannot read {npz}: {e}; delete {path.name} to recompute the point"
+            ) from e
+        done.add(index)
+    return done
+
+
+def write_point(run_dir: Path, index: int, point: dict, arrays: bytes, **meta: Any) -> None:
+    folder = run_dir / "points"
+    # Arrays first, description last: the .json is the "finished" mark.
+    atomic_write_bytes(folder / f"{index}.npz", arrays)
+    write_json(folder / f"{index}.json", {"index": index, "point": point, **meta})
+
+
+def clean_stale(run_dir: Path, indices: list[int]) -> None:
+    # A SIGKILL inside atomic_write_bytes leaves its hidden temporary file behind.
+    folder = run_dir / "points"
+    if folder.is_dir():
+        for index in indices:
+            for tmp in folder.glob(f".{index}.*.tmp"):
+                tmp.unlink(missing_ok=True)
