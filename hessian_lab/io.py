@@ -3,7 +3,11 @@
 A run directory holds ``config.json`` (the configuration, the package version and the platform),
 ``arrays.npz`` (named numpy arrays), ``summary.json`` (key scalar numbers) and optional CSV
 tables. Every file is written to a temporary name in the same directory and renamed into place,
-so a reader never sees a partial file.
+so a reader never sees a partial file. Files get the mode a plain ``open`` would give them
+(``0o666`` less the user's umask: 0644 under umask 022), so colleagues can read shared results.
+
+Atomic writes are ours rather than a dependency's: a temporary file in the target folder, fsync,
+rename, and the umask mode are a dozen lines, and every writer here (npz, JSON, CSV) shares them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+
+from . import __version__
 
 __all__ = [
     "CorruptRunError",
@@ -26,10 +33,12 @@ __all__ = [
     "environment",
     "load_run",
     "read_json",
+    "read_npz",
     "save_run",
     "to_jsonable",
     "write_csv",
     "write_json",
+    "write_npz",
 ]
 
 
@@ -37,12 +46,34 @@ class CorruptRunError(ValueError):
     """A results file exists but cannot be read back."""
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc).
+
+    ``os.umask`` can only be read by setting it, which races with other threads creating files;
+    that fallback is used only where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The file ends with mode ``0o666 & ~umask``, as ``open(path, "wb")`` would create it
+    (``tempfile.mkstemp`` alone would leave it 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -86,6 +117,30 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CorruptRunError(f"cannot read {path}: {e}") from e
 
 
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write named arrays as an uncompressed ``.npz``, atomically (the one npz writer here)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` (no pickles).
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      CorruptRunError: the file exists but is not a readable npz (truncated, garbage).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no file {path}")
+    raw = io.BytesIO(Path(path).read_bytes())  # np.load would leak its own handle on garbage
+    try:
+        with np.load(raw, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, zlib, numpy format and OS errors alike
+        raise CorruptRunError(f"cannot read {path}: {e}") from e
+
+
 def write_csv(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> None:
     """Write equal-length columns as a CSV table with a header row, atomically."""
     names = list(columns)
@@ -102,19 +157,10 @@ def write_csv(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> 
 
 def environment() -> dict[str, str]:
     """The package version and platform, recorded in every run directory."""
-    from . import __version__
-
-    try:
-        import jax
-
-        jax_version = jax.__version__
-        backend = jax.default_backend()
-    except Exception:  # pragma: no cover - jax is a hard dependency
-        jax_version, backend = "unknown", "unknown"
     return {
         "hessian_lab": __version__,
-        "jax": jax_version,
-        "backend": backend,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -136,9 +182,7 @@ def save_run(
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run_dir: {run_dir} exists and is not a directory")
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(run_dir / "arrays.npz", buf.getvalue())
+    write_npz(run_dir / "arrays.npz", arrays)
     write_json(run_dir / "summary.json", dict(summary or {}))
     write_json(
         run_dir / "config.json",
@@ -159,9 +203,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], d
         raise FileNotFoundError(f"run_dir: no config.json in {run_dir}")
     meta = read_json(run_dir / "config.json")
     try:
-        with np.load(run_dir / "arrays.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
+        arrays = read_npz(run_dir / "arrays.npz")
+    except FileNotFoundError as e:  # a config.json without its arrays: an incomplete run
         raise CorruptRunError(f"cannot read {run_dir / 'arrays.npz'}: {e}") from e
     summary = read_json(run_dir / "summary.json")
     config = meta.get("config", {}) if isinstance(meta, dict) else {}
