@@ -54,10 +54,8 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
     params = net.init(jax.random.key(0))
     opt = optim.make_optimizer("gd", learning_rate=0.05)
 
-    def run(callbacks):
-        r = trainer.train(
-            loss_fn, params, opt, d, num_steps=num_steps, chunk_size=100, callbacks=callbacks
-        )
+    def run(step):
+        r = trainer.train(step, params, d, num_steps=num_steps)
         return r.params, r.history
 
     # The floor's unit cost: one full-data HVP, timed as 20 products in one jitted loop (as the
@@ -75,12 +73,18 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
         "full set, every=40, num_iters=20": (40, 20, False, None),
         "full set, every=10, num_iters=5": (10, 5, False, None),
     }
-    callbacks = {
-        label: (sharpness(loss_fn, every=every, num_iters=iters, linearize=lin, subset=m),)
+    # One compiled step per case, built once and reused by every round.
+    steps = {
+        label: trainer.make_step(
+            loss_fn,
+            opt,
+            callbacks=[sharpness(loss_fn, every=every, num_iters=iters, linearize=lin, subset=m)],
+        )
         for label, (every, iters, lin, m) in cases.items()
     }
-    fns = {"plain": lambda: run(())[0]}
-    fns |= {label: (lambda cbs=cbs: run(cbs)[0]) for label, cbs in callbacks.items()}
+    plain = trainer.make_step(loss_fn, opt)
+    fns = {"plain": lambda: run(plain)[0]}
+    fns |= {label: (lambda s=s: run(s)[0]) for label, s in steps.items()}
     fns |= {"hvp full": lambda: hvps(params, d), "hvp subset": lambda: hvps(params, sub)}
     times = _round_robin(fns, rounds)
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -105,7 +109,7 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
         )
 
     full, part = (
-        np.asarray(run(callbacks[label])[1]["sharpness"])
+        np.asarray(run(steps[label])[1]["sharpness"])
         for label in (
             "full set, every=10, num_iters=20",
             f"subset={subset}, every=10, num_iters=20",

@@ -1,14 +1,10 @@
 """Curvature measurements that run inside the jitted training step, at a cadence.
 
-A callback is an optax-style pure pair: ``Callback(init, update, every)`` with
-``init(params) -> state`` and ``update(state, info: StepInfo) -> (state, metrics)``, where
-``metrics`` is a dict of float scalars. :func:`run_callbacks` calls ``update`` under
-``lax.cond(step % every == 0, ...)``, so a callback costs nothing at the other steps and never
-talks to the host: its metrics stay on device with the rest of a scan chunk.
-
-Convention: at a step where a callback does not run, each of its metrics is NaN. Metrics at step
-t are measured at the params theta_t *before* update t (the same params the step's loss and
-gradient see).
+A callback is an optax-style pure pair ``Callback(init, update, every)`` run by
+:func:`run_callbacks` at its cadence, inside the step (see :mod:`hessian_lab.callback_protocol`,
+re-exported here). At a step where a callback does not run, each of its metrics is NaN. Metrics
+at step t are measured at the params theta_t *before* update t (the same params the step's loss
+and gradient see).
 
 Sharpness is the largest algebraic Hessian eigenvalue of the loss over the full training set (or a
 fixed subset) -- :func:`sharpness`. The top eigenvalue of the minibatch Hessian is a different
@@ -22,14 +18,18 @@ Example (a user's own loop):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from .data._dataset import subset_indices
+from . import adam_preconditioner, full_data_hvp, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
+from . import preconditioned_sharpness as preconditioned_top_eigs
+from . import spectral_density as slq_density
+from . import tree as tu
+from .callback_protocol import Callback as Callback
+from .callback_protocol import StepInfo as StepInfo
+from .callback_protocol import check_every
+from .callback_protocol import run_callbacks as run_callbacks
+from .data import subset_indices
 
 __all__ = [
     "Callback",
@@ -46,83 +46,13 @@ __all__ = [
 ]
 
 
-class StepInfo(NamedTuple):
-    """What a callback sees at step t (fields a loop does not provide stay None).
-
-    Attributes:
-      step: int scalar t.
-      params: theta_t.
-      opt_state: optimizer state before update t.
-      grads: gradient of the step's loss at theta_t.
-      loss: the step's loss at theta_t (minibatch loss under SGD).
-      batch: the step's batch (pytree, leading axis = batch size).
-      data: the full training set (pytree, leading axis n).
-      learning_rate: eta_t, the rate update t applies (NaN if unknown).
-    """
-
-    step: Any
-    params: Any
-    opt_state: Any = None
-    grads: Any = None
-    loss: Any = None
-    batch: Any = None
-    data: Any = None
-    learning_rate: Any = None
-
-
-class Callback(NamedTuple):
-    """A pure measurement: ``init(params) -> state``, ``update(state, info) -> (state, metrics)``."""
-
-    init: Callable[[Any], Any]
-    update: Callable[[Any, StepInfo], tuple[Any, dict[str, jax.Array]]]
-    every: int = 1
-
-
-def _check_every(every: int) -> int:
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"every: must be an int >= 1, got {every!r}")
-    return every
-
-
-def run_callbacks(callbacks: Sequence[Callback], states: Sequence[Any], info: StepInfo):
-    """Run each callback whose cadence divides ``info.step``; NaN metrics for the others.
-
-    Args:
-      callbacks: the callbacks.
-      states: their states, in the same order.
-      info: the step.
-
-    Returns:
-      ``(new_states, metrics)``: a tuple of states and one dict merging all metrics (float).
-
-    Raises:
-      ValueError: two callbacks emit the same metric name, or ``states`` has the wrong length.
-    """
-    if len(states) != len(callbacks):
-        raise ValueError(f"states: expected {len(callbacks)} states, got {len(states)}")
-    new_states, metrics = [], {}
-    for cb, state in zip(callbacks, states, strict=True):
-        shapes = jax.eval_shape(cb.update, state, info)[1]
-
-        def skip(state, info, shapes=shapes):
-            return state, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
-
-        state, m = lax.cond(info.step % cb.every == 0, cb.update, skip, state, info)
-        for k, v in m.items():
-            if k in metrics:
-                raise ValueError(f"callbacks: two callbacks emit the metric {k!r}")
-            metrics[k] = v
-        new_states.append(state)
-    return tuple(new_states), metrics
-
-
 def _float(x):
     return jnp.asarray(x, jnp.result_type(float))
 
 
 def grad_norm(*, every: int = 1) -> Callback:
     """Record ``grad_norm`` = ||g_t||_2 of the step's gradient."""
-    _check_every(every)
+    check_every(every)
 
     def update(state, info):
         sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(info.grads))
@@ -138,7 +68,7 @@ def loss_catapult(*, every: int = 1) -> Callback:
     (step 0 in the trainer), kept in the state. Under SGD L_t is the minibatch loss; use a
     :func:`full_loss` for the training-set loss. (Lewkowycz et al. 2020, arXiv 2003.02218.)
     """
-    _check_every(every)
+    check_every(every)
 
     def update(loss0, info):
         loss = _float(info.loss)
@@ -150,7 +80,7 @@ def loss_catapult(*, every: int = 1) -> Callback:
 
 def full_loss(loss_fn, data=None, *, every: int = 1, name: str = "full_loss") -> Callback:
     """Record the mean loss over ``data`` (default: the run's training set) at theta_t."""
-    _check_every(every)
+    check_every(every)
 
     def update(state, info):
         return state, {name: _float(loss_fn(info.params, _data(data, info)))}
@@ -176,8 +106,6 @@ def _full_data_hessian(loss_fn, data, chunk_size, linearize, subset=None):
         subset_indices(total, subset, name="subset")
 
     def make(info):
-        import hessian_lab as hl
-
         d = _data(data, info)
         if subset is not None:
             # The same examples at every measurement (and those of
@@ -185,7 +113,7 @@ def _full_data_hessian(loss_fn, data, chunk_size, linearize, subset=None):
             idx = subset_indices(jax.tree.leaves(d)[0].shape[0], subset, name="subset")
             d = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d)
         n = jax.tree.leaves(d)[0].shape[0]
-        return hl.full_data_hvp(
+        return full_data_hvp(
             loss_fn, info.params, d, chunk_size=chunk_size or n, linearize=linearize
         )
 
@@ -209,13 +137,11 @@ def _eig_metrics(res, name, k):
 @jax.jit
 def _random_unit(key, params):
     """A random unit vector shaped like ``params`` (jitted: one compile per params structure)."""
-    from . import tree as tu
-
     return tu.normalize(tu.random_like(key, params))
 
 
 def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=None):
-    _check_every(every)
+    check_every(every)
     if not isinstance(k, int) or k < 1 or not isinstance(num_iters, int) or num_iters < k:
         raise ValueError(
             f"k, num_iters: need ints with 1 <= k <= num_iters, got k={k!r}, num_iters={num_iters!r}"
@@ -226,13 +152,11 @@ def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=No
         return _random_unit(key, params)
 
     def update(v0, info):
-        import hessian_lab as hl
-
         matvec = make_matvec(info)
         if precond is None:
-            res = hl.top_eigs(matvec, v0, k=k, num_iters=num_iters)
+            res = top_eigs(matvec, v0, k=k, num_iters=num_iters)
         else:
-            res = hl.preconditioned_sharpness(matvec, precond(info), v0, k=k, num_iters=num_iters)
+            res = preconditioned_top_eigs(matvec, precond(info), v0, k=k, num_iters=num_iters)
         v1 = jax.tree.map(lambda x: x[0], res.vectors)
         return v1, _eig_metrics(res, name, k) | _lr_events(_float(res.values[0]), info, name)
 
@@ -293,9 +217,7 @@ def batch_sharpness(
     """
 
     def make(info):
-        import hessian_lab as hl
-
-        return hl.hvp(loss_fn, info.params, info.batch)
+        return hvp(loss_fn, info.params, info.batch)
 
     return _top_eig_callback(
         make, name="batch_sharpness", every=every, k=k, num_iters=num_iters, key=key
@@ -329,9 +251,7 @@ def preconditioned_sharpness(
     make = _full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
 
     def precond(info):
-        import hessian_lab as hl
-
-        return hl.adam_preconditioner(info.opt_state, info.grads, b1=b1, b2=b2, eps=eps)
+        return adam_preconditioner(info.opt_state, info.grads, b1=b1, b2=b2, eps=eps)
 
     return _top_eig_callback(
         make,
@@ -365,7 +285,7 @@ def traces(
     ``num_matvecs=0`` skips the Hessian trace (NTK quantities only). ``chunk_size`` and
     ``linearize`` (one linearisation for all ``num_matvecs`` products) as in :func:`sharpness`.
     """
-    _check_every(every)
+    check_every(every)
     if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs == 1:
         raise ValueError(f"num_matvecs: must be 0 (skip) or an int >= 2, got {num_matvecs!r}")
     if normalization not in ("per_example", "per_output", "none"):
@@ -378,22 +298,20 @@ def traces(
     make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
 
     def update(k0, info):
-        import hessian_lab as hl
-
         d = _data(data, info)
         n = jax.tree.leaves(d)[0].shape[0]
         k0, sub = jax.random.split(k0)
         out = {}
         if num_matvecs:
-            tr = hl.trace(make(info), sub, info.params, num_matvecs=num_matvecs)
+            tr = trace(make(info), sub, info.params, num_matvecs=num_matvecs)
             out = {"hessian_trace": _float(tr.value), "hessian_trace_stderr": _float(tr.stderr)}
         if apply_fn is not None:
             ntk_kw = {"normalization": normalization}
             out["ntk_trace"] = _float(
-                hl.ntk_trace(apply_fn, info.params, d[0], chunk_size=min(16, n), **ntk_kw)
+                ntk_trace(apply_fn, info.params, d[0], chunk_size=min(16, n), **ntk_kw)
             )
             out["ntk_top_eig"] = _float(
-                hl.ntk_top_eig(apply_fn, info.params, d[0], num_iters=ntk_iters, **ntk_kw).values[0]
+                ntk_top_eig(apply_fn, info.params, d[0], num_iters=ntk_iters, **ntk_kw).values[0]
             )
         return k0, out
 
@@ -420,16 +338,14 @@ def spectral_density(
     ``chunk_size``, ``linearize`` and ``subset`` as in :func:`sharpness`; SLQ takes
     ``num_probes x num_iters`` products at one point, where one linearisation pays off most.
     """
-    _check_every(every)
+    check_every(every)
     key = jax.random.key(2) if key is None else key
     grid = jnp.asarray(grid)
     make = _full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
 
     def update(k0, info):
-        import hessian_lab as hl
-
         k0, sub = jax.random.split(k0)
-        res = hl.spectral_density(
+        res = slq_density(
             make(info), sub, info.params, num_iters=num_iters, num_probes=num_probes, grid=grid
         )
         return k0, {"spectral_density": _float(res.density)}

@@ -3,8 +3,8 @@
 Kalra & Barkeshli 2024 (arXiv 2406.09405, section 6) choose the initial learning rate of a warmup
 this way: increase eta geometrically from a small value until the training loss rises above its
 initial value within a few steps; that eta estimates the critical rate 2/lambda0. Only training
-steps are needed (through :func:`hessian_lab.trainer.train`), so the search works on any model
-whose loss you can train.
+steps are needed (through :func:`hessian_lab.trainer.train` with a step the caller builds and
+may reuse), so the search works on any model whose loss you can train.
 
 Why it estimates 2/lambda0. Near initialisation take the loss quadratic,
 ``L(theta) = L* + 1/2 sum_i lambda_i e_i^2`` in the Hessian eigenbasis. GD gives
@@ -29,18 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .optim import make_optimizer
-from .trainer import train
+from .trainer import Step, train
 
 __all__ = ["CatapultSearchResult", "catapult_search"]
-
-_GD: list = []
-
-
-def _default_optimizer():
-    if not _GD:  # one object, so every search with the same loss_fn reuses one compiled chunk
-        _GD.append(make_optimizer("gd", learning_rate=1.0))
-    return _GD[0]
 
 
 class CatapultSearchResult(NamedTuple):
@@ -72,7 +63,7 @@ def _check(name, ok, allowed, value):
 
 
 def catapult_search(
-    loss_fn,
+    step: Step,
     params: Any,
     data: Any,
     *,
@@ -82,8 +73,6 @@ def catapult_search(
     bisect_iters: int = 6,
     max_trials: int = 80,
     rtol: float = 1e-6,
-    optimizer=None,
-    chunk_size: int = 32,
 ) -> CatapultSearchResult:
     """Estimate the critical learning rate 2/lambda0 by looking for a loss catapult.
 
@@ -96,27 +85,26 @@ def catapult_search(
     ``growth ** (2 ** -bisect_iters)``. Cost: about ``log(eta / eta_min) / log(growth) +
     bisect_iters`` trials of at most ``num_steps`` updates each; no Hessian products.
 
-    Compiles once: every trial (and the measurement of L_0) runs the same jitted chunk of
-    :func:`hessian_lab.trainer.train` with the rate injected, and ``num_steps < chunk_size`` keeps
-    the chunk length fixed, so repeated searches with the same ``loss_fn``, ``optimizer``,
-    ``chunk_size`` and data shapes reuse one program.
+    Compiles once: every trial (and the measurement of L_0) runs one chunk of ``step`` (trials
+    run ``step.chunk_size`` steps and stop at the first rise) with the rate injected, so repeated
+    searches with the same ``step`` and data shapes reuse one program.
 
     Args:
-      loss_fn: ``loss_fn(params, data) -> scalar`` mean training loss. Pass the same object to
-        repeated searches to reuse the compiled program.
+      step: a full-batch :func:`hessian_lab.trainer.make_step` of the mean training loss and an
+        optimizer from :func:`hessian_lab.optim.make_optimizer` whose injected
+        ``learning_rate`` is set per trial: plain GD (``make_optimizer("gd",
+        learning_rate=1.0)``), or the optimizer you will train with (e.g. momentum, without
+        warmup) to estimate *its* critical rate. Its ``chunk_size`` (>= 2, e.g. 32) must exceed
+        ``num_steps``. Reuse it across searches to reuse the compiled program.
       params: the initial parameters (pytree).
       data: the full training set (pytree of arrays with a common leading example axis).
-      num_steps: updates per trial, an int in ``[1, chunk_size)``. More steps approach 2/lambda0
-        from above (1 step overestimates it); 10-20 is usually within 10%.
+      num_steps: updates per trial, an int in ``[1, step.chunk_size)``. More steps approach
+        2/lambda0 from above (1 step overestimates it); 10-20 is usually within 10%.
       eta_min: first rate tried (finite, > 0).
       growth: geometric factor between rates while bracketing (finite, > 1).
       bisect_iters: log-bisection steps after bracketing (int >= 0).
       max_trials: raise if no bracket is found within this many trials (int >= 1).
       rtol: relative margin above ``L_0`` that counts as a rise (finite, >= 0; guards rounding).
-      optimizer: a transformation from :func:`hessian_lab.optim.make_optimizer` whose injected
-        ``learning_rate`` is set per trial (default: plain GD). Pass the optimizer you will train
-        with (e.g. momentum) to estimate *its* critical rate; pass one without warmup.
-      chunk_size: steps per compiled chunk (int >= 2).
 
     Returns:
       :class:`CatapultSearchResult`.
@@ -127,20 +115,25 @@ def catapult_search(
 
     Example:
       >>> import jax, numpy as np
-      >>> from hessian_lab import models
+      >>> from hessian_lab import models, optim, trainer
       >>> from hessian_lab.losses import make_loss_fn
       >>> net = models.mlp(4, 1, depth=0, width=1, bias=False)
       >>> loss_fn = make_loss_fn(net.apply, "mse")
+      >>> gd = optim.make_optimizer("gd", learning_rate=1.0)
+      >>> step = trainer.make_step(loss_fn, gd, chunk_size=32)
       >>> x = np.random.default_rng(0).standard_normal((32, 4))
       >>> y = np.zeros((32, 1))
-      >>> res = catapult_search(loss_fn, net.init(jax.random.key(0)), (x, y), num_steps=20)
+      >>> res = catapult_search(step, net.init(jax.random.key(0)), (x, y), num_steps=20)
       >>> bool(res.eta_stable < res.eta)  # eta ~ 2 / lambda_max(x.T @ x / 32)
       True
     """
+    _check("step", isinstance(step, Step), "a trainer.Step from make_step", step)
+    _check("step", step.batch_size is None, "full batch (batch_size=None)", step.batch_size)
+    chunk_size = step.chunk_size
+    _check("step.chunk_size", chunk_size >= 2, "an int >= 2", chunk_size)
     _check("num_steps", isinstance(num_steps, int) and not isinstance(num_steps, bool)
            and num_steps >= 1, "an int >= 1", num_steps)  # fmt: skip
-    _check("chunk_size", isinstance(chunk_size, int) and chunk_size >= 2, "an int >= 2", chunk_size)
-    _check("num_steps", num_steps < chunk_size, f"< chunk_size = {chunk_size}", num_steps)
+    _check("num_steps", num_steps < chunk_size, f"< step.chunk_size = {chunk_size}", num_steps)
     _check("eta_min", math.isfinite(eta_min) and eta_min > 0, "finite and > 0", eta_min)
     _check("growth", math.isfinite(growth) and growth > 1, "finite and > 1", growth)
     _check("bisect_iters", isinstance(bisect_iters, int) and bisect_iters >= 0, "an int >= 0",
@@ -148,12 +141,10 @@ def catapult_search(
     _check("max_trials", isinstance(max_trials, int) and max_trials >= 1, "an int >= 1",
            max_trials)  # fmt: skip
     _check("rtol", math.isfinite(rtol) and rtol >= 0, "finite and >= 0", rtol)
-    opt = _default_optimizer() if optimizer is None else optimizer
-    steps = chunk_size  # one chunk per trial: a fixed program whatever num_steps is
 
-    def run(eta, **kw):
-        return train(loss_fn, params, opt, data, num_steps=steps, chunk_size=chunk_size,
-                     hyperparams={"learning_rate": eta}, **kw).history  # fmt: skip
+    def run(eta, **kw):  # one chunk per trial: a fixed program whatever num_steps is
+        hp = {"learning_rate": eta}
+        return train(step, params, data, num_steps=chunk_size, hyperparams=hp, **kw).history
 
     # L_0 from the trials' own program (loss_goal=inf stops it at step 0, before any update).
     loss0 = float(run(eta_min, loss_goal=np.inf)["loss"][0])

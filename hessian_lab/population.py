@@ -2,11 +2,15 @@
 
 Member p has its own learning rate ``learning_rates[p]`` (and optionally other injected
 hyperparameters) and seed ``seeds[p]``, from which :func:`member_keys` derives its init key
-(for ``init_fn``) and its data-shuffling key. ``mode="vmap"`` trains all members as one vmapped
-chunk of steps; ``mode="loop"`` trains them one after another through the same compiled
-single-run chunk (on CPU vmap gives little speedup); ``mode="sharded"`` splits the member axis
-of the vmapped program over the devices of a mesh (``jax.shard_map``), so each device trains its
-share of the members (docs/scaling.md). All three compile once.
+(for ``init_fn``) and its data-shuffling key. :func:`make_step` builds the compiled program once,
+in one of three modes; :func:`train_population` runs it and can be called again with new
+learning rates, seeds or data of the same shapes without recompiling:
+
+* ``"loop"``: members one after another through the same compiled single-run chunk
+  (:func:`hessian_lab.trainer.make_step`; on CPU vmap gives little speedup);
+* ``"vmap"``: all members as one vmapped chunk of steps;
+* ``"sharded"``: the vmapped program with the member axis split over the devices of a mesh
+  (``jax.shard_map``), so each device trains its share of the members (docs/scaling.md).
 
 Each member stops on its own (divergence, goals, ``num_steps``, see :mod:`hessian_lab.trainer`):
 a stopped member is frozen, its metrics are NaN from then on, and since members share no
@@ -14,16 +18,17 @@ arithmetic, a diverged member's NaNs never reach the others. The step counter is
 batched), so callback cadences stay real ``lax.cond`` s under vmap.
 
 Example:
-    >>> res = train_population(loss_fn, model.init, make_optimizer("gd", learning_rate=0.1),
-    ...                        data, learning_rates=jnp.geomspace(0.01, 1.0, 8),
-    ...                        seeds=jnp.zeros(8, int), num_steps=100,
-    ...                        callbacks=[sharpness(loss_fn, every=10)])
+    >>> pstep = make_step(loss_fn, make_optimizer("gd", learning_rate=0.1),
+    ...                   callbacks=[sharpness(loss_fn, every=10)])
+    >>> res = train_population(pstep, model.init, data, learning_rates=jnp.geomspace(0.01, 1, 8),
+    ...                        seeds=jnp.zeros(8, int), num_steps=100)
     >>> res.metrics["loss"].shape, res.metrics["sharpness"].shape, res.diverged_step
     ((8, 100), (8, 100), array([-1, ..., 17]))
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -32,10 +37,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from . import trainer as _tr
+from . import progress as progress_lib
+from . import trainer
 from .optim import set_hyperparams
 
-__all__ = ["PopulationResult", "member_keys", "train_population"]
+__all__ = ["PopulationResult", "PopulationStep", "make_step", "member_keys", "train_population"]
 
 
 class PopulationResult(NamedTuple):
@@ -61,38 +67,33 @@ class PopulationResult(NamedTuple):
     seeds: np.ndarray
 
 
+class PopulationStep(NamedTuple):
+    """A population's compiled program, made by :func:`make_step`; reuse it to reuse code.
+
+    Attributes:
+      step: the single-member :class:`hessian_lab.trainer.Step` (run in turn in "loop" mode,
+        scanned per member by the vmapped program otherwise).
+      run: ``run(carry, args, keys, start, length)``: the jitted chunk over all members (leading
+        member axis on ``carry`` and ``keys``); None in "loop" mode.
+      mode: "loop", "vmap" or "sharded" ("auto" resolved when the step was made).
+      mesh, axis: the mesh and axis the members are split over ("sharded" only, else None).
+    """
+
+    step: trainer.Step
+    run: Callable | None
+    mode: str
+    mesh: Mesh | None
+    axis: Any
+
+
 def member_keys(seed):
     """Return ``(init_key, data_key)`` of a member with this integer seed."""
     k = jax.random.split(jax.random.key(seed))
     return k[0], k[1]
 
 
-def _chunk_vmap(static, carry, shared, keys, start):
-    return jax.vmap(lambda c, k: _tr._chunk(static, c, shared, k, start))(carry, keys)
-
-
-_run_chunk_vmap = jax.jit(_chunk_vmap, static_argnums=0)
-
-
-def _chunk_sharded(static, mesh, axis, carry, shared, keys, start):
-    # Each device vmaps over its own block of members; members share no arithmetic, so no
-    # collective is needed. check_vma=False: a stopped member's NaN metrics (lax.cond's skip
-    # branch) start replicated while the run branch's are per-device.
-    local = lambda c, s, k, t: _chunk_vmap(static, c, s, k, t)  # noqa: E731
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(PS(axis), PS(), PS(axis), PS()),
-        out_specs=(PS(axis), PS(axis)),
-        check_vma=False,
-    )(carry, shared, keys, start)
-
-
-_run_chunk_sharded = jax.jit(_chunk_sharded, static_argnums=(0, 1, 2))
-
-
 def _member_mesh(mesh, axis):
-    """Validate (or build) the mesh the members are split over; return (mesh, devices on axis)."""
+    """Validate (or build) the mesh the members are split over."""
     if mesh is None:
         if axis != "members":
             raise ValueError(f"axis: without a mesh it must be 'members', got {axis!r}")
@@ -101,47 +102,27 @@ def _member_mesh(mesh, axis):
         raise ValueError(f"mesh: must be a jax.sharding.Mesh or None, got {type(mesh)}")
     if axis not in mesh.axis_names:
         raise ValueError(f"axis: must be one of the mesh axes {mesh.axis_names}, got {axis!r}")
-    return mesh, int(mesh.shape[axis])
+    return mesh
 
 
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def train_population(
+def make_step(
     loss_fn,
-    init_fn,
     optimizer,
-    data,
     *,
-    learning_rates,
-    seeds,
-    num_steps: int,
-    hyperparams: dict[str, Any] | None = None,
     mode: Literal["auto", "vmap", "loop", "sharded"] = "auto",
     mesh: Mesh | None = None,
     axis: Any = "members",
-    batch_size: int | None = None,
     callbacks=(),
     accuracy_fn=None,
-    loss_goal: float | None = None,
-    accuracy_goal: float | None = None,
-    divergence_threshold: float | None = None,
+    batch_size: int | None = None,
     chunk_size: int = 100,
-    params=None,
-    opt_state=None,
-) -> PopulationResult:
-    """Train P members that differ in learning rate, seed and injected hyperparameters.
+) -> PopulationStep:
+    """Build the compiled program that :func:`train_population` runs.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar``.
-      init_fn: ``init_fn(key) -> params``; member p uses ``member_keys(seeds[p])[0]``.
-      optimizer: an optax optimizer with injected hyperparameters (``make_optimizer``);
-        ``learning_rates`` sets its ``learning_rate`` (the peak/target of a schedule).
-      data: pytree of arrays with a common leading axis n, shared by all members.
-      learning_rates: (P,) floats > 0. seeds: (P,) ints.
-      num_steps: updates per member.
-      hyperparams: name -> scalar or (P,) array of other injected hyperparameters.
+      loss_fn, optimizer, callbacks, accuracy_fn, batch_size, chunk_size: as in
+        :func:`hessian_lab.trainer.make_step`. The optimizer should have injected
+        hyperparameters (``make_optimizer``): each member's ``learning_rate`` is set in its state.
       mode: "vmap" (one vmapped program), "loop" (members in turn, one compiled chunk), or
         "auto" (default): "loop" on CPU, where XLA runs the batched matmuls of a vmapped
         population far slower (measured 40x on the edge-of-stability study), "vmap" on GPU/TPU;
@@ -153,8 +134,178 @@ def train_population(
       mesh: only for "sharded": a ``jax.sharding.Mesh`` (default: all devices on one axis
         named "members"). Other mesh axes than ``axis`` hold replicated copies.
       axis: only for "sharded": the mesh axis the members are split over (default "members").
-      batch_size, callbacks, accuracy_fn, loss_goal, accuracy_goal, divergence_threshold,
-        chunk_size: as in :func:`hessian_lab.trainer.train`.
+
+    Returns:
+      :class:`PopulationStep`; nothing compiles until the first :func:`train_population`.
+
+    Raises:
+      ValueError: unknown ``mode``, ``mesh``/``axis`` given without ``mode="sharded"``, a
+        ``mesh`` that is not a Mesh or lacks ``axis``, plus everything
+        :func:`hessian_lab.trainer.make_step` rejects.
+    """
+    if mode not in ("auto", "vmap", "loop", "sharded"):
+        raise ValueError(f"mode: must be 'auto', 'vmap', 'loop' or 'sharded', got {mode!r}")
+    if mode != "sharded" and (mesh is not None or axis != "members"):
+        raise ValueError(f"mesh, axis: only used with mode='sharded', got mode={mode!r}")
+    if mode == "auto":
+        mode = "loop" if jax.default_backend() == "cpu" else "vmap"
+    step = trainer.make_step(
+        loss_fn,
+        optimizer,
+        callbacks=callbacks,
+        accuracy_fn=accuracy_fn,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
+    if mode == "loop":
+        return PopulationStep(step, None, mode, None, None)
+
+    def vmapped(carry, args, keys, start, length):
+        return jax.vmap(lambda c, k: step.scan(c, args, k, start, length))(carry, keys)
+
+    if mode == "vmap":
+        return PopulationStep(step, jax.jit(vmapped, static_argnames="length"), mode, None, None)
+    mesh = _member_mesh(mesh, axis)
+
+    def sharded(carry, args, keys, start, length):
+        # Each device vmaps over its own block of members; members share no arithmetic, so no
+        # collective is needed. check_vma=False: a stopped member's NaN metrics (lax.cond's skip
+        # branch) start replicated while the run branch's are per-device.
+        return jax.shard_map(
+            lambda c, a, k, t: vmapped(c, a, k, t, length),
+            mesh=mesh,
+            in_specs=(PS(axis), PS(), PS(axis), PS()),
+            out_specs=(PS(axis), PS(axis)),
+            check_vma=False,
+        )(carry, args, keys, start)
+
+    return PopulationStep(step, jax.jit(sharded, static_argnames="length"), mode, mesh, axis)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member(tree, p):
+    return jax.tree.map(lambda x: x[p], tree)
+
+
+def _train_loop(pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report):
+    """Members one after another through the single-run step; (metrics, reasons, stop, p, s)."""
+    P, runs = len(keys), []
+    for p in range(P):
+        runs.append(
+            trainer.train(
+                pstep.step,
+                init_fn(keys[p][0]) if params is None else _member(params, p),
+                data,
+                num_steps=num_steps,
+                key=keys[p][1],
+                hyperparams={k: v[p] for k, v in hp.items()},
+                opt_state=None if opt_state is None else _member(opt_state, p),
+                progress=lambda done, total, p=p: report(p * total + done),
+                **goals,
+            )
+        )
+    metrics = {}
+    for k in runs[0].history.metrics:
+        m = np.full((P, num_steps, *runs[0].history[k].shape[1:]), np.nan)
+        for p, r in enumerate(runs):
+            m[p, : len(r.history[k])] = r.history[k]
+        metrics[k] = m
+    reasons = [r.history.stop_reason for r in runs]
+    stop_step = np.array([r.history.stop_step for r in runs])
+    return (
+        metrics,
+        reasons,
+        stop_step,
+        _stack([r.params for r in runs]),
+        _stack([r.opt_state for r in runs]),
+    )
+
+
+def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report):
+    """All members in one vmapped (or sharded) chunk; (metrics, reasons, stop, params, state).
+
+    In "sharded" mode the members are padded with copies of the last one up to a multiple of
+    the devices on the mesh axis; the copies are dropped from every output.
+    """
+    P, step = len(keys), pstep.step
+    if pstep.mode == "sharded":
+        d = int(pstep.mesh.shape[pstep.axis])
+        idx = np.minimum(np.arange(-(-P // d) * d), P - 1)
+    else:
+        idx = np.arange(P)
+    args = trainer.run_args(step, data, num_steps=num_steps, **goals)
+    # Members are initialised one by one, exactly as separate runs would be: a vmapped or
+    # jitted init would compile the PRNG once more (seconds on CPU) for no gain.
+    # Given stacked states are gathered in one step (with the padding copies, if any).
+    select = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[idx], tree)  # noqa: E731
+    params = _stack([init_fn(keys[i][0]) for i in idx]) if params is None else select(params)
+    if opt_state is None:
+        states = _stack([step.optimizer.init(_member(params, i)) for i in range(len(idx))])
+    else:
+        states = select(opt_state)
+    states = set_hyperparams(states, {k: v[idx] for k, v in hp.items()})
+    carry = jax.vmap(lambda p, s: trainer.init_carry(step, p, s))(params, states)
+    data_keys = jnp.stack([keys[i][1] for i in idx])
+    if pstep.mode == "sharded":
+        split = NamedSharding(pstep.mesh, PS(pstep.axis))
+        carry, data_keys = jax.device_put((carry, data_keys), split)
+        args = jax.device_put(args, NamedSharding(pstep.mesh, PS()))
+    length, chunks = min(step.chunk_size, num_steps), []
+    for start in range(0, num_steps, length):
+        carry, m = pstep.run(carry, args, data_keys, jnp.asarray(start, jnp.int32), length)
+        m, done = jax.device_get((m, carry.done))  # one host sync per chunk
+        chunks.append(m)
+        report(P * (num_steps if np.all(done) else min(start + length, num_steps)))
+        if np.all(done):
+            break
+    if len(idx) > P:  # drop the padding members (a split axis cannot be sliced unevenly)
+        chunks = [{k: v[:P] for k, v in c.items()} for c in chunks]
+        carry = jax.device_put(carry, NamedSharding(pstep.mesh, PS()))
+        carry = jax.tree.map(lambda x: x[:P], carry)
+    metrics = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
+    pad = num_steps - next(iter(metrics.values())).shape[1]
+    if pad > 0:
+        metrics = {
+            k: np.concatenate([v, np.full((P, pad, *v.shape[2:]), np.nan)], axis=1)
+            for k, v in metrics.items()
+        }
+    metrics = {k: v[:, :num_steps] for k, v in metrics.items()}  # the last chunk may overrun
+    codes = np.asarray(carry.reason)
+    reasons = [trainer.STOP_REASONS[c or 1] for c in codes]
+    stop_step = np.where(codes > 0, np.asarray(carry.stop_step), -1)
+    return metrics, reasons, stop_step, carry.params, carry.opt_state
+
+
+def train_population(
+    pstep: PopulationStep,
+    init_fn,
+    data,
+    *,
+    learning_rates,
+    seeds,
+    num_steps: int,
+    hyperparams: dict[str, Any] | None = None,
+    loss_goal: float | None = None,
+    accuracy_goal: float | None = None,
+    divergence_threshold: float | None = None,
+    params=None,
+    opt_state=None,
+    progress=None,
+) -> PopulationResult:
+    """Train P members that differ in learning rate, seed and injected hyperparameters.
+
+    Args:
+      pstep: from :func:`make_step`; reuse it across calls to reuse the compiled program.
+      init_fn: ``init_fn(key) -> params``; member p uses ``member_keys(seeds[p])[0]``.
+      data: pytree of arrays with a common leading axis n, shared by all members.
+      learning_rates: (P,) floats > 0, set as each member's injected ``learning_rate`` (the
+        peak/target of a schedule). seeds: (P,) ints.
+      num_steps: updates per member.
+      hyperparams: name -> scalar or (P,) array of other injected hyperparameters.
+      loss_goal, accuracy_goal, divergence_threshold: as in :func:`hessian_lab.trainer.train`.
       params: initial params of every member, stacked (leading axis P), e.g. a previous
         :class:`PopulationResult`'s ``params`` to continue training; ``init_fn`` is then not
         called (pass None). Default: ``init_fn`` of each member's key.
@@ -162,6 +313,10 @@ def train_population(
         ``opt_state`` (its step counts and moments carry on); default ``optimizer.init`` of
         each member's params. Injected hyperparameters are set from ``learning_rates`` and
         ``hyperparams`` either way. The step index restarts at 0 (callback cadences, SGD epochs).
+      progress: None, a host callable ``progress(done, total)`` called after every chunk, or
+        True for a progress bar. Units: member-steps in every mode (``total = P * num_steps``;
+        a vmapped chunk of ``k`` steps advances ``done`` by ``P * k``), so a caller's total does
+        not depend on the mode.
 
     Returns:
       :class:`PopulationResult`.
@@ -169,10 +324,12 @@ def train_population(
     Raises:
       ValueError: ``learning_rates`` / ``seeds`` not 1-D of equal length, a learning rate <= 0,
         ``params`` / ``opt_state`` whose leaves lack the leading member axis P, neither
-        ``init_fn`` nor ``params``, unknown ``mode``, ``mesh``/``axis`` given without
-        ``mode="sharded"``, a ``mesh`` that is not a Mesh or lacks ``axis``, plus everything
-        :func:`hessian_lab.trainer.train` rejects.
+        ``init_fn`` nor ``params``, plus everything :func:`hessian_lab.trainer.train` rejects.
     """
+    if not isinstance(pstep, PopulationStep):
+        raise ValueError(
+            f"pstep: expected a population.make_step result, got {type(pstep).__name__}"
+        )
     lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
     if lrs.ndim != 1 or lrs.size == 0:
         raise ValueError(f"learning_rates: must be a non-empty 1-D array, got shape {lrs.shape}")
@@ -182,12 +339,6 @@ def train_population(
         )
     if not np.all(np.isfinite(lrs) & (lrs > 0)):
         raise ValueError(f"learning_rates: must all be finite and > 0, got {lrs}")
-    if mode not in ("auto", "vmap", "loop", "sharded"):
-        raise ValueError(f"mode: must be 'auto', 'vmap', 'loop' or 'sharded', got {mode!r}")
-    if mode != "sharded" and (mesh is not None or axis != "members"):
-        raise ValueError(f"mesh, axis: only used with mode='sharded', got mode={mode!r}")
-    if mode == "auto":
-        mode = "loop" if jax.default_backend() == "cpu" else "vmap"
     P = lrs.size
     for name, tree in (("params", params), ("opt_state", opt_state)):
         bad = [jnp.shape(x) for x in jax.tree.leaves(tree) if jnp.shape(x)[:1] != (P,)]
@@ -198,103 +349,18 @@ def train_population(
             )
     if params is None and not callable(init_fn):
         raise ValueError("init_fn: must be callable when params is not given")
-    if mode == "sharded":
-        mesh, d = _member_mesh(mesh, axis)
-        # Pad with copies of the last member (trained, then dropped) to a multiple of d.
-        pad_to = -(-P // d) * d
-        idx = np.minimum(np.arange(pad_to), P - 1)
-    else:
-        idx = np.arange(P)
+    goals = dict(
+        loss_goal=loss_goal, accuracy_goal=accuracy_goal, divergence_threshold=divergence_threshold
+    )
+    trainer.run_args(pstep.step, data, num_steps=num_steps, **goals)  # fail before any work
     hp = {k: np.broadcast_to(np.asarray(v), (P,)) for k, v in (hyperparams or {}).items()}
     hp["learning_rate"] = lrs
-    hp = {k: v[idx] for k, v in hp.items()}
-    kw = dict(
-        batch_size=batch_size,
-        callbacks=callbacks,
-        accuracy_fn=accuracy_fn,
-        loss_goal=loss_goal,
-        accuracy_goal=accuracy_goal,
-        divergence_threshold=divergence_threshold,
-        chunk_size=chunk_size,
-    )
-    keys = [member_keys(int(seeds[p])) for p in idx]
-
-    def member(tree, p):
-        return jax.tree.map(lambda x: x[p], tree)
-
-    if mode == "loop":
-        runs = []
-        for p in range(P):
-            runs.append(
-                _tr.train(
-                    loss_fn,
-                    init_fn(keys[p][0]) if params is None else member(params, p),
-                    optimizer,
-                    data,
-                    num_steps=num_steps,
-                    key=keys[p][1],
-                    hyperparams={k: v[p] for k, v in hp.items()},
-                    opt_state=None if opt_state is None else member(opt_state, p),
-                    **kw,
-                )
-            )
-        metrics = {}
-        for k in runs[0].history.metrics:
-            m = np.full((P, num_steps, *runs[0].history[k].shape[1:]), np.nan)
-            for p, r in enumerate(runs):
-                m[p, : len(r.history[k])] = r.history[k]
-            metrics[k] = m
-        reasons = [r.history.stop_reason for r in runs]
-        stop_step = np.array([r.history.stop_step for r in runs])
-        params = _stack([r.params for r in runs])
-        opt_state = _stack([r.opt_state for r in runs])
-    else:
-        static, shared = _tr._prepare(loss_fn, optimizer, data, num_steps=num_steps, **kw)
-
-        # Members are initialised one by one, exactly as separate runs would be: a vmapped or
-        # jitted init would compile the PRNG once more (seconds on CPU) for no gain.
-        # Given stacked states are gathered in one step (with the padding copies, if any).
-        def select(tree):
-            return jax.tree.map(lambda x: jnp.asarray(x)[idx], tree)
-
-        params = _stack([init_fn(k[0]) for k in keys]) if params is None else select(params)
-        if opt_state is None:
-            states = _stack([optimizer.init(member(params, i)) for i in range(len(idx))])
-        else:
-            states = select(opt_state)
-        states = set_hyperparams(states, hp)
-        carry = jax.vmap(lambda p, s: _tr._init_carry(static, p, s))(params, states)
-        data_keys = jnp.stack([k[1] for k in keys])
-        if mode == "sharded":
-            split = NamedSharding(mesh, PS(axis))
-            carry, data_keys = jax.device_put((carry, data_keys), split)
-            shared = jax.device_put(shared, NamedSharding(mesh, PS()))
-            run_chunk = lambda *a: _run_chunk_sharded(static, mesh, axis, *a)  # noqa: E731
-        else:
-            run_chunk = lambda *a: _run_chunk_vmap(static, *a)  # noqa: E731
-        chunks = []
-        for start in range(0, num_steps, static.chunk):
-            carry, m = run_chunk(carry, shared, data_keys, jnp.asarray(start, jnp.int32))
-            m, done = jax.device_get((m, carry.done))  # one host sync per chunk
-            chunks.append(m)
-            if np.all(done):
-                break
-        if len(idx) > P:  # drop the padding members (a split axis cannot be sliced unevenly)
-            chunks = [{k: v[:P] for k, v in c.items()} for c in chunks]
-            carry = jax.device_put(carry, NamedSharding(mesh, PS()))
-            carry = jax.tree.map(lambda x: x[:P], carry)
-        metrics = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-        pad = num_steps - next(iter(metrics.values())).shape[1]
-        if pad > 0:
-            metrics = {
-                k: np.concatenate([v, np.full((P, pad, *v.shape[2:]), np.nan)], axis=1)
-                for k, v in metrics.items()
-            }
-        metrics = {k: v[:, :num_steps] for k, v in metrics.items()}
-        codes = np.asarray(carry.reason)
-        reasons = [_tr.STOP_REASONS[c or 1] for c in codes]
-        stop_step = np.where(codes > 0, np.asarray(carry.stop_step), -1)
-        params, opt_state = carry.params, carry.opt_state
+    keys = [member_keys(int(s)) for s in seeds]
+    fit = _train_loop if pstep.mode == "loop" else _train_batched
+    with progress_lib.reporter(progress, P * num_steps) as report:
+        metrics, reasons, stop_step, params, opt_state = fit(
+            pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report
+        )
     reasons = np.array(reasons)
     diverged = reasons == "diverged"
     return PopulationResult(

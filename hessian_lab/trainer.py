@@ -1,10 +1,18 @@
 """A host loop over jitted chunks of training steps, for any optax optimizer.
 
-:func:`train` runs full-batch GD (``batch_size=None``) or minibatch SGD with seeded epoch
-shuffling, in chunks of ``chunk_size`` steps: one jitted ``lax.scan`` per chunk, one transfer of
-that chunk's metrics to the host. Everything a sweep changes -- the optimizer's injected
-hyperparameters (``hyperparams=``), the data, the goals, the divergence threshold, the shuffling
-key -- enters the compiled chunk as an array, so a sweep over learning rates traces once.
+Build the compiled step once, then train with it as often as a sweep needs::
+
+    step = make_step(loss_fn, optimizer, callbacks=[sharpness(loss_fn)], chunk_size=100)
+    for lr in learning_rates:
+        res = train(step, params, data, num_steps=1000, hyperparams={"learning_rate": lr})
+
+:func:`make_step` returns a :class:`Step` holding the jitted chunk (``Step.run``): one
+``lax.scan`` of ``chunk_size`` steps, full-batch GD (``batch_size=None``) or minibatch SGD with
+seeded epoch shuffling. Everything a sweep changes -- the optimizer's injected hyperparameters
+(``hyperparams=``), the data, the goals, the divergence threshold, the shuffling key -- enters
+the chunk as an array, so reusing one step traces once per data shape. A new ``make_step``
+compiles anew; there is no cache anywhere else. :func:`train` transfers each chunk's metrics to
+the host once.
 
 Step t (0-based) evaluates the loss, gradient and callbacks at theta_t, then applies update t.
 ``history["loss"][t]`` is L(theta_t) on the step's batch (the training loss for GD). A run stops
@@ -17,13 +25,14 @@ at the first step t where
 
 Minibatches: epoch e uses the permutation ``jax.random.permutation(fold_in(key, e), n)`` and
 ``n // batch_size`` batches (the remainder is dropped).
+
+The engine pieces :class:`Carry`, :class:`RunArgs`, :func:`init_carry` and :func:`run_args` are
+public so that :mod:`hessian_lab.population` can vmap or shard ``Step.scan`` over members.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -32,52 +41,31 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import io
+from . import progress as progress_lib
 from .callbacks import Callback, StepInfo, run_callbacks
+from .checkpoint import load_checkpoint as load_checkpoint
+from .checkpoint import save_checkpoint as save_checkpoint
+from .history import STOP_REASONS, History
+from .history import load_history as load_history
+from .history import save_history as save_history
 from .optim import current_learning_rate, set_hyperparams
 
 __all__ = [
+    "STOP_REASONS",
+    "Carry",
     "History",
+    "RunArgs",
+    "Step",
     "TrainResult",
+    "init_carry",
     "load_checkpoint",
     "load_history",
+    "make_step",
+    "run_args",
     "save_checkpoint",
     "save_history",
     "train",
 ]
-
-STOP_REASONS = ("running", "num_steps", "diverged", "loss_goal", "accuracy_goal")
-
-
-@dataclass(frozen=True)
-class History:
-    """Per-step host scalars of one run.
-
-    Attributes:
-      metrics: name -> numpy array with leading axis = steps recorded (``loss``, ``learning_rate``,
-        ``accuracy`` if an ``accuracy_fn`` was given, and every callback metric; NaN where a
-        callback did not run).
-      stop_reason: one of "num_steps", "diverged", "loss_goal", "accuracy_goal".
-      stop_step: the step at which the run stopped (-1 if it ran all ``num_steps``).
-      num_updates: updates applied; the returned params are theta_{num_updates}.
-    """
-
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)
-    stop_reason: str = "num_steps"
-    stop_step: int = -1
-    num_updates: int = 0
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.metrics[name]
-
-    @property
-    def diverged(self) -> bool:
-        return self.stop_reason == "diverged"
-
-    @property
-    def diverged_step(self) -> int:
-        """The step at which the run diverged, or -1."""
-        return self.stop_step if self.diverged else -1
 
 
 class TrainResult(NamedTuple):
@@ -89,18 +77,13 @@ class TrainResult(NamedTuple):
     callback_states: tuple
 
 
-class _Static(NamedTuple):
-    """The hashable, compile-time part of a run (jit static argument)."""
+class Carry(NamedTuple):
+    """The state a chunk carries from step to step (one member of a population).
 
-    loss_fn: Any
-    optimizer: Any
-    callbacks: tuple
-    accuracy_fn: Any
-    batch_size: int | None
-    chunk: int
+    ``done``/``reason``/``stop_step``: whether, why (an index into ``STOP_REASONS``) and at which
+    step the run stopped; a stopped run is frozen.
+    """
 
-
-class _Carry(NamedTuple):
     params: Any
     opt_state: Any
     cb_states: tuple
@@ -109,8 +92,8 @@ class _Carry(NamedTuple):
     stop_step: jax.Array
 
 
-class _Shared(NamedTuple):
-    """Run arguments shared by all members of a population (arrays, never constants)."""
+class RunArgs(NamedTuple):
+    """Arguments of a run that the compiled chunk takes as arrays (never as constants)."""
 
     data: Any
     num_steps: jax.Array
@@ -119,69 +102,137 @@ class _Shared(NamedTuple):
     threshold: jax.Array
 
 
-def _batch(static, data, key, step):
-    if static.batch_size is None:
-        return data
-    n = jax.tree.leaves(data)[0].shape[0]
-    per_epoch = n // static.batch_size
-    perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
-    idx = lax.dynamic_slice_in_dim(perm, (step % per_epoch) * static.batch_size, static.batch_size)
-    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+class Step(NamedTuple):
+    """A training step and its compiled chunk, made by :func:`make_step`; reuse it to reuse code.
+
+    Attributes:
+      scan: ``scan(carry, args, key, start, length) -> (carry, metrics)``: steps ``start ..
+        start + length - 1`` as one ``lax.scan``; pure and not jitted (populations vmap it).
+      run: ``jax.jit(scan, static_argnames="length")``: the compiled chunk :func:`train` calls.
+        Its compile cache lives in this object, one program per data shape and chunk length.
+      loss_fn, optimizer, callbacks, accuracy_fn, batch_size, chunk_size: as given.
+    """
+
+    scan: Callable
+    run: Callable
+    loss_fn: Callable
+    optimizer: optax.GradientTransformation
+    callbacks: tuple
+    accuracy_fn: Callable | None
+    batch_size: int | None
+    chunk_size: int
 
 
 def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _step(static, shared, key, carry, step):
+def make_step(
+    loss_fn,
+    optimizer: optax.GradientTransformation,
+    *,
+    callbacks=(),
+    accuracy_fn=None,
+    batch_size: int | None = None,
+    chunk_size: int = 100,
+) -> Step:
+    """Build the jitted chunk of training steps that :func:`train` runs.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (mean over the batch).
+      optimizer: any optax transformation; hyperparameters a sweep changes should be injected
+        (:func:`hessian_lab.optim.make_optimizer`) so they enter as state, not as constants.
+      callbacks: :class:`~hessian_lab.callbacks.Callback` s run inside the step.
+      accuracy_fn: optional ``accuracy_fn(params, batch) -> scalar`` recorded as ``accuracy``.
+      batch_size: None for full-batch GD, else the minibatch size (an int >= 1; checked
+        against the data's size by :func:`train`).
+      chunk_size: steps per jitted scan chunk (one host transfer per chunk).
+
+    Returns:
+      :class:`Step`. Nothing is compiled until the first :func:`train`; every later run with the
+      same data shapes and ``min(chunk_size, num_steps)`` reuses that program.
+
+    Raises:
+      ValueError: ``loss_fn``/``accuracy_fn`` not callable, an optimizer without
+        ``init``/``update``, a callback that is not a ``Callback``, bad ``batch_size`` or
+        ``chunk_size``.
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn: must be callable, got {type(loss_fn).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise ValueError(f"optimizer: expected an optax transformation, got {optimizer!r}")
+    if accuracy_fn is not None and not callable(accuracy_fn):
+        raise ValueError(f"accuracy_fn: must be callable or None, got {accuracy_fn!r}")
+    if not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1):
+        raise ValueError(f"chunk_size: must be an int >= 1, got {chunk_size!r}")
+    if batch_size is not None and not (
+        isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1
+    ):
+        raise ValueError(
+            f"batch_size: must be None (full batch) or an int >= 1, got {batch_size!r}"
+        )
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise ValueError(
+                f"callbacks: expected hessian_lab.callbacks.Callback, got {type(cb).__name__}"
+            )
     fdt = jnp.result_type(float)
 
-    def run(carry):
-        batch = _batch(static, shared.data, key, step)
-        loss, grads = jax.value_and_grad(static.loss_fn)(carry.params, batch)
-        loss = jnp.asarray(loss, fdt)
-        lr = jnp.asarray(current_learning_rate(carry.opt_state), fdt)
-        metrics = {"loss": loss, "learning_rate": lr}
-        acc = jnp.asarray(-jnp.inf, fdt)
-        if static.accuracy_fn is not None:
-            acc = metrics["accuracy"] = jnp.asarray(static.accuracy_fn(carry.params, batch), fdt)
-        info = StepInfo(step, carry.params, carry.opt_state, grads, loss, batch, shared.data, lr)
-        cb_states, cb_metrics = run_callbacks(static.callbacks, carry.cb_states, info)
-        metrics |= cb_metrics
-        updates, opt_state = static.optimizer.update(grads, carry.opt_state, carry.params)
-        params = optax.apply_updates(carry.params, updates)
-        bad = ~jnp.isfinite(loss) | (loss > shared.threshold) | ~_all_finite(params)
-        reason = jnp.select(
-            [bad, loss <= shared.loss_goal, acc >= shared.accuracy_goal], [2, 3, 4], 0
-        ).astype(jnp.int32)
-        stop = reason > 0
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(stop, b, a), new, old)  # noqa: E731
-        new = _Carry(
-            keep(params, carry.params),
-            keep(opt_state, carry.opt_state),
-            cb_states,
-            stop,
-            reason,
-            jnp.where(stop, step, carry.stop_step),
-        )
-        return new, metrics
+    def batch_at(data, key, step):
+        if batch_size is None:
+            return data
+        n = jax.tree.leaves(data)[0].shape[0]
+        per_epoch = n // batch_size
+        perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
+        idx = lax.dynamic_slice_in_dim(perm, (step % per_epoch) * batch_size, batch_size)
+        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
 
-    shapes = jax.eval_shape(run, carry)[1]
+    def one_step(args, key, carry, step):
+        def run(carry):
+            batch = batch_at(args.data, key, step)
+            loss, grads = jax.value_and_grad(loss_fn)(carry.params, batch)
+            loss = jnp.asarray(loss, fdt)
+            lr = jnp.asarray(current_learning_rate(carry.opt_state), fdt)
+            metrics = {"loss": loss, "learning_rate": lr}
+            acc = jnp.asarray(-jnp.inf, fdt)
+            if accuracy_fn is not None:
+                acc = metrics["accuracy"] = jnp.asarray(accuracy_fn(carry.params, batch), fdt)
+            info = StepInfo(step, carry.params, carry.opt_state, grads, loss, batch, args.data, lr)
+            cb_states, cb_metrics = run_callbacks(callbacks, carry.cb_states, info)
+            metrics |= cb_metrics
+            updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+            params = optax.apply_updates(carry.params, updates)
+            bad = ~jnp.isfinite(loss) | (loss > args.threshold) | ~_all_finite(params)
+            reason = jnp.select(
+                [bad, loss <= args.loss_goal, acc >= args.accuracy_goal], [2, 3, 4], 0
+            ).astype(jnp.int32)
+            stop = reason > 0
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(stop, b, a), new, old)  # noqa: E731
+            new = Carry(
+                keep(params, carry.params),
+                keep(opt_state, carry.opt_state),
+                cb_states,
+                stop,
+                reason,
+                jnp.where(stop, step, carry.stop_step),
+            )
+            return new, metrics
 
-    def skip(carry):
-        return carry, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
+        shapes = jax.eval_shape(run, carry)[1]
 
-    active = ~carry.done & (step < shared.num_steps)
-    return lax.cond(active, run, skip, carry)
+        def skip(carry):
+            return carry, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
 
+        active = ~carry.done & (step < args.num_steps)
+        return lax.cond(active, run, skip, carry)
 
-def _chunk(static, carry, shared, key, start):
-    steps = start + jnp.arange(static.chunk, dtype=start.dtype)
-    return lax.scan(lambda c, t: _step(static, shared, key, c, t), carry, steps)
+    def scan(carry, args, key, start, length):
+        steps = start + jnp.arange(length, dtype=start.dtype)
+        return lax.scan(lambda c, t: one_step(args, key, c, t), carry, steps)
 
-
-# One compiled program per _Static; every array argument can change without a retrace.
-_run_chunk = jax.jit(_chunk, static_argnums=0, donate_argnums=())
+    run = jax.jit(scan, static_argnames="length")
+    return Step(scan, run, loss_fn, optimizer, callbacks, accuracy_fn, batch_size, chunk_size)
 
 
 def _check_data(data, batch_size):
@@ -196,58 +247,51 @@ def _check_data(data, batch_size):
             f"data: every array needs the same leading (example) axis, got shapes {shapes}"
         )
     n = shapes[0][0]
-    if batch_size is not None and not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+    if batch_size is not None and batch_size > n:
         raise ValueError(
-            f"batch_size: must be None (full batch) or an int in [1, {n}], got {batch_size!r}"
+            f"batch_size: the step's batch_size {batch_size} exceeds the {n} examples of data; "
+            f"use None (full batch) or an int in [1, {n}]"
         )
-    return n
 
 
-def _prepare(
-    loss_fn,
-    optimizer,
+def run_args(
+    step: Step,
     data,
     *,
-    num_steps,
-    batch_size,
-    callbacks,
-    accuracy_fn,
-    chunk_size,
-    loss_goal,
-    accuracy_goal,
-    divergence_threshold,
-):
-    _check_data(data, batch_size)
-    if not (isinstance(num_steps, int) and num_steps >= 1):
+    num_steps: int,
+    loss_goal: float | None = None,
+    accuracy_goal: float | None = None,
+    divergence_threshold: float | None = None,
+) -> RunArgs:
+    """Check a run's arguments against ``step`` and return them as the arrays its chunk takes.
+
+    Raises:
+      ValueError: ``step`` not a :class:`Step`, mismatched data shapes, data smaller than the
+        step's ``batch_size``, ``num_steps`` not an int >= 1, ``accuracy_goal`` without the
+        step's ``accuracy_fn``.
+    """
+    if not isinstance(step, Step):
+        raise ValueError(f"step: expected a trainer.Step from make_step, got {type(step).__name__}")
+    _check_data(data, step.batch_size)
+    if not (isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1):
         raise ValueError(f"num_steps: must be an int >= 1, got {num_steps!r}")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size: must be an int >= 1, got {chunk_size!r}")
-    callbacks = tuple(callbacks)
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise ValueError(
-                f"callbacks: expected hessian_lab.callbacks.Callback, got {type(cb).__name__}"
-            )
-    if accuracy_goal is not None and accuracy_fn is None:
-        raise ValueError("accuracy_goal: needs accuracy_fn")
-    static = _Static(
-        loss_fn, optimizer, callbacks, accuracy_fn, batch_size, min(chunk_size, num_steps)
-    )
+    if accuracy_goal is not None and step.accuracy_fn is None:
+        raise ValueError("accuracy_goal: needs a step made with accuracy_fn")
     fdt = jnp.result_type(float)
     f = lambda v, default: jnp.asarray(default if v is None else v, fdt)  # noqa: E731
-    shared = _Shared(
+    return RunArgs(
         jax.tree.map(jnp.asarray, data),
         jnp.asarray(num_steps, jnp.int32),
         f(loss_goal, -jnp.inf),
         f(accuracy_goal, jnp.inf),
         f(divergence_threshold, jnp.inf),
     )
-    return static, shared
 
 
-def _init_carry(static, params, opt_state):
-    cb_states = tuple(cb.init(params) for cb in static.callbacks)
-    return _Carry(
+def init_carry(step: Step, params, opt_state) -> Carry:
+    """The carry of a run starting at ``params``/``opt_state``: fresh callback states, running."""
+    cb_states = tuple(cb.init(params) for cb in step.callbacks)
+    return Carry(
         params,
         opt_state,
         cb_states,
@@ -258,77 +302,71 @@ def _init_carry(static, params, opt_state):
 
 
 def train(
-    loss_fn,
+    step: Step,
     params,
-    optimizer: optax.GradientTransformation,
     data,
     *,
     num_steps: int,
-    batch_size: int | None = None,
     key=None,
-    callbacks=(),
-    accuracy_fn=None,
     hyperparams: dict[str, Any] | None = None,
     opt_state=None,
     loss_goal: float | None = None,
     accuracy_goal: float | None = None,
     divergence_threshold: float | None = None,
-    chunk_size: int = 100,
+    progress=None,
 ) -> TrainResult:
-    """Train ``params`` on ``data`` with ``optimizer``; return final state and per-step history.
+    """Train ``params`` on ``data`` with a compiled ``step``; return final state and history.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar`` (mean over the batch). Reuse the same function
-        object across a sweep: it is part of the compile-time key.
+      step: from :func:`make_step` (loss, optimizer, callbacks, batch size, chunk size). Reuse
+        it across a sweep: it holds the compiled program.
       params: initial params (any pytree).
-      optimizer: any optax transformation; reuse the same object across a sweep.
       data: pytree of arrays with a common leading axis n (e.g. ``Dataset(x, y)``).
       num_steps: maximum number of updates.
-      batch_size: None for full-batch GD, else the minibatch size (needs ``key``).
-      key: PRNG key for epoch shuffling (default ``jax.random.key(0)``).
-      callbacks: :class:`~hessian_lab.callbacks.Callback` s run inside the step.
-      accuracy_fn: optional ``accuracy_fn(params, batch) -> scalar`` recorded as ``accuracy``.
+      key: PRNG key for epoch shuffling when the step has a ``batch_size`` (default
+        ``jax.random.key(0)``).
       hyperparams: injected hyperparameters to set before training (e.g. ``{"learning_rate": 0.1}``).
       opt_state: initial optimizer state (default ``optimizer.init(params)``; e.g. from
         :func:`hessian_lab.optim.gi_adam_init` or a checkpoint).
       loss_goal, accuracy_goal: stop when reached.
       divergence_threshold: a loss above it marks divergence (default: only non-finite losses).
-      chunk_size: steps per jitted scan chunk (one host transfer per chunk).
+      progress: None, a host callable ``progress(done, total)`` called after every chunk (in
+        steps; ends at ``num_steps`` even when the run stops early), or True for a progress bar
+        with an ETA (:mod:`hessian_lab.progress`).
 
     Returns:
       :class:`TrainResult`.
 
     Raises:
-      ValueError: mismatched data shapes, bad ``batch_size``/``num_steps``/``chunk_size``, unknown
-        hyperparameter names.
+      ValueError: everything :func:`run_args` rejects, unknown hyperparameter names, a bad
+        ``progress``.
     """
-    static, shared = _prepare(
-        loss_fn,
-        optimizer,
+    args = run_args(
+        step,
         data,
         num_steps=num_steps,
-        batch_size=batch_size,
-        callbacks=callbacks,
-        accuracy_fn=accuracy_fn,
-        chunk_size=chunk_size,
         loss_goal=loss_goal,
         accuracy_goal=accuracy_goal,
         divergence_threshold=divergence_threshold,
     )
-    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    progress_lib.check(progress)
+    opt_state = step.optimizer.init(params) if opt_state is None else opt_state
     opt_state = set_hyperparams(opt_state, hyperparams or {})
     key = jax.random.key(0) if key is None else key
-    carry = _init_carry(static, params, opt_state)
+    carry = init_carry(step, params, opt_state)
+    length = min(step.chunk_size, num_steps)
     chunks = []
-    for start in range(0, num_steps, static.chunk):
-        carry, metrics = _run_chunk(static, carry, shared, key, jnp.asarray(start, jnp.int32))
-        metrics, done = jax.device_get((metrics, carry.done))  # the one host sync per chunk
-        chunks.append(metrics)
-        if done:
-            break
+    with progress_lib.reporter(progress, num_steps) as report:
+        for start in range(0, num_steps, length):
+            carry, metrics = step.run(carry, args, key, jnp.asarray(start, jnp.int32), length)
+            metrics, done = jax.device_get((metrics, carry.done))  # the one host sync per chunk
+            chunks.append(metrics)
+            report(num_steps if done else min(start + length, num_steps))
+            if done:
+                break
     reason, stop_step = int(carry.reason), int(carry.stop_step)
-    length = stop_step + 1 if reason else num_steps
-    metrics = {k: np.concatenate([c[k] for c in chunks])[:length] for k in chunks[0]}
+    kept = stop_step + 1 if reason else num_steps
+    metrics = {k: np.concatenate([c[k] for c in chunks])[:kept] for k in chunks[0]}
     history = History(
         metrics,
         STOP_REASONS[reason or 1],
@@ -336,66 +374,3 @@ def train(
         stop_step if reason else num_steps,
     )
     return TrainResult(carry.params, carry.opt_state, history, carry.cb_states)
-
-
-def save_history(
-    history: History, run_dir: str | os.PathLike, *, config: dict | None = None
-) -> Path:
-    """Save a history as ``arrays.npz`` + ``history.csv`` (scalar metrics) in ``run_dir``, atomically."""
-    arrays = dict(history.metrics)
-    summary = {
-        "stop_reason": history.stop_reason,
-        "stop_step": history.stop_step,
-        "num_updates": history.num_updates,
-    }
-    run_dir = io.save_run(
-        run_dir, config=config or {}, arrays=arrays, summary=summary, kind="history"
-    )
-    n = len(next(iter(arrays.values()))) if arrays else 0
-    cols = {"step": np.arange(n)} | {k: v for k, v in arrays.items() if np.ndim(v) == 1}
-    io.write_csv(Path(run_dir) / "history.csv", cols)
-    return Path(run_dir)
-
-
-def load_history(run_dir: str | os.PathLike) -> History:
-    """Load a history saved by :func:`save_history`."""
-    _, arrays, summary = io.load_run(run_dir)
-    return History(
-        arrays, summary["stop_reason"], int(summary["stop_step"]), int(summary["num_updates"])
-    )
-
-
-def save_checkpoint(path: str | os.PathLike, tree) -> None:
-    """Save a pytree (e.g. ``(params, opt_state)``) as an npz of its leaves plus its structure text."""
-    leaves, treedef = jax.tree.flatten(tree)
-    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-    arrays["treedef"] = np.asarray(str(treedef))
-    import io as _io
-
-    buf = _io.BytesIO()
-    np.savez(buf, **arrays)
-    io.atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | os.PathLike, like):
-    """Load a pytree saved by :func:`save_checkpoint`, with the structure of ``like``.
-
-    ``like`` supplies the tree structure (e.g. ``(init_params, optimizer.init(init_params))``);
-    the stored structure, leaf shapes and dtypes must match it.
-
-    Raises:
-      ValueError: structure, shape or dtype mismatch.
-    """
-    leaves, treedef = jax.tree.flatten(like)
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["treedef"]) != str(treedef):
-            raise ValueError(
-                f"like: structure differs from the checkpoint's\n  saved: {z['treedef']}\n  like:  {treedef}"
-            )
-        out = [z[f"leaf_{i:05d}"] for i in range(len(leaves))]
-    for i, (a, b) in enumerate(zip(out, leaves, strict=True)):
-        if a.shape != np.shape(b) or a.dtype != np.asarray(b).dtype:
-            raise ValueError(
-                f"like: leaf {i} is {np.shape(b)} {np.asarray(b).dtype}, checkpoint has {a.shape} {a.dtype}"
-            )
-    return jax.tree.unflatten(treedef, [jnp.asarray(a) for a in out])

@@ -17,7 +17,6 @@ the first diverging one (NaN where no member of the grid shows the event / diver
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +28,7 @@ from hessian_lab import callbacks as cb
 from hessian_lab import data as hd
 from hessian_lab import losses, models
 from hessian_lab.optim import make_optimizer
-from hessian_lab.population import member_keys, train_population
+from hessian_lab.population import make_step, member_keys, train_population
 
 __all__ = ["Problem", "critical_c", "lambda0", "line_barrier", "make_problem", "nanmean", "sweep"]
 
@@ -44,10 +43,9 @@ class Problem(NamedTuple):
     description: str
 
 
-@functools.lru_cache(maxsize=32)
 def make_problem(arch: str, depth: int, width: int, n: int, param: str, activation: str,
                  normalization: str, dtype: str) -> Problem:  # fmt: skip
-    """Build (and cache, so the compiled step is reused) an MLP/CNN/UV problem.
+    """Build an MLP/CNN/UV problem.
 
     ``arch``: "uv" (one example ``x = 1``, ``y = 0``, ``f = v.u x / sqrt(width)``, depth
     ignored), "mlp" or "cnn" on the first ``n`` sklearn digits (inputs standardised per feature,
@@ -78,7 +76,6 @@ def _unit(key, params):
     return hl.tree.normalize(jax.tree.unflatten(tdef, v))
 
 
-@functools.lru_cache(maxsize=32)
 def _lambda0_fn(loss_fn, num_iters):
     def one(params, data):
         n = jax.tree.leaves(data)[0].shape[0]
@@ -141,44 +138,29 @@ def sweep(problem: Problem, cs, seeds, *, num_steps: int, sharpness_every: int =
     """Train the population ``eta = c / lambda0(seed)`` for ``num_steps + 1`` loss evaluations.
 
     Metrics are recorded at steps ``0..num_steps`` (theta_0 .. theta_T); the last update is not
-    used. One compile per problem (the optimizer object is cached alongside the problem).
+    used. One compile of the population step per call.
     """
     cs, seeds = np.asarray(cs, float), np.asarray(seeds, int)
     C, S = cs.size, seeds.size
     lam0 = lambda0(problem, seeds, num_iters=lambda0_iters)
     eta = cs[:, None] / lam0[None, :]
     T = num_steps
-    callbacks = [_sharpness_cb(problem.loss_fn, sharpness_every, lanczos_iters)]
+    callbacks = [cb.sharpness(problem.loss_fn, every=sharpness_every, num_iters=lanczos_iters)]
     if barrier_points > 0:
-        callbacks.append(_barrier_cb(problem.loss_fn, barrier_points, T))
+        callbacks.append(line_barrier(problem.loss_fn, barrier_points, T))
+    optimizer = make_optimizer("gd", learning_rate=1.0) if optimizer is None else optimizer
+    pstep = make_step(problem.loss_fn, optimizer, callbacks=callbacks, batch_size=batch_size,
+                      chunk_size=T + 1)  # fmt: skip
     bad = ~np.isfinite(eta) | (eta <= 0)
     res = train_population(
-        problem.loss_fn, problem.init, optimizer or _gd(), problem.data,
+        pstep, problem.init, problem.data,
         learning_rates=np.where(bad, 1.0, eta).ravel(), seeds=np.tile(seeds, C),
-        num_steps=T + 1, callbacks=callbacks, batch_size=batch_size,
-        divergence_threshold=divergence_loss, chunk_size=T + 1,
+        num_steps=T + 1, divergence_threshold=divergence_loss,
     )  # fmt: skip
     m = {k: v.reshape(C, S, T + 1) for k, v in res.metrics.items()}
     line = m["line_ratio"][..., T] if barrier_points > 0 else np.full((C, S), np.nan)
     return Sweep(lam0, eta, m["loss"], m["sharpness"], line,
                  res.diverged.reshape(C, S), res.diverged_step.reshape(C, S))  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1)
-def _gd():
-    # One optimizer object for every sweep: it is part of the compile-time key.
-    return make_optimizer("gd", learning_rate=1.0)
-
-
-# Callbacks are cached per problem too: they are part of the compile-time key of the step.
-@functools.lru_cache(maxsize=32)
-def _sharpness_cb(loss_fn, every, num_iters):
-    return cb.sharpness(loss_fn, every=every, num_iters=num_iters)
-
-
-@functools.lru_cache(maxsize=32)
-def _barrier_cb(loss_fn, num_points, every):
-    return line_barrier(loss_fn, num_points, every)
 
 
 def nanmean(a, axis=None):

@@ -1,9 +1,9 @@
 """The training runs of the warmup study (GD warmup in SP/muP, catapult search, Adam vs GI-Adam).
 
-Every run goes through :mod:`hessian_lab.trainer` / :mod:`hessian_lab.population`. One GD optimizer
-object per model (schedule hyperparameters injected), so the trainability sweep and every catapult
-search trial share one compiled chunk; the trajectories (with sharpness callbacks) are a second
-program. Populations use ``mode="loop"``: on CPU a vmapped Lanczos callback is several times
+Every run goes through :mod:`hessian_lab.trainer` / :mod:`hessian_lab.population`. Two compiled
+steps per model (schedule hyperparameters injected): one without callbacks, shared by the
+trainability sweep and every catapult search trial, and one with the sharpness callbacks for
+lambda0 and the trajectories. Populations use ``mode="loop"``: on CPU a vmapped Lanczos callback is several times
 slower than running members one after another through the same compiled chunk.
 """
 
@@ -20,7 +20,8 @@ from hessian_lab import models
 from hessian_lab.losses import make_loss_fn, mse
 from hessian_lab.lr_search import catapult_search
 from hessian_lab.optim import constant, gi_adam_init, make_optimizer
-from hessian_lab.population import member_keys, train_population
+from hessian_lab.population import make_step, member_keys, train_population
+from hessian_lab.trainer import make_step as make_train_step
 from hessian_lab.trainer import train
 
 INIT_MODES = ("zero", "catapult")
@@ -115,29 +116,29 @@ def gd_part(cfg, data, tick):
             cbk.sharpness(loss_fn, every=cfg.sharpness_every, num_iters=cfg.lanczos_iters),
             cbk.loss_catapult(),
         )
+        plain = make_step(loss_fn, opt, mode="loop", chunk_size=cfg.chunk_size)
+        traced = make_step(loss_fn, opt, mode="loop", callbacks=cbs, chunk_size=cfg.chunk_size)
         for j, p0 in enumerate(inits):
             # lambda0 from the trajectories' own compiled program: loss_goal=inf stops it at
             # step 0, after the callbacks have measured theta_0.
-            h = train(loss_fn, p0, opt, data, num_steps=T, callbacks=cbs, loss_goal=np.inf,
-                      chunk_size=cfg.chunk_size).history  # fmt: skip
+            h = train(traced.step, p0, data, num_steps=T, loss_goal=np.inf).history
             out["lam0"][m, j] = h["sharpness"][0]
             out["loss0"][m, j] = h["loss"][0]
         tick()
 
         # The catapult search (no Hessian products): estimate of 2/lambda0 vs test steps.
         kw = dict(eta_min=cfg.search_eta_min, growth=cfg.search_growth,
-                  bisect_iters=cfg.search_bisect_iters, optimizer=opt,
-                  chunk_size=cfg.chunk_size)  # fmt: skip
+                  bisect_iters=cfg.search_bisect_iters)  # fmt: skip
         for j, p0 in enumerate(inits):
             for k, ks in enumerate(cfg.search_steps):
-                res = catapult_search(loss_fn, p0, data, num_steps=ks, **kw)
+                res = catapult_search(plain.step, p0, data, num_steps=ks, **kw)
                 out["search_estimate"][m, j, k] = res.eta
                 out["search_trials"][m, j, k] = res.num_trials
             if cfg.init_search_steps in cfg.search_steps:
                 k = cfg.search_steps.index(cfg.init_search_steps)
                 out["eta_init"][m, j] = out["search_estimate"][m, j, k]
             else:
-                res = catapult_search(loss_fn, p0, data, num_steps=cfg.init_search_steps, **kw)
+                res = catapult_search(plain.step, p0, data, num_steps=cfg.init_search_steps, **kw)
                 out["eta_init"][m, j] = res.eta
         tick()
 
@@ -147,9 +148,8 @@ def gd_part(cfg, data, tick):
         i_, w_, e_, s_ = grid.T
         lam = out["lam0"][m, s_]
         pop = train_population(
-            loss_fn,
+            plain,
             net.init,
-            opt,
             data,
             learning_rates=c_grid[e_] / lam,
             seeds=np.asarray(cfg.seeds)[s_],
@@ -161,9 +161,7 @@ def gd_part(cfg, data, tick):
                     i_ == 1, np.minimum(out["eta_init"][m, s_], c_grid[e_] / lam), 0.0
                 ),
             },
-            mode="loop",
             divergence_threshold=thr,
-            chunk_size=cfg.chunk_size,
         )
         final = np.where(pop.diverged, np.nan, pop.metrics["loss"][:, -1])
         shape = (2, W, E, S)
@@ -176,18 +174,14 @@ def gd_part(cfg, data, tick):
 
         # Trajectories (first seed): sharpness vs 2/eta_t and loss catapults during warmup.
         traj = train_population(
-            loss_fn,
+            traced,
             net.init,
-            opt,
             data,
             learning_rates=np.asarray(cfg.traj_c_trgt) / out["lam0"][m, 0],
             seeds=np.full(C, cfg.seeds[0]),
             num_steps=T,
             hyperparams={"warmup_steps": float(cfg.traj_warmup_steps), "eta_init": 0.0},
-            mode="loop",
-            callbacks=cbs,
             divergence_threshold=thr,
-            chunk_size=cfg.chunk_size,
         )
         out["traj_loss"][m] = traj.metrics["loss"]
         out["traj_lr"][m] = traj.metrics["learning_rate"]
@@ -218,6 +212,7 @@ def adam_part(cfg, data):
             loss_fn, every=cfg.sharpness_every, num_iters=cfg.lanczos_iters
         ),
     )
+    step = make_train_step(loss_fn, opt, callbacks=cbs, chunk_size=cfg.chunk_size)
     final = np.full((2, 2, A), np.nan)
     div = np.zeros((2, 2, A), bool)
     pre = np.full((2, 2, A, T), np.nan)
@@ -228,24 +223,20 @@ def adam_part(cfg, data):
         for eps, dest in ((cfg.eps, precond0), (0.0, None if zero_grad else precond0_eps0)):
             if dest is None:
                 continue
-            h = train(loss_fn, p0, opt, data, num_steps=T, hyperparams={"eps": eps},
-                      opt_state=st, callbacks=cbs, loss_goal=np.inf,
-                      chunk_size=cfg.chunk_size).history  # fmt: skip
+            h = train(step, p0, data, num_steps=T, hyperparams={"eps": eps}, opt_state=st,
+                      loss_goal=np.inf).history  # fmt: skip
             dest[o] = h["preconditioned_sharpness"][0]
     for o, st in enumerate(states):
         for u, tw in enumerate((0.0, float(cfg.adam_warmup_steps))):
             for a, eta in enumerate(etas):
                 h = train(
-                    loss_fn,
+                    step,
                     p0,
-                    opt,
                     data,
                     num_steps=T,
                     hyperparams={"learning_rate": eta, "warmup_steps": tw, "eta_init": 0.0},
                     opt_state=st,
-                    callbacks=cbs,
                     divergence_threshold=thr,
-                    chunk_size=cfg.chunk_size,
                 ).history
                 n = len(h["loss"])
                 loss[o, u, a, :n] = h["loss"]

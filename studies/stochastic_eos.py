@@ -44,7 +44,7 @@ from hessian_lab import callbacks as cbs
 from hessian_lab import data as hd
 from hessian_lab import losses, models
 from hessian_lab.optim import make_optimizer
-from hessian_lab.population import train_population
+from hessian_lab.population import make_step, train_population
 from hessian_lab.studies._results import load_results, save_results
 
 __all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "assemble", "figures", "load"]
@@ -217,17 +217,20 @@ def _lin_point(config: Config, batch_size: int) -> dict[str, np.ndarray]:
     trace, lmax = float(spec.sum()), float(spec[-1])
     grid = _lin_grid(config, batch_size, trace, lmax)
     seeds = np.arange(config.lin_seeds)
-    res = train_population(
+    pstep = make_step(
         loss_fn,
-        net.init,
         make_optimizer("gd", learning_rate=1.0),
+        batch_size=None if batch_size == config.lin_n else batch_size,
+        chunk_size=500,
+    )
+    res = train_population(
+        pstep,
+        net.init,
         (x, y),
         learning_rates=np.repeat(grid, seeds.size),
         seeds=np.tile(seeds, grid.size),
         num_steps=config.lin_steps,
-        batch_size=None if batch_size == config.lin_n else batch_size,
         divergence_threshold=config.blowup * 0.5 * float(np.mean(y.astype(float) ** 2)),
-        chunk_size=500,
     )
     div = res.diverged.reshape(grid.size, seeds.size)
     first = np.where(div.any(0), grid[np.argmax(div, axis=0)], np.nan)
@@ -254,17 +257,20 @@ def _mlp_point(config: Config, batch_size: int) -> dict[str, np.ndarray]:
         cbs.traces(loss_fn, net.apply, every=e, num_matvecs=2, ntk_iters=2),
         cbs.full_loss(loss_fn, every=e),
     ]
-    res = train_population(
+    pstep = make_step(
         loss_fn,
-        net.init,
         make_optimizer("gd", learning_rate=config.mlp_lr),
+        batch_size=None if batch_size == config.mlp_n else batch_size,
+        callbacks=callbacks,
+        chunk_size=500,
+    )
+    res = train_population(
+        pstep,
+        net.init,
         data,
         learning_rates=np.full(config.mlp_seeds, config.mlp_lr),
         seeds=np.arange(config.mlp_seeds),
         num_steps=config.mlp_steps,
-        batch_size=None if batch_size == config.mlp_n else batch_size,
-        callbacks=callbacks,
-        chunk_size=500,
     )
     out = _OUT if config.normalization == "per_output" else 1  # ntk_trace is per-example
     rec = slice(0, None, e)

@@ -175,7 +175,9 @@ def test_grad_norm_and_catapult_marker_in_training():
         cb.sharpness(LOSS, every=3, num_iters=10),
         cb.full_loss(LOSS),
     ]
-    r = trainer.train(LOSS, PARAMS, opt, DATA, num_steps=7, chunk_size=7, callbacks=cbs)
+    r = trainer.train(
+        trainer.make_step(LOSS, opt, callbacks=cbs, chunk_size=7), PARAMS, DATA, num_steps=7
+    )
     h = r.history
     g0 = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(jax.grad(LOSS)(PARAMS, DATA))))
     np.testing.assert_allclose(h["grad_norm"][0], g0, rtol=1e-12)
@@ -191,12 +193,13 @@ def test_grad_norm_and_catapult_marker_in_training():
     np.testing.assert_allclose(h["sharpness_x_lr"][0], 0.1 * want, rtol=1e-10)
 
 
-def test_callbacks_run_inside_one_chunk_per_host_transfer(monkeypatch):
+def test_callbacks_run_inside_one_chunk_per_host_transfer():
     calls = []
-    real = trainer._run_chunk
-    monkeypatch.setattr(trainer, "_run_chunk", lambda *a: calls.append(1) or real(*a))
     cbs = [cb.sharpness(LOSS, every=2, num_iters=4)]
-    r = trainer.train(LOSS, PARAMS, optax.sgd(0.05), DATA, num_steps=6, chunk_size=3, callbacks=cbs)
+    step = trainer.make_step(LOSS, optax.sgd(0.05), callbacks=cbs, chunk_size=3)
+    real = step.run
+    step = step._replace(run=lambda *a: calls.append(1) or real(*a))
+    r = trainer.train(step, PARAMS, DATA, num_steps=6)
     assert len(calls) == 2 and r.history["sharpness"].shape == (6,)
 
 

@@ -6,12 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from hessian_lab import models
+from hessian_lab import models, optim, trainer
 from hessian_lab.losses import make_loss_fn
 from hessian_lab.lr_search import CatapultSearchResult, catapult_search
 
 _NET = models.mlp(20, 1, depth=0, width=1, bias=False)
 _LOSS = make_loss_fn(_NET.apply, "mse")  # 0.5 mean_i (f_i - y_i)^2: H = X^T X / n exactly
+_GD = optim.make_optimizer("gd", learning_rate=1.0)
+_STEP = trainer.make_step(_LOSS, _GD, chunk_size=32)
 
 
 def _regression():
@@ -31,9 +33,10 @@ def test_linear_regression_converges_to_2_over_lambda0_and_traces_once():
         traces[0] += 1  # runs only while tracing
         return _LOSS(p, b)
 
+    step = trainer.make_step(loss_fn, _GD, chunk_size=32)
     res = {}
     for k in (1, 3, 20):
-        res[k] = catapult_search(loss_fn, params, data, num_steps=k, bisect_iters=6)
+        res[k] = catapult_search(step, params, data, num_steps=k, bisect_iters=6)
         if k == 1:
             after_first = traces[0]
     assert after_first > 0 and traces[0] == after_first  # one compiled program for all searches
@@ -52,7 +55,7 @@ def test_linear_regression_converges_to_2_over_lambda0_and_traces_once():
 
 def test_starting_above_the_critical_rate_searches_downwards():
     params, data, lam0 = _regression()
-    r = catapult_search(_LOSS, params, data, num_steps=20, eta_min=100 / lam0)
+    r = catapult_search(_STEP, params, data, num_steps=20, eta_min=100 / lam0)
     assert r.rose[0] and abs(r.eta * lam0 / 2 - 1) < 0.2
 
 
@@ -67,19 +70,21 @@ def test_starting_above_the_critical_rate_searches_downwards():
         ({"bisect_iters": -1}, "bisect_iters"),
         ({"max_trials": 0}, "max_trials"),
         ({"rtol": -0.1}, "rtol"),
-        ({"chunk_size": 1}, "chunk_size"),
+        ({"step": trainer.make_step(_LOSS, _GD, chunk_size=1)}, "chunk_size"),
+        ({"step": trainer.make_step(_LOSS, _GD, batch_size=8)}, "step: must be full batch"),
+        ({"step": _LOSS}, "step"),
     ],
 )
 def test_bad_options_raise_naming_them(kw, name):
     params, data, _ = _regression()
     with pytest.raises(ValueError, match=name):
-        catapult_search(_LOSS, params, data, **kw)
+        catapult_search(kw.pop("step", _STEP), params, data, **kw)
 
 
 def test_non_finite_initial_loss_and_no_bracket_raise():
     params, data, _ = _regression()
     x, y = data
     with pytest.raises(ValueError, match="initial loss"):
-        catapult_search(_LOSS, params, (x, np.full_like(y, np.nan)), num_steps=5)
+        catapult_search(_STEP, params, (x, np.full_like(y, np.nan)), num_steps=5)
     with pytest.raises(ValueError, match="max_trials"):
-        catapult_search(_LOSS, params, data, num_steps=5, eta_min=1e-9, max_trials=3)
+        catapult_search(_STEP, params, data, num_steps=5, eta_min=1e-9, max_trials=3)

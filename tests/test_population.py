@@ -19,25 +19,24 @@ CBS = (grad_norm(every=4),)
 # Four stable rates and four that diverge (the largest within a few steps).
 LRS = np.array([0.05, 0.2, 0.5, 1.0, 8.0, 15.0, 30.0, 60.0])
 SEEDS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
-KW = dict(num_steps=20, chunk_size=8, divergence_threshold=1e3, callbacks=CBS)
+KW = dict(num_steps=20, divergence_threshold=1e3)
 
 
 @pytest.fixture(scope="module")
 def pop():
-    return population.train_population(
-        LOSS, NET.init, OPT, DATA, learning_rates=LRS, seeds=SEEDS, **KW
-    )
+    pstep = population.make_step(LOSS, OPT, mode="vmap", callbacks=CBS, chunk_size=8)
+    return population.train_population(pstep, NET.init, DATA, learning_rates=LRS, seeds=SEEDS, **KW)
 
 
 def test_population_equals_separate_runs(pop):
     assert pop.metrics["loss"].shape == (8, 20)
     assert pop.diverged[:4].sum() == 0 and pop.diverged[4:].all()
+    step = trainer.make_step(LOSS, OPT, callbacks=CBS, chunk_size=8)
     for p in range(8):
         init_key, data_key = population.member_keys(int(SEEDS[p]))
         r = trainer.train(
-            LOSS,
+            step,
             NET.init(init_key),
-            OPT,
             DATA,
             key=data_key,
             hyperparams={"learning_rate": LRS[p]},
@@ -68,16 +67,20 @@ def test_loop_mode_equals_vmap_mode_and_compiles_once(pop):
         count[0] += 1
         return LOSS(p, b)
 
-    kw = dict(KW, mode="loop")
+    pstep = population.make_step(loss_fn, OPT, mode="loop", callbacks=CBS, chunk_size=8)
+    seen = []
     loop = population.train_population(
-        loss_fn, NET.init, OPT, DATA, learning_rates=LRS, seeds=SEEDS, **kw
-    )
+        pstep, NET.init, DATA, learning_rates=LRS, seeds=SEEDS,
+        progress=lambda d, t: seen.append((d, t)), **KW,
+    )  # fmt: skip
     np.testing.assert_array_equal(loop.diverged_step, pop.diverged_step)
     np.testing.assert_allclose(loop.metrics["loss"], pop.metrics["loss"], rtol=1e-10)
+    # member-steps: monotone, every member ends at a multiple of num_steps, ending at P * T
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == 8 * 20 and {t for _, t in seen} == {8 * 20}
+    assert all(20 * (p + 1) in done for p in range(8))
     first = count[0]
-    population.train_population(
-        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[::-1], seeds=SEEDS, **kw
-    )
+    population.train_population(pstep, NET.init, DATA, learning_rates=LRS[::-1], seeds=SEEDS, **KW)
     assert first > 0 and count[0] == first
 
 
@@ -88,13 +91,17 @@ def test_vmap_population_traces_once_across_sweeps():
         count[0] += 1
         return LOSS(p, b)
 
-    kw = dict(num_steps=4, chunk_size=2, hyperparams={"eta_init": 0.01})
+    pstep = population.make_step(loss_fn, OPT, mode="vmap", chunk_size=2)
+    kw = dict(num_steps=4, hyperparams={"eta_init": 0.01})
+    seen = []
     population.train_population(
-        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[:4], seeds=SEEDS[:4], **kw
-    )
+        pstep, NET.init, DATA, learning_rates=LRS[:4], seeds=SEEDS[:4],
+        progress=lambda d, t: seen.append((d, t)), **kw,
+    )  # fmt: skip
+    assert seen == [(8, 16), (16, 16)]  # member-steps, one report per chunk of 2 steps
     first = count[0]
     population.train_population(
-        loss_fn, NET.init, OPT, DATA, learning_rates=LRS[4:], seeds=SEEDS[4:], **kw
+        pstep, NET.init, DATA, learning_rates=LRS[4:], seeds=SEEDS[4:], **kw
     )
     assert first > 0 and count[0] == first
 
@@ -106,24 +113,27 @@ def test_vmap_population_traces_once_across_sweeps():
         ({"learning_rates": np.ones((2, 2)), "seeds": np.zeros(4, int)}, "learning_rates"),
         ({"learning_rates": np.array([0.1, -1.0]), "seeds": np.zeros(2, int)}, "learning_rates"),
         ({"learning_rates": np.ones(2), "seeds": np.zeros(2)}, "seeds"),
-        ({"learning_rates": np.ones(2), "seeds": np.zeros(2, int), "mode": "pmap"}, "mode"),
+        ({"learning_rates": np.ones(2), "seeds": np.zeros(2, int), "num_steps": 0}, "num_steps"),
     ],
 )
 def test_bad_input(kw, match):
+    pstep = population.make_step(LOSS, OPT, mode="loop")
     with pytest.raises(ValueError, match=match):
-        population.train_population(LOSS, NET.init, OPT, DATA, num_steps=2, **kw)
+        population.train_population(pstep, NET.init, DATA, **({"num_steps": 2} | kw))
+    with pytest.raises(ValueError, match="mode"):
+        population.make_step(LOSS, OPT, mode="pmap")
 
 
 @pytest.mark.parametrize("mode", ["vmap", "loop"])
 def test_continuing_from_a_result_equals_one_longer_run(mode):
     # Adam: the continued run must carry its moments and step count, not restart them.
     opt = optim.make_optimizer("adam", learning_rate=0.01)
-    lrs, seeds = LRS[:3], SEEDS[:3]
-    kw = dict(learning_rates=lrs, seeds=seeds, mode=mode, chunk_size=5)
-    full = population.train_population(LOSS, NET.init, opt, DATA, num_steps=12, **kw)
-    first = population.train_population(LOSS, NET.init, opt, DATA, num_steps=7, **kw)
+    pstep = population.make_step(LOSS, opt, mode=mode, chunk_size=5)
+    kw = dict(learning_rates=LRS[:3], seeds=SEEDS[:3])
+    full = population.train_population(pstep, NET.init, DATA, num_steps=12, **kw)
+    first = population.train_population(pstep, NET.init, DATA, num_steps=7, **kw)
     rest = population.train_population(
-        LOSS, None, opt, DATA, num_steps=5, params=first.params, opt_state=first.opt_state, **kw
+        pstep, None, DATA, num_steps=5, params=first.params, opt_state=first.opt_state, **kw
     )
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
@@ -145,10 +155,10 @@ def test_linearized_curvature_callbacks_in_vmapped_and_looped_populations():
             spectral_density(LOSS, every=4, num_iters=6, num_probes=2, grid=grid, linearize=lin),
         )
         for mode in ("vmap", "loop"):
+            pstep = population.make_step(LOSS, OPT, mode=mode, callbacks=cbs, chunk_size=4)
             got[lin, mode] = population.train_population(
-                LOSS, NET.init, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3],
-                num_steps=8, callbacks=cbs, mode=mode, chunk_size=4,
-            ).metrics  # fmt: skip
+                pstep, NET.init, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=8
+            ).metrics
     ref = got[False, "vmap"]
     assert np.isfinite(ref["sharpness"][:, ::2]).all()
     for key, m in got.items():
@@ -157,28 +167,36 @@ def test_linearized_curvature_callbacks_in_vmapped_and_looped_populations():
 
 
 def test_bad_initial_state():
+    pstep = population.make_step(LOSS, OPT, mode="loop")
     pop2 = population.train_population(
-        LOSS, NET.init, OPT, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
+        pstep, NET.init, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
     )
     with pytest.raises(ValueError, match="params: every leaf"):
         population.train_population(
-            LOSS, None, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
+            pstep, None, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
             params=pop2.params,
         )  # fmt: skip
     with pytest.raises(ValueError, match="opt_state: every leaf"):
         population.train_population(
-            LOSS, NET.init, OPT, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
+            pstep, NET.init, DATA, learning_rates=LRS[:3], seeds=SEEDS[:3], num_steps=2,
             opt_state=pop2.opt_state,
         )  # fmt: skip
     with pytest.raises(ValueError, match="init_fn"):
         population.train_population(
-            LOSS, None, OPT, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
+            pstep, None, DATA, learning_rates=LRS[:2], seeds=SEEDS[:2], num_steps=2
         )
 
 
-def test_bad_data_shapes():
+def test_bad_data_shapes_and_batch_size_fail_before_any_work():
     bad = (DATA[0], jnp.ones((5, 2)))
+    never = lambda key: pytest.fail("init_fn called")  # noqa: E731
     with pytest.raises(ValueError, match="data"):
         population.train_population(
-            LOSS, NET.init, OPT, bad, learning_rates=[0.1], seeds=[0], num_steps=2
-        )
+            population.make_step(LOSS, OPT, mode="vmap"), never, bad,
+            learning_rates=[0.1], seeds=[0], num_steps=2,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="batch_size: the step's batch_size 50 exceeds the 24"):
+        population.train_population(
+            population.make_step(LOSS, OPT, mode="loop", batch_size=50), never, DATA,
+            learning_rates=[0.1], seeds=[0], num_steps=2,
+        )  # fmt: skip

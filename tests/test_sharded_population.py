@@ -34,21 +34,24 @@ FOUR_DEVICES = textwrap.dedent(
         jax.random.normal(jax.random.key(2), (24, 2)),
     )
     opt = optim.make_optimizer("momentum", learning_rate=0.1)
-    kw = dict(
-        num_steps=16, chunk_size=8, divergence_threshold=1e3, batch_size=8,
+    step_kw = dict(
+        chunk_size=8, batch_size=8,
         callbacks=(grad_norm(every=2), sharpness(loss, every=4, num_iters=5)),
     )
+    kw = dict(num_steps=16, divergence_threshold=1e3)
+    vmap = population.make_step(loss, opt, mode="vmap", **step_kw)
+    sharded = population.make_step(loss, opt, mode="sharded", **step_kw)
     # 6 members on 4 devices (padded to 8), some of them diverge; then 8 on a 2 x 2 mesh
     lrs = np.array([0.05, 0.2, 0.5, 30.0, 1.0, 60.0, 0.1, 0.3])
     seeds = np.array([0, 1, 2, 0, 1, 2, 3, 4])
     auto = jax.make_mesh((2, 2), ("pop", "x"), (jax.sharding.AxisType.Auto,) * 2)
-    for P, extra in [(6, {}), (8, dict(mesh=auto, axis="pop"))]:
+    on_2x2 = population.make_step(loss, opt, mode="sharded", mesh=auto, axis="pop", **step_kw)
+    for P, pstep in [(6, sharded), (8, on_2x2)]:
         ref = population.train_population(
-            loss, net.init, opt, data, learning_rates=lrs[:P], seeds=seeds[:P], mode="vmap", **kw
+            vmap, net.init, data, learning_rates=lrs[:P], seeds=seeds[:P], **kw
         )
         got = population.train_population(
-            loss, net.init, opt, data, learning_rates=lrs[:P], seeds=seeds[:P],
-            mode="sharded", **extra, **kw
+            pstep, net.init, data, learning_rates=lrs[:P], seeds=seeds[:P], **kw
         )
         assert 2 <= ref.diverged.sum() < P, ref.diverged_step  # some diverge, some do not
         np.testing.assert_array_equal(got.diverged_step, ref.diverged_step)
@@ -65,19 +68,17 @@ FOUR_DEVICES = textwrap.dedent(
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     # continuing a padded (6 on 4 devices) sharded population from a result equals the vmapped
     first = population.train_population(
-        loss, net.init, opt, data, learning_rates=lrs[:6], seeds=seeds[:6], mode="vmap", **kw
+        vmap, net.init, data, learning_rates=lrs[:6], seeds=seeds[:6], **kw
     )
     cont = dict(learning_rates=lrs[:6], seeds=seeds[:6], params=first.params,
                 opt_state=first.opt_state, **kw)
-    ref = population.train_population(loss, None, opt, data, mode="vmap", **cont)
-    got = population.train_population(loss, None, opt, data, mode="sharded", **cont)
+    ref = population.train_population(vmap, None, data, **cont)
+    got = population.train_population(sharded, None, data, **cont)
     for a, b in zip(jax.tree.leaves((ref.params, ref.opt_state, ref.metrics)),
                     jax.tree.leaves((got.params, got.opt_state, got.metrics)), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     # the member axis really is split: 8 members -> 2 per device on the default 4-device mesh
-    got = population.train_population(
-        loss, net.init, opt, data, learning_rates=lrs, seeds=seeds, mode="sharded", **kw
-    )
+    got = population.train_population(sharded, net.init, data, learning_rates=lrs, seeds=seeds, **kw)
     leaf = jax.tree.leaves(got.params)[0]
     assert len(leaf.sharding.device_set) == 4
     assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
@@ -105,17 +106,17 @@ DATA = (
     jax.random.normal(jax.random.key(2), (10, 2)),
 )
 OPT = optim.make_optimizer("gd", learning_rate=0.1)
-KW = dict(num_steps=6, chunk_size=3, divergence_threshold=1e3)
+KW = dict(num_steps=6, divergence_threshold=1e3)
 
 
 def test_one_device_mesh_equals_vmap():
     lrs, seeds = np.array([0.1, 0.4, 50.0]), np.array([0, 1, 2])
-    ref = population.train_population(
-        LOSS, NET.init, OPT, DATA, learning_rates=lrs, seeds=seeds, mode="vmap", **KW
-    )
+    vmap = population.make_step(LOSS, OPT, mode="vmap", chunk_size=3)
+    ref = population.train_population(vmap, NET.init, DATA, learning_rates=lrs, seeds=seeds, **KW)
     mesh = jax.make_mesh((1,), ("members",), devices=jax.devices()[:1])
+    sharded = population.make_step(LOSS, OPT, mode="sharded", mesh=mesh, chunk_size=3)
     got = population.train_population(
-        LOSS, NET.init, OPT, DATA, learning_rates=lrs, seeds=seeds, mode="sharded", mesh=mesh, **KW
+        sharded, NET.init, DATA, learning_rates=lrs, seeds=seeds, **KW
     )
     np.testing.assert_array_equal(got.diverged_step, ref.diverged_step)
     for k in ref.metrics:
@@ -125,14 +126,12 @@ def test_one_device_mesh_equals_vmap():
 
 
 def test_bad_mesh_and_axis_raise_named_errors():
-    args = (LOSS, NET.init, OPT, DATA)
-    kw = dict(learning_rates=[0.1], seeds=[0], **KW)
     mesh = jax.make_mesh((1,), ("members",), devices=jax.devices()[:1])
     with pytest.raises(ValueError, match=r"^mesh: "):
-        population.train_population(*args, mode="sharded", mesh=jax.devices(), **kw)
+        population.make_step(LOSS, OPT, mode="sharded", mesh=jax.devices())
     with pytest.raises(ValueError, match=r"^axis: .*'members'"):
-        population.train_population(*args, mode="sharded", mesh=mesh, axis="pop", **kw)
+        population.make_step(LOSS, OPT, mode="sharded", mesh=mesh, axis="pop")
     with pytest.raises(ValueError, match=r"^mesh, axis: only used with mode='sharded'"):
-        population.train_population(*args, mode="vmap", mesh=mesh, **kw)
+        population.make_step(LOSS, OPT, mode="vmap", mesh=mesh)
     with pytest.raises(ValueError, match=r"^mode: .*'sharded'"):
-        population.train_population(*args, mode="shard", **kw)
+        population.make_step(LOSS, OPT, mode="shard")

@@ -8,6 +8,7 @@ are seeded generators.
 from ._dataset import Dataset as Dataset
 from ._dataset import preprocess as preprocess
 from ._dataset import random_subset as random_subset
+from ._dataset import subset_indices as subset_indices
 from ._dataset import to_one_hot as to_one_hot
 from ._files import cifar10 as cifar10
 from ._files import digits as digits
@@ -27,6 +28,7 @@ __all__ = [
     "preprocess",
     "random_subset",
     "read_idx",
+    "subset_indices",
     "teacher",
     "to_one_hot",
 ]

@@ -1,0 +1,94 @@
+"""What a callback is: a pure measurement the training step runs at a cadence.
+
+A callback is an optax-style pure pair: ``Callback(init, update, every)`` with
+``init(params) -> state`` and ``update(state, info: StepInfo) -> (state, metrics)``, where
+``metrics`` is a dict of float scalars. :func:`run_callbacks` calls ``update`` under
+``lax.cond(step % every == 0, ...)``, so a callback costs nothing at the other steps and never
+talks to the host: its metrics stay on device with the rest of a scan chunk.
+
+Convention: at a step where a callback does not run, each of its metrics is NaN. Metrics at step
+t are measured at the params theta_t *before* update t (the same params the step's loss and
+gradient see). The measurements themselves live in :mod:`hessian_lab.callbacks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["Callback", "StepInfo", "check_every", "run_callbacks"]
+
+
+class StepInfo(NamedTuple):
+    """What a callback sees at step t (fields a loop does not provide stay None).
+
+    Attributes:
+      step: int scalar t.
+      params: theta_t.
+      opt_state: optimizer state before update t.
+      grads: gradient of the step's loss at theta_t.
+      loss: the step's loss at theta_t (minibatch loss under SGD).
+      batch: the step's batch (pytree, leading axis = batch size).
+      data: the full training set (pytree, leading axis n).
+      learning_rate: eta_t, the rate update t applies (NaN if unknown).
+    """
+
+    step: Any
+    params: Any
+    opt_state: Any = None
+    grads: Any = None
+    loss: Any = None
+    batch: Any = None
+    data: Any = None
+    learning_rate: Any = None
+
+
+class Callback(NamedTuple):
+    """A pure measurement: ``init(params) -> state``, ``update(state, info) -> (state, metrics)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[[Any, StepInfo], tuple[Any, dict[str, jax.Array]]]
+    every: int = 1
+
+
+def check_every(every: int) -> int:
+    """Return ``every`` if it is a valid cadence (an int >= 1), else raise ValueError."""
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every: must be an int >= 1, got {every!r}")
+    return every
+
+
+def run_callbacks(callbacks: Sequence[Callback], states: Sequence[Any], info: StepInfo):
+    """Run each callback whose cadence divides ``info.step``; NaN metrics for the others.
+
+    Args:
+      callbacks: the callbacks.
+      states: their states, in the same order.
+      info: the step.
+
+    Returns:
+      ``(new_states, metrics)``: a tuple of states and one dict merging all metrics (float).
+
+    Raises:
+      ValueError: two callbacks emit the same metric name, or ``states`` has the wrong length.
+    """
+    if len(states) != len(callbacks):
+        raise ValueError(f"states: expected {len(callbacks)} states, got {len(states)}")
+    new_states, metrics = [], {}
+    for cb, state in zip(callbacks, states, strict=True):
+        shapes = jax.eval_shape(cb.update, state, info)[1]
+
+        def skip(state, info, shapes=shapes):
+            return state, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
+
+        state, m = lax.cond(info.step % cb.every == 0, cb.update, skip, state, info)
+        for k, v in m.items():
+            if k in metrics:
+                raise ValueError(f"callbacks: two callbacks emit the metric {k!r}")
+            metrics[k] = v
+        new_states.append(state)
+    return tuple(new_states), metrics
