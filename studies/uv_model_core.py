@@ -1,55 +1,103 @@
-"""Numerics and drawing of the UV model: model, exact maps, simulators, doubling finders, figures.
+"""Numerics of the UV-model study: the exact function-space map, simulators, doubling finders.
 
-Private helpers of :mod:`hessian_lab.studies.uv_model` (see that module for the derivations).
-Notation: ``m`` is the output divisor (``sqrt(n)`` in NTP, ``n`` in muP), ``s2 = |x|^2 / m^2``,
-``r = f - y``, ``Theta = (|x|^2 |v|^2 + |u x|^2) / m^2`` (the NTK), and the dimensionless
-learning rate is ``kappa = eta |y| |x| / m``.
+The model is :func:`hessian_lab.models.uv`, ``f = v . u x / m`` (``m = sqrt(n)`` in NTP, ``n`` in
+muP); this module holds what the study derives from it (derivations in
+:mod:`hessian_lab.studies.uv_model` and ``docs/studies/uv_model.md``):
+
+* :func:`observe` -- the real model's output ``f`` and NTK ``Theta = |grad f|^2`` (autodiff);
+* :func:`top_hessian_eig` -- the exact top Hessian eigenvalue from ``(f, Theta)``;
+* :func:`map_step` -- one GD step in function space, the exact map ``(f, Theta) -> (f', Theta')``;
+* :func:`simulate`, :func:`trajectory` -- GD on the real model or the map, vmapped over (eta, sigma);
+* :func:`late_period`, :func:`brackets`, :func:`bisect` -- period doublings from late orbits;
+* :func:`floquet`, :func:`floquet_doubling`, :func:`lyapunov` -- the dimensionless map's orbits.
+
+Notation: ``s2 = |x|^2 / m^2``, ``r = f - y``, ``kappa = eta |y| |x| / m``. (Its own module: the
+study with these would pass 400 lines.)
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from hessian_lab import models
+  >>> from hessian_lab.studies import uv_model_core as core
+  >>> params = models.uv(1, 4).init(jax.random.key(0))
+  >>> f, theta = core.observe(params, jnp.ones(1), "ntp")
+  >>> bool(theta > 0)
+  True
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+
+from hessian_lab import models, tree
+
+__all__ = ["BOUND", "LEVELS", "REGIMES", "Setup", "bisect", "brackets", "floquet"]
+__all__ += ["floquet_doubling", "late_period", "late_window", "level_gap", "lyapunov", "map_step"]
+__all__ += ["observe", "output_divisor", "regime", "setup", "simulate", "simulate_batch"]
+__all__ += ["top_hessian_eig", "trajectory"]
 
 # A run counts as diverged once eta * Theta or the loss (in units of y^2) passes this.
-_BOUND = 1e12
+BOUND = 1e12
+LEVELS = ("params", "map")
+REGIMES = (
+    "diverged",
+    "lazy",
+    "progressive sharpening",
+    "sharpness reduction",
+    "catapult",
+    "edge of stability",
+    "chaos",
+)
 
 
 def output_divisor(param: str, width: int) -> float:
-    """``m`` in ``f = v . u x / m``: ``sqrt(n)`` for NTP, ``n`` for muP."""
+    """``m`` in ``f = v . u x / m``: ``sqrt(n)`` for NTP, ``n`` for muP (as ``models.uv``)."""
     return float(np.sqrt(width)) if param == "ntp" else float(width)
 
 
-def init_params(key: jax.Array, width: int, in_dim: int, dtype=jnp.float64) -> dict:
-    """Unit-scale Gaussian ``u`` (n x d) and ``v`` (n); the init-scale knob multiplies both."""
-    ku, kv = jax.random.split(key)
-    return {
-        "u": jax.random.normal(ku, (width, in_dim), dtype),
-        "v": jax.random.normal(kv, (width,), dtype),
-    }
+def _value_and_grad(params: dict, x: jax.Array, param: str):
+    net = models.uv(x.shape[-1], params["u"].shape[0], param=param)
+    return jax.value_and_grad(lambda p: net.apply(p, x)[0])(params)
 
 
-def output(params: dict, x: jax.Array, m: float) -> jax.Array:
-    """``f = v . u x / m``."""
-    return params["v"] @ (params["u"] @ x) / m
+def observe(params: dict, x: jax.Array, param: str) -> tuple[jax.Array, jax.Array]:
+    """``(f, Theta)`` of ``models.uv`` at one input ``x`` (d,): its output and ``|grad f|^2``."""
+    f, g = _value_and_grad(params, x, param)
+    return f, tree.vdot(g, g)
 
 
-def loss(params: dict, x: jax.Array, y: jax.Array, m: float) -> jax.Array:
-    """``(f - y)^2 / 2`` on the single training example."""
-    return 0.5 * (output(params, x, m) - y) ** 2
+class Setup(NamedTuple):
+    """One width's problem: unit-scale params, the map's start ``(f0, Theta0)``, the example."""
+
+    params: dict
+    start: tuple
+    x: jax.Array
+    y: jax.Array
+    s2: float  # |x|^2 / m^2
+    eta_per_kappa: float  # m / (|x| |y|): eta = kappa * eta_per_kappa
 
 
-def ntk(params: dict, x: jax.Array, m: float) -> jax.Array:
-    """``Theta = |grad f|^2 = (|x|^2 |v|^2 + |u x|^2) / m^2`` (= (|u|^2+|v|^2)|x|^2/m^2 if d=1)."""
-    ux = params["u"] @ x
-    return ((x @ x) * (params["v"] @ params["v"]) + ux @ ux) / m**2
+def setup(config, width: int) -> Setup:
+    """The input (norm ``x_norm``, a random direction) and the unit-scale ``models.uv`` init.
+
+    ``config`` has the UV study's ``param``, ``in_dim``, ``x_norm``, ``y`` and ``seed``; the key
+    is ``seed`` folded with ``width``; arrays are float64 (call under ``enable_x64``).
+    """
+    param, in_dim, x_norm, y = config.param, config.in_dim, config.x_norm, config.y
+    seed = config.seed
+    kx, kp = jax.random.split(jax.random.fold_in(jax.random.key(seed), width))
+    x = jax.random.normal(kx, (in_dim,), jnp.float64)
+    x = x_norm * x / jnp.linalg.norm(x)
+    params = models.uv(in_dim, width, param=param).init(kp)
+    m = output_divisor(param, width)
+    start = observe(params, x, param)
+    return Setup(params, start, x, jnp.asarray(y, jnp.float64), x_norm**2 / m**2,
+                 m / (x_norm * abs(y)))  # fmt: skip
 
 
 def top_hessian_eig(f, theta, y, s2):
@@ -68,52 +116,57 @@ def map_step(state, eta, y, s2):
     )
 
 
-def gd_step(params, eta, x, y, m):
-    """One GD step on the real model (gradient by autodiff)."""
-    g = jax.grad(loss)(params, x, y, m)
-    return jax.tree.map(lambda p, gp: p - eta * gp, params, g)
+def _level(level: str, x, y, s2, param: str):
+    """``(init(base, scale), step(state, eta), observe(state) -> (f, Theta))`` of a level.
 
+    ``"params"``: the state is ``(params, f, Theta, grad f)``, so each GD step
+    ``theta <- theta - eta (f - y) grad f`` costs one gradient. ``"map"``: ``(f, Theta)``, and
+    ``f``, ``Theta`` are quadratic in the init scale.
+    """
+    if level == "params":
 
-def _kind(kind: str):
-    """(init(base, scale), step(state, eta, x, y, m, s2), observe(state, x, m)) for a level."""
-    if kind == "params":
-        return (
-            lambda base, c: jax.tree.map(lambda a: c * a, base),
-            lambda s, eta, x, y, m, s2: gd_step(s, eta, x, y, m),
-            lambda s, x, m: (output(s, x, m), ntk(s, x, m)),
-        )
+        def measured(p):
+            f, g = _value_and_grad(p, x, param)
+            return (p, f, tree.vdot(g, g), g)
+
+        def step(s, eta):
+            p, f, _, g = s
+            return measured(jax.tree.map(lambda a, b: a - eta * (f - y) * b, p, g))
+
+        return (lambda base, c: measured(tree.scale(base, c))), step, lambda s: (s[1], s[2])
     return (
-        lambda base, c: (c**2 * base[0], c**2 * base[1]),  # f and Theta are quadratic in scale
-        lambda s, eta, x, y, m, s2: map_step(s, eta, y, s2),
-        lambda s, x, m: s,
+        lambda base, c: (c**2 * base[0], c**2 * base[1]),
+        lambda s, eta: map_step(s, eta, y, s2),
+        lambda s: s,
     )
 
 
-def _simulate(kind, base, etas, scales, x, y, m, *, num_steps, window):
-    """Run GD for ``num_steps`` then record ``window`` more steps, vmapped over (eta, scale).
+def _simulate(level, base, etas, scales, x, y, s2, *, param, num_steps, window):
+    """Run GD ``num_steps`` steps, then record ``window`` more; vmapped over (eta, scale).
 
-    One compilation serves a whole sweep: ``etas`` and ``scales`` are arrays of equal length B.
-    A run whose ``eta Theta`` or loss leaves ``_BOUND`` (or turns non-finite) is frozen and
-    flagged as diverged instead of overflowing.
+    Jitted; ``num_steps`` is traced, so runs of any length with the same batch size and window share
+    one compilation (see :func:`simulate`, which pads the batch). ``level`` is ``"params"`` (``base``:
+    unit-scale ``models.uv`` params, scaled by each ``scale``) or ``"map"`` (``base = (f0, Theta0)``
+    at unit scale). A run whose ``eta Theta`` or loss leaves :data:`BOUND` (or turns non-finite) is
+    frozen and flagged as diverged instead of overflowing.
 
-    Returns a dict with ``f``, ``theta`` (B, window), ``diverged`` (B,), ``loss0``,
-    ``theta0``, ``f0`` (B,), and ``max_loss`` (B,) over the whole run.
+    Returns a dict with ``f``, ``theta`` (B, window), ``diverged`` (B,), ``loss0``, ``theta0``,
+    ``f0`` (B,), and ``max_loss`` (B,) over the whole run.
     """
-    init, step, observe = _kind(kind)
-    s2 = (x @ x) / m**2
+    init, step, obs = _level(level, x, y, s2, param)
 
     def one(eta, scale):
         s0 = init(base, scale)
-        f0, th0 = observe(s0, x, m)
+        f0, th0 = obs(s0)
         loss0 = 0.5 * (f0 - y) ** 2
 
         def advance(carry):
             s, div, max_loss = carry
-            new = step(s, eta, x, y, m, s2)
-            f, th = observe(new, x, m)
+            new = step(s, eta)
+            f, th = obs(new)
             lo = 0.5 * (f - y) ** 2
             bad = ~(jnp.isfinite(f) & jnp.isfinite(th))
-            bad = bad | (eta * th > _BOUND) | (lo > _BOUND * (y**2 + loss0))
+            bad = bad | (eta * th > BOUND) | (lo > BOUND * (y**2 + loss0))
             div_new = div | bad
             s = jax.tree.map(lambda a, b: jnp.where(div_new, a, b), s, new)
             max_loss = jnp.where(div_new, max_loss, jnp.maximum(max_loss, lo))
@@ -124,7 +177,7 @@ def _simulate(kind, base, etas, scales, x, y, m, *, num_steps, window):
 
         def record(c, _):
             c = advance(c)
-            return c, observe(c[0], x, m)
+            return c, obs(c[0])
 
         carry, (fs, ths) = lax.scan(record, carry, None, length=window)
         return {
@@ -140,28 +193,30 @@ def _simulate(kind, base, etas, scales, x, y, m, *, num_steps, window):
     return jax.vmap(one)(etas, scales)
 
 
-_simulate_jit = jax.jit(_simulate, static_argnames=("kind", "window"))
+simulate_batch = jax.jit(_simulate, static_argnames=("level", "param", "window"))
 
 
-def simulate(kind, base, etas, scales, x, y, m, *, num_steps, window, bucket=16):
-    """Jitted :func:`_simulate`, the batch padded to a multiple of ``bucket`` (fewer compiles).
+def simulate(level, base, etas, scales, x, y, s2, *, param, num_steps, window, bucket=16):
+    """:data:`simulate_batch` with the batch padded to a multiple of ``bucket`` (fewer compiles).
 
-    ``num_steps`` is traced, so runs of different lengths with the same padded batch size and
-    window share one compilation.
+    ``param`` ("ntp" or "mup") picks the ``models.uv`` form of the ``"params"`` level; ``s2`` is
+    the map's ``|x|^2 / m^2`` for the same form.
     """
     etas, scales = jnp.asarray(etas), jnp.asarray(scales)
     b = etas.shape[0]
     pad = -b % bucket
     etas = jnp.concatenate([etas, jnp.zeros((pad,), etas.dtype)])  # eta = 0: a frozen run
     scales = jnp.concatenate([scales, jnp.ones((pad,), scales.dtype)])
-    out = _simulate_jit(kind, base, etas, scales, x, y, m, num_steps=num_steps, window=window)
+    out = simulate_batch(level, base, etas, scales, x, y, s2, param=param, num_steps=num_steps,
+                         window=window)  # fmt: skip
     return {k: v[:b] for k, v in out.items()}
 
 
-@partial(jax.jit, static_argnames=("kind", "num_steps"))
-def trajectory(kind, base, etas, scales, x, y, m, *, num_steps):
+@partial(jax.jit, static_argnames=("level", "param", "num_steps"))
+def trajectory(level, base, etas, scales, x, y, s2, *, param, num_steps):
     """Every step's ``(f, Theta)`` (B, num_steps + 1), starting at the initialisation."""
-    out = _simulate(kind, base, etas, scales, x, y, m, num_steps=0, window=num_steps)
+    out = _simulate(level, base, etas, scales, x, y, s2, param=param, num_steps=0,
+                    window=num_steps)  # fmt: skip
     f = jnp.concatenate([out["f0"][:, None], out["f"]], axis=1)
     th = jnp.concatenate([out["theta0"][:, None], out["theta"]], axis=1)
     return f, th
@@ -180,6 +235,41 @@ def late_period(z: np.ndarray, *, tol: float, max_period: int) -> np.ndarray:
         period = np.where(gap.all(axis=(1, 2)), p, period)
         p //= 2
     return period
+
+
+def late_window(out: dict, etas, y: float, s2: float, *, tol: float, max_period: int):
+    """``(eta lambda_H, eta Theta, period)`` of :func:`simulate`'s late windows; NaN, -1: diverged."""
+    f, th, div = (np.asarray(out[k]) for k in ("f", "theta", "diverged"))
+    e = np.asarray(etas)[:, None]
+    lam = e * np.asarray(top_hessian_eig(f, th, y, s2))
+    per = late_period(np.stack([f / y, e * th], axis=-1), tol=tol, max_period=max_period)
+    nan = np.where(div[:, None], np.nan, 1.0)  # a diverged run has no late orbit
+    return lam * nan, e * th * nan, np.where(div, -1, per)
+
+
+def level_gap(params_out: dict, map_out: dict, ok: np.ndarray, y: float) -> float:
+    """Largest relative (f, Theta) gap of the real model's late window from the map's where ``ok``.
+
+    Compare only where both orbits are periodic and before chaos: a chaotic transient amplifies
+    rounding and can land on the same periodic window at another phase.
+    """
+    df = np.abs(np.asarray(params_out["f"]) - np.asarray(map_out["f"])) / abs(y)
+    th = np.asarray(map_out["theta"])
+    dt = np.abs(np.asarray(params_out["theta"]) - th) / np.abs(th)
+    return float(np.max(np.where(ok[:, None], np.maximum(df, dt), 0.0)))
+
+
+def regime(period, loss_ratio, lam_ratio) -> np.ndarray:
+    """Index into :data:`REGIMES` from the late period, ``max L / L0`` and ``lambda_T / lambda_0``.
+
+    Diverged (period -1); period >= 2: edge of stability; aperiodic (0): chaos; else a catapult
+    (loss ratio > 1.05), progressive sharpening (lambda ratio > 1.05), sharpness reduction
+    (< 0.95), or lazy.
+    """
+    code = np.where(lam_ratio > 1.05, 2, np.where(lam_ratio < 0.95, 3, 1))
+    code = np.where(loss_ratio > 1.05, 4, code)
+    code = np.where(period >= 2, 5, np.where(period == 0, 6, code))
+    return np.where(period < 0, 0, code)
 
 
 def bisect(period_fn, lo, hi, targets, *, num_iters: int):
@@ -305,85 +395,3 @@ def lyapunov(z0, k2, *, num_steps):
         return acc / num_steps
 
     return jax.vmap(one)(z0, k2)
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-
-def draw_figures(results, regimes) -> dict[str, Figure]:
-    """The study's figures from a ``Results`` (``Figure`` objects: no pyplot, no global state)."""
-    r, c = results, results.config
-    figs = {}
-    fig = Figure(figsize=(10, 4), dpi=100)
-    ax1, ax2 = fig.subplots(1, 2)
-    cmap = ListedColormap(["black", "lightgray", "tab:blue", "tab:green", "tab:orange",
-                           "tab:red", "tab:purple"])  # fmt: skip
-    ax1.pcolormesh(r.phase_kappa, r.phase_scale, r.phase_regime, cmap=cmap, vmin=-0.5,
-                   vmax=len(regimes) - 0.5, shading="nearest")  # fmt: skip
-    ax1.legend(handles=[Patch(color=cmap(i), label=n) for i, n in enumerate(regimes)],
-               fontsize=7, loc="lower left")  # fmt: skip
-    im = ax2.pcolormesh(r.phase_kappa, r.phase_scale, r.phase_sharpness, shading="nearest",
-                        cmap="viridis", vmin=0.0, vmax=4.0)  # fmt: skip
-    fig.colorbar(im, ax=ax2, label=r"late $\eta\lambda_H$")
-    for ax in (ax1, ax2):
-        ax.set(xscale="log", yscale="log", xlabel=r"$\kappa=\eta|y||x|/m$",
-               ylabel=r"init scale $\sigma$")  # fmt: skip
-        ax.contour(r.phase_kappa, r.phase_scale, r.phase_sharpness0, levels=[2.0],
-                   colors="white", linestyles="--")  # fmt: skip
-        ax.axvline(1.0, color="white", lw=0.8)
-    ax1.set_title(f"UV model ({c.param}, n={c.width}): regimes")
-    ax2.set_title(r"late sharpness; dashed: $\eta\lambda_0=2$, line: $\kappa=1$")
-    fig.tight_layout()
-    figs["uv_phase_diagram"] = fig
-
-    fig = Figure(figsize=(10, 7.5), dpi=100)
-    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=False)
-    k = r.bif_sharpness.shape[1]
-    eta = r.kappa * float(r.eta_per_kappa)
-    ax1.plot(np.repeat(eta, k), r.bif_sharpness.ravel(), ",", color="black", alpha=0.6)
-    for kd in r.doubling_floquet:
-        ax1.axvline(kd * float(r.eta_per_kappa), color="tab:red", lw=0.6, ls=":")
-    ax1.axhline(2.0, color="gray", lw=0.6)
-    ax1.set(xlabel=rf"$\eta$ (n={c.width}, {c.param})", ylabel=r"late $\eta\lambda_H$",
-            title="function-space map; red: doubling points (Floquet)")  # fmt: skip
-    ax2.plot(np.repeat(r.kappa, k), r.bif_sharpness.ravel(), ",", color="gray", label="map")
-    for i, w in enumerate(r.param_widths):
-        kp = np.repeat(r.param_kappa, k)
-        ax2.plot(kp, r.param_sharpness[i].ravel(), ".", ms=1.5, label=f"params n={w}")
-    ax2.set(xlabel=r"$\kappa$", ylabel=r"late $\eta\lambda_H$",
-            title="real model (GD in parameter space) at several widths vs the map")  # fmt: skip
-    ax2.legend(fontsize=7, markerscale=6)
-    ax3.plot(r.kappa, r.bif_lyapunov, color="black", lw=0.8)
-    ax3.axhline(0.0, color="gray", lw=0.6)
-    ax3.set(xlabel=r"$\kappa$", ylabel="Lyapunov exponent")
-    fig.tight_layout()
-    figs["uv_bifurcation"] = fig
-
-    P = r.traj_ntk_params.shape[0]
-    fig = Figure(figsize=(2.6 * P, 4.6), dpi=100)
-    axes = fig.subplots(2, P, squeeze=False)
-    t = np.arange(r.traj_ntk_params.shape[1])
-    for i in range(P):
-        lab = rf"$\kappa$={c.trajectory_kappas[i]:g}, $\sigma$={c.trajectory_scales[i]:g}"
-        a, b = axes[0, i], axes[1, i]
-        a.semilogy(t, r.traj_loss[i], color="black", lw=0.8, label="params")
-        a.semilogy(t[::5], r.traj_loss_map[i, ::5], "o", ms=2, color="tab:orange", label="map")
-        a.set_title(lab, fontsize=9)
-        b.plot(t, r.traj_sharpness[i], lw=0.8, label=r"$\eta\lambda_H$")
-        b.plot(
-            t[::5],
-            r.traj_ntk_map[i, ::5],
-            "o",
-            ms=2,
-            label=r"$\eta\Theta$ (map)",
-            color="tab:orange",
-        )
-        b.axhline(2.0, color="gray", lw=0.6)
-        b.set(xlabel="step", ylim=(0, 5))
-    axes[0, 0].set_ylabel("loss / $y^2$")
-    axes[1, 0].set_ylabel("curvature x eta")
-    axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7)
-    fig.tight_layout()
-    figs["uv_trajectories"] = fig
-    return figs

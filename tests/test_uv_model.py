@@ -1,4 +1,4 @@
-"""The UV-model study: exact maps and eigenvalue against the real model, the TINY run, I/O."""
+"""The UV-model study: exact maps and eigenvalue against the real model, the TINY run."""
 
 import dataclasses
 
@@ -6,40 +6,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import study_contract
 from jax.flatten_util import ravel_pytree
-from matplotlib.figure import Figure
 
-from hessian_lab.studies import _uv_maps as um
+from hessian_lab import models
 from hessian_lab.studies import uv_model
+from hessian_lab.studies import uv_model_core as core
+
+PROGRESS = []
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return uv_model.run(uv_model.TINY)
+    return uv_model.run(uv_model.TINY, progress=lambda d, t: PROGRESS.append((d, t)))
 
 
 def _setup(getkey, width, in_dim, param="ntp", x_norm=1.3, y=0.7):
     x = jax.random.normal(getkey(), (in_dim,))
     x = x_norm * x / jnp.linalg.norm(x)
-    return (
-        um.init_params(getkey(), width, in_dim),
-        x,
-        jnp.asarray(y),
-        um.output_divisor(param, width),
-    )
+    params = models.uv(in_dim, width, param=param).init(getkey())
+    return params, x, jnp.asarray(y), core.output_divisor(param, width)
 
 
-@pytest.mark.parametrize("param", ["ntp", "mup"])
-def test_function_space_map_matches_parameter_gd(getkey, param):
-    base, x, y, m = _setup(getkey, 9, 3, param)
-    f0, th0 = um.output(base, x, m), um.ntk(base, x, m)
+@pytest.mark.parametrize(("param", "in_dim", "width"), [("ntp", 1, 8), ("mup", 3, 9)])
+def test_function_space_map_matches_parameter_gd(tiny, getkey, param, in_dim, width):
+    # The late window after 3000 GD steps, real model vs map (NTP at TINY's shapes: its programs).
+    base, x, y, m = _setup(getkey, width, in_dim, param)
+    s2 = float(x @ x) / m**2
     kappas = np.array([0.3, 0.8, 1.1, 1.25, 1.28])  # period 1, 1, 2, 4, 8: not chaotic
     etas = jnp.asarray(kappas * m / (1.3 * 0.7))
     scales = jnp.full(etas.shape, 0.05)
-    f_p, th_p = um.trajectory("params", base, etas, scales, x, y, m, num_steps=3000)
-    f_m, th_m = um.trajectory("map", (f0, th0), etas, scales, x, y, m, num_steps=3000)
-    np.testing.assert_allclose(f_p, f_m, rtol=1e-9, atol=1e-9 * 0.7)
-    np.testing.assert_allclose(th_p, th_m, rtol=1e-9)
+    kw = {"param": param, "num_steps": 3000, "window": tiny.config.window}
+    p = core.simulate("params", base, etas, scales, x, y, s2, **kw)
+    f = core.simulate("map", core.observe(base, x, param), etas, scales, x, y, s2, **kw)
+    assert not np.any(p["diverged"]) and np.all(np.isfinite(p["f"]))
+    for k in ("f0", "theta0", "f", "theta"):
+        np.testing.assert_allclose(p[k], f[k], rtol=1e-9, atol=1e-9 * 0.7, err_msg=k)
 
 
 def test_tiny_levels_agree(tiny):
@@ -49,27 +51,29 @@ def test_tiny_levels_agree(tiny):
 @pytest.mark.parametrize("param", ["ntp", "mup"])
 @pytest.mark.parametrize(("width", "in_dim"), [(5, 1), (6, 3)])
 def test_top_hessian_eigenvalue_matches_dense(getkey, param, width, in_dim):
-    params, x, y, m = _setup(getkey, width, in_dim, param)
+    params, x, _, m = _setup(getkey, width, in_dim, param)
+    f, th = core.observe(params, x, param)
+    y = f - 0.6  # away from the minimum, where lambda_H != Theta
+    net = models.uv(in_dim, width, param=param)
     flat, unravel = ravel_pytree(params)
-    hess = jax.jit(jax.hessian(lambda p: um.loss(unravel(p), x, y, m)))(flat)
-    top = jnp.linalg.eigvalsh(hess)[-1]  # top algebraic eigenvalue
-    f, th = um.output(params, x, m), um.ntk(params, x, m)
-    assert abs(float(f - y)) > 0.1  # away from the minimum, where lambda_H != Theta
-    s2 = (x @ x) / m**2
-    np.testing.assert_allclose(um.top_hessian_eig(f, th, y, s2), top, rtol=1e-10)
+    loss = lambda p: 0.5 * (net.apply(unravel(p), x)[0] - y) ** 2  # noqa: E731
+    top = jnp.linalg.eigvalsh(jax.jit(jax.hessian(loss))(flat))[-1]  # top algebraic eigenvalue
+    ux = params["u"] @ x  # the NTK in closed form: (|x|^2 |v|^2 + |u x|^2) / m^2
+    np.testing.assert_allclose(th, ((x @ x) * (params["v"] @ params["v"]) + ux @ ux) / m**2)
+    np.testing.assert_allclose(core.top_hessian_eig(f, th, y, (x @ x) / m**2), top, rtol=1e-10)
     assert abs(float(top - th)) > 1e-3
 
 
 def test_dynamics_depend_on_kappa_only():
     # Same kappa = eta |y| |x| / m and the same (f/y, eta Theta) at the start: same orbit.
     out = []
-    for eta, y, xn, n in [(2.0, 1.0, 1.0, 9), (0.5, 3.0, 2.0, 36)]:
+    for y, xn, n in [(1.0, 1.0, 9), (3.0, 2.0, 36)]:
         m, kappa = np.sqrt(n), 1.27
         eta = kappa * m / (abs(y) * xn)
         state = (0.02 * y, 0.05 / eta)
         z = []
         for _ in range(200):
-            state = um.map_step(state, eta, y, xn**2 / m**2)
+            state = core.map_step(state, eta, y, xn**2 / m**2)
             z.append((state[0] / y, eta * state[1]))
         out.append(np.array(z))
     np.testing.assert_allclose(out[0], out[1], rtol=1e-10, atol=1e-12)
@@ -88,24 +92,20 @@ def test_tiny_bifurcation_periods(tiny):
     assert np.all(np.abs(tiny.doubling_map[0] - flo) < 5e-3)
 
 
-def test_save_load_round_trip(tiny, tmp_path):
-    uv_model.save(tiny, tmp_path / "run")
-    back = uv_model.load(tmp_path / "run")
-    assert back.config == tiny.config
-    for f in dataclasses.fields(uv_model.Results):
-        if f.name != "config":
-            a, b = getattr(tiny, f.name), getattr(back, f.name)
-            assert a.dtype == b.dtype and a.shape == b.shape, f.name
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
-
-
-def test_figures_and_summary(tiny):
-    figs = uv_model.figures(tiny)
-    assert set(figs) == {"uv_phase_diagram", "uv_bifurcation", "uv_trajectories"}
-    assert all(isinstance(f, Figure) for f in figs.values())
+def test_tiny_summary_and_verdict(tiny):
     s = uv_model.summary(tiny)
-    assert s["kappa_doubling_1"] == 1.0 and np.isfinite(s["ratio_1"])
+    assert s["kappa_doubling"]["1->2"] == 1.0
+    assert s["kappa_doubling"]["2->4"] == pytest.approx(np.sqrt(5.0) - 1.0, abs=1e-9)
+    ratio = s["interval_ratio"]["1->2 .. 4->8"]
+    assert 4.4 < ratio < uv_model.FEIGENBAUM  # approaches Feigenbaum's constant from below
     assert 1.288 < s["kappa_chaos_onset"] < 1.32
+    assert sum(s["phase_regimes"].values()) == tiny.phase_regime.size
+    assert "Feigenbaum" in uv_model.verdict(tiny)[1] and "- reproduced" in uv_model.verdict(tiny)[1]
+
+
+def test_tiny_progress_counts_every_step(tiny):
+    done = [d for d, _ in PROGRESS]
+    assert done == sorted(done) and PROGRESS[-1] == (uv_model.total_steps(tiny.config),) * 2
 
 
 def test_phase_diagram_regimes(tiny):
@@ -114,29 +114,35 @@ def test_phase_diagram_regimes(tiny):
     assert np.all(np.isnan(tiny.phase_sharpness[tiny.phase_regime == 0]))
 
 
-def test_divergence_is_recorded_not_raised(getkey):
-    base, x, y, m = _setup(getkey, 4, 1)
-    out = um.simulate("params", base, jnp.array([50.0, 0.01]), jnp.array([3.0, 0.1]), x, y, m,
-                      num_steps=200, window=4)  # fmt: skip
+def test_divergence_is_recorded_not_raised(tiny, getkey):
+    base, x, y, m = _setup(getkey, 8, 1)  # TINY's shapes: its compiled program
+    out = core.simulate("params", base, jnp.array([50.0, 0.01]), jnp.array([3.0, 0.1]), x, y,
+                        float(x @ x) / m**2, param="ntp", num_steps=200, window=64)  # fmt: skip
     assert out["diverged"].tolist() == [True, False]
     assert np.all(np.isfinite(out["f"]))
 
 
-def test_sweep_compiles_once(getkey):
-    base, x, y, m = _setup(getkey, 4, 1)
-    um.simulate("params", base, jnp.array([0.1, 0.2]), jnp.ones(2), x, y, m, num_steps=5, window=4)
-    size = um._simulate_jit._cache_size()
+def test_sweep_compiles_once(tiny, getkey):
+    base, x, y, _ = _setup(getkey, 8, 1)
+    kw = {"param": "ntp", "window": 64}
+    core.simulate("params", base, jnp.array([0.1, 0.2]), jnp.ones(2), x, y, 0.2, num_steps=5, **kw)
+    size = core.simulate_batch._cache_size()
     for etas in ([0.3, 0.4], [0.5, 0.6, 0.7]):
         e = jnp.asarray(etas)
-        um.simulate("params", base, e, jnp.ones(e.shape), x, y, m, num_steps=7, window=4)
-    assert um._simulate_jit._cache_size() == size
+        core.simulate("params", base, e, jnp.ones(e.shape), x, y, 0.2, num_steps=7, **kw)
+    assert core.simulate_batch._cache_size() == size
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("param", "sp"), ("width", 0), ("y", 0.0), ("kappa_max", 0.5), ("max_period", 12),
-     ("window", 8), ("num_doublings", 9), ("period_tol", 2.0), ("trajectory_scales", (1.0,))],
+     ("window", 8), ("num_doublings", 9), ("period_tol", 2.0), ("trajectory_scales", (1.0,)),
+     ("widths", (8, 0))],
 )  # fmt: skip
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(uv_model.TINY, **{field: value})
+
+
+def test_contract(tiny, tmp_path):
+    study_contract.check_dynamic(uv_model, tiny, tmp_path)
