@@ -1,10 +1,15 @@
-"""The training runs of the warmup study (GD warmup in SP/muP, catapult search, Adam vs GI-Adam).
+"""The training runs of the warmup study: GD warmup in SP/muP, catapult search, Adam vs GI-Adam.
 
 Every run goes through :mod:`hessian_lab.trainer` / :mod:`hessian_lab.population`. Two compiled
 steps per model (schedule hyperparameters injected): one without callbacks, shared by the
 trainability sweep and every catapult search trial, and one with the sharpness callbacks for
-lambda0 and the trajectories. Populations use ``mode="loop"``: on CPU a vmapped Lanczos callback is several times
-slower than running members one after another through the same compiled chunk.
+lambda0 and the trajectories; Adam and GI-Adam share a third. Populations use ``mode="loop"``:
+on CPU a vmapped Lanczos callback is several times slower than running members one after
+another through the same compiled chunk. (A module of its own: with the study's Config, summary
+and verdict the study would pass 400 lines.)
+
+``config`` below is a :class:`hessian_lab.studies.warmup.Config`; ``counter`` a
+:class:`hessian_lab.studies.kit.StepCounter` whose total is :func:`total_steps`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import hessian_lab as hl
 from hessian_lab import callbacks as cbk
 from hessian_lab import data as hld
 from hessian_lab import models
@@ -24,67 +28,70 @@ from hessian_lab.population import make_step, member_keys, train_population
 from hessian_lab.trainer import make_step as make_train_step
 from hessian_lab.trainer import train
 
-INIT_MODES = ("zero", "catapult")
+__all__ = ["INIT_MODES", "OPTIMIZERS", "WARMUPS", "adam_part", "c_trainable", "constant_loss"]
+__all__ += ["dataset", "gd_part", "model", "search_cost", "total_steps"]
+
+INIT_MODES = ("zero", "catapult")  # eta_init of the trainability sweep
 OPTIMIZERS = ("adam", "gi_adam")
+WARMUPS = ("constant", "warmup")  # the Adam runs: constant rate, linear warmup
 
 
-def dataset(cfg):
-    """Return the first ``cfg.n`` digits, standardised per sample, one-hot targets (float64)."""
-    ds = hld.digits(n=cfg.n, standardize="sample", dtype=np.float64)
+def dataset(config):
+    """Return the first ``config.n`` digits, standardised per sample, one-hot targets (float64)."""
+    ds = hld.digits(n=config.n, standardize="sample", dtype=np.float64)
     return (jnp.asarray(ds.x, jnp.float64), jnp.asarray(ds.y, jnp.float64))
 
 
-def model(cfg, param):
+def model(config, param):
     """Return ``(net, loss_fn)``: the MLP in parameterisation ``param`` and its MSE loss."""
-    bias = cfg.mup_bias if param == "mup" else True
-    net = models.mlp(64, 10, depth=cfg.depth, width=cfg.width, param=param, bias=bias)
-    return net, make_loss_fn(net.apply, "mse", normalization=cfg.normalization)
+    bias = config.mup_bias if param == "mup" else True
+    net = models.mlp(64, 10, depth=config.depth, width=config.width, param=param, bias=bias)
+    return net, make_loss_fn(net.apply, "mse", normalization=config.normalization)
 
 
-def sharpness_fn(loss_fn, num_iters):
-    """Return jitted ``f(params, data, key) -> lambda_max`` of the full-data Hessian (Lanczos)."""
-
-    @jax.jit
-    def f(params, data, key):
-        n = data[0].shape[0]
-        v0 = hl.tree.normalize(hl.tree.random_like(key, params))
-        mv = hl.full_data_hvp(loss_fn, params, data, chunk_size=n)
-        return hl.top_eigs(mv, v0, k=1, num_iters=num_iters).values[0]
-
-    return f
-
-
-def precond_sharpness_fn(loss_fn, num_iters, b1, b2):
-    """Return jitted ``f(params, opt_state, data, eps, key)``: lambda_max(P^-1 H) at the state."""
-
-    @jax.jit
-    def f(params, opt_state, data, eps, key):
-        n = data[0].shape[0]
-        grads = jax.grad(loss_fn)(params, data)
-        p = hl.adam_preconditioner(opt_state, grads, b1=b1, b2=b2, eps=eps)
-        v0 = hl.tree.normalize(hl.tree.random_like(key, params))
-        mv = hl.full_data_hvp(loss_fn, params, data, chunk_size=n)
-        return hl.preconditioned_sharpness(mv, p, v0, k=1, num_iters=num_iters).values[0]
-
-    return f
-
-
-def constant_loss(cfg, data):
+def constant_loss(config, data) -> float:
     """Loss of the best constant predictor (per-output mean of the targets)."""
     y = data[1]
     pred = jnp.broadcast_to(jnp.mean(y, axis=0), y.shape)
-    return float(mse(pred, y, normalization=cfg.normalization))
+    return float(mse(pred, y, normalization=config.normalization))
 
 
-def _c_trainable(trainable, c_grid):
+def c_trainable(trainable, c_grid):
     """Largest c whose members are trainable for at least half of the seeds (0.0 if none)."""
     ok = trainable.mean(axis=-1) >= 0.5
-    cs = np.where(ok, c_grid, 0.0)
-    return cs.max(axis=-1)
+    return np.where(ok, c_grid, 0.0).max(axis=-1)
 
 
-def gd_part(cfg, data, tick):
+def search_cost(config, num_steps: int) -> int:
+    """Progress units of one catapult search: ``num_steps`` updates x about bisect_iters + 10
+    trials (the exact count is known only afterwards)."""
+    return num_steps * (config.search_bisect_iters + 10)
+
+
+def _sweep_steps(config) -> int:
+    return max(max(config.warmup_grid) + config.post_steps, config.chunk_size)
+
+
+def total_steps(config) -> int:
+    """Training steps of a run (members x steps, summed), the progress total."""
+    c, S = config, len(config.seeds)
+    searches = sum(search_cost(c, k) for k in c.search_steps)
+    if c.init_search_steps not in c.search_steps:
+        searches += search_cost(c, c.init_search_steps)
+    members = 2 * len(c.warmup_grid) * c.num_c * S
+    per_param = S + S * searches + members * _sweep_steps(c) + len(c.traj_c_trgt) * c.traj_steps
+    return len(c.params) * per_param + 4 + 4 * c.adam_num_eta * c.adam_steps
+
+
+def _done(counter, size: int) -> None:
+    report = counter.part(size)
+    if report is not None:
+        report(size, size)
+
+
+def gd_part(config, data, counter):
     """Sharpness at init, catapult searches, trainability sweep and trajectories, per model."""
+    cfg = config
     M, S, C = len(cfg.params), len(cfg.seeds), len(cfg.traj_c_trgt)
     W, K = len(cfg.warmup_grid), len(cfg.search_steps)
     c_grid = np.geomspace(cfg.c_min, cfg.c_max, cfg.num_c)
@@ -99,6 +106,7 @@ def gd_part(cfg, data, tick):
         "traj_lr": np.zeros((M, C, T)),
         "traj_sharpness": np.zeros((M, C, T)),
         "traj_catapult": np.zeros((M, C, T)),
+        "traj_diverged": np.zeros((M, C), bool),
         "c_grid": c_grid,
         "final_loss": np.zeros((M, 2, W, E, S)),
         "diverged": np.zeros((M, 2, W, E, S), bool),
@@ -121,10 +129,10 @@ def gd_part(cfg, data, tick):
         for j, p0 in enumerate(inits):
             # lambda0 from the trajectories' own compiled program: loss_goal=inf stops it at
             # step 0, after the callbacks have measured theta_0.
-            h = train(traced.step, p0, data, num_steps=T, loss_goal=np.inf).history
+            h = train(traced.step, p0, data, num_steps=T, loss_goal=np.inf,
+                      progress=counter.part(1)).history  # fmt: skip
             out["lam0"][m, j] = h["sharpness"][0]
             out["loss0"][m, j] = h["loss"][0]
-        tick()
 
         # The catapult search (no Hessian products): estimate of 2/lambda0 vs test steps.
         kw = dict(eta_min=cfg.search_eta_min, growth=cfg.search_growth,
@@ -132,15 +140,18 @@ def gd_part(cfg, data, tick):
         for j, p0 in enumerate(inits):
             for k, ks in enumerate(cfg.search_steps):
                 res = catapult_search(plain.step, p0, data, num_steps=ks, **kw)
+                _done(counter, search_cost(cfg, ks))
                 out["search_estimate"][m, j, k] = res.eta
                 out["search_trials"][m, j, k] = res.num_trials
             if cfg.init_search_steps in cfg.search_steps:
                 k = cfg.search_steps.index(cfg.init_search_steps)
                 out["eta_init"][m, j] = out["search_estimate"][m, j, k]
             else:
-                res = catapult_search(plain.step, p0, data, num_steps=cfg.init_search_steps, **kw)
-                out["eta_init"][m, j] = res.eta
-        tick()
+                ks = cfg.init_search_steps
+                out["eta_init"][m, j] = catapult_search(
+                    plain.step, p0, data, num_steps=ks, **kw
+                ).eta
+                _done(counter, search_cost(cfg, ks))
 
         # Trainability: (init mode, T_wrm, c_trgt, seed), one population, one compiled chunk.
         grid = np.stack(np.meshgrid(np.arange(2), np.arange(W), np.arange(E), np.arange(S),
@@ -153,7 +164,7 @@ def gd_part(cfg, data, tick):
             data,
             learning_rates=c_grid[e_] / lam,
             seeds=np.asarray(cfg.seeds)[s_],
-            num_steps=max(max(cfg.warmup_grid) + cfg.post_steps, cfg.chunk_size),
+            num_steps=_sweep_steps(cfg),
             hyperparams={
                 "warmup_steps": np.asarray(cfg.warmup_grid, float)[w_],
                 # the catapult estimate, capped at eta_trgt (never warm *down*)
@@ -162,6 +173,7 @@ def gd_part(cfg, data, tick):
                 ),
             },
             divergence_threshold=thr,
+            progress=counter.part(grid.shape[0] * _sweep_steps(cfg)),
         )
         final = np.where(pop.diverged, np.nan, pop.metrics["loss"][:, -1])
         shape = (2, W, E, S)
@@ -169,8 +181,7 @@ def gd_part(cfg, data, tick):
         out["diverged"][m] = pop.diverged.reshape(shape)
         good = ~pop.diverged & (np.nan_to_num(final, nan=np.inf) < cfg.trainable_fraction * l_const)
         out["trainable"][m] = good.reshape(shape)
-        out["c_trainable"][m] = _c_trainable(out["trainable"][m], c_grid)
-        tick()
+        out["c_trainable"][m] = c_trainable(out["trainable"][m], c_grid)
 
         # Trajectories (first seed): sharpness vs 2/eta_t and loss catapults during warmup.
         traj = train_population(
@@ -182,22 +193,24 @@ def gd_part(cfg, data, tick):
             num_steps=T,
             hyperparams={"warmup_steps": float(cfg.traj_warmup_steps), "eta_init": 0.0},
             divergence_threshold=thr,
+            progress=counter.part(C * T),
         )
         out["traj_loss"][m] = traj.metrics["loss"]
         out["traj_lr"][m] = traj.metrics["learning_rate"]
         out["traj_sharpness"][m] = traj.metrics["sharpness"]
         out["traj_catapult"][m] = traj.metrics["loss_catapult"]
-        tick()
+        out["traj_diverged"][m] = traj.diverged
     return out
 
 
-def adam_part(cfg, data):
+def adam_part(config, data, counter):
     """Adam and GI-Adam, constant rate and linear warmup, on the SP model (first seed).
 
     GI-Adam is Adam started from ``gi_adam_init(state, g0)`` with the full-batch g0: the same
     update as ``make_optimizer("gi_adam")`` in full-batch training, but one compiled program for
     both, and the step-0 preconditioner the callback reads is already GI-Adam's.
     """
+    cfg = config
     net, loss_fn = model(cfg, "sp")
     p0 = net.init(member_keys(cfg.seeds[0])[0])
     opt = make_optimizer("adam", learning_rate=constant(1.0), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
@@ -222,9 +235,10 @@ def adam_part(cfg, data):
         # P^-1 H at theta_0 from the Adam program's own callback (loss_goal=inf stops at step 0)
         for eps, dest in ((cfg.eps, precond0), (0.0, None if zero_grad else precond0_eps0)):
             if dest is None:
+                _done(counter, 1)
                 continue
             h = train(step, p0, data, num_steps=T, hyperparams={"eps": eps}, opt_state=st,
-                      loss_goal=np.inf).history  # fmt: skip
+                      loss_goal=np.inf, progress=counter.part(1)).history  # fmt: skip
             dest[o] = h["preconditioned_sharpness"][0]
     for o, st in enumerate(states):
         for u, tw in enumerate((0.0, float(cfg.adam_warmup_steps))):
@@ -237,6 +251,7 @@ def adam_part(cfg, data):
                     hyperparams={"learning_rate": eta, "warmup_steps": tw, "eta_init": 0.0},
                     opt_state=st,
                     divergence_threshold=thr,
+                    progress=counter.part(T),
                 ).history
                 n = len(h["loss"])
                 loss[o, u, a, :n] = h["loss"]
