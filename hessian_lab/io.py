@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_bytes",
     "environment",
     "load_run",
+    "npz_bytes",
     "read_json",
     "read_npz",
     "save_run",
@@ -117,11 +119,25 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CorruptRunError(f"cannot read {path}: {e}") from e
 
 
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    """Encode named arrays as an uncompressed ``.npz`` (no pickles; zip64 for large arrays).
+
+    Raises:
+      ValueError: a name is not a non-empty string without '/', or an array holds objects.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            if not isinstance(key, str) or not key or "/" in key:
+                raise ValueError(f"array names must be non-empty strings without '/', got {key!r}")
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
     """Write named arrays as an uncompressed ``.npz``, atomically (the one npz writer here)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, npz_bytes(arrays))
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

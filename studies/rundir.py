@@ -9,14 +9,11 @@ description, the "finished" mark); :func:`finished` reads and checks them back. 
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hessian_lab.io import CorruptRunError, atomic_write_bytes, environment, read_json, write_json
 
@@ -28,8 +25,6 @@ __all__ = [
     "clean_stale",
     "diff",
     "finished",
-    "load_npz",
-    "npz_bytes",
     "read_manifest",
     "write_manifest",
     "write_point",
@@ -101,25 +96,6 @@ def write_manifest(run_dir: Path, study: str, config: dict, num_points: int | No
             **extra,
         },
     )
-
-
-def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            if not isinstance(key, str) or not key or "/" in key:
-                raise ValueError(f"array names must be non-empty strings without '/', got {key!r}")
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise CorruptRunError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
 
 def finished(run_dir: Path, points: list[dict]) -> set[int]:

@@ -29,7 +29,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from hessian_lab.io import CorruptRunError, atomic_write_bytes, read_json, write_json
+from hessian_lab.io import (
+    CorruptRunError,
+    atomic_write_bytes,
+    npz_bytes,
+    read_json,
+    read_npz,
+    write_json,
+)
 
 from . import registry, rundir
 from .configs import (
@@ -147,7 +154,7 @@ def call(study: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
 
 def _finish(study: str, module: ModuleType, config: Any, run_dir: Path, n: int) -> Any:
     """Assemble all points of a sweep from ``run_dir/points`` and save the results."""
-    point_results = [rundir.load_npz(run_dir / "points" / f"{i}.npz") for i in range(n)]
+    point_results = [read_npz(run_dir / "points" / f"{i}.npz") for i in range(n)]
     results = call(study, "assemble", module.assemble, config, point_results)
     call(study, "save", module.save, results, run_dir)
     return results
@@ -224,7 +231,7 @@ def execute(
     for index in todo:
         start = time.perf_counter()
         arrays = call(study, "run_point", module.run_point, config, raw_points[index], **forward)
-        data = call(study, "run_point", rundir.npz_bytes, arrays)
+        data = call(study, "run_point", npz_bytes, arrays)
         seconds = time.perf_counter() - start
         rundir.write_point(
             run_dir, index, points[index], data, shard=f"{shard.index}/{shard.count}",
@@ -294,8 +301,8 @@ def merge(
             if index not in source:
                 source[index] = d
                 continue
-            a = rundir.load_npz(source[index] / "points" / f"{index}.npz")
-            b = rundir.load_npz(d / "points" / f"{index}.npz")
+            a = read_npz(source[index] / "points" / f"{index}.npz")
+            b = read_npz(d / "points" / f"{index}.npz")
             same = a.keys() == b.keys() and all(
                 np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind in "fc") for k in a
             )
