@@ -1,7 +1,7 @@
 """Reproduce the adaptive edge of stability: full-batch Adam holds eta lambda_max(P^-1 H) at 38.
 
 Cohen et al. 2022 (arXiv 2207.14484). The edge-of-stability study's problem
-(:func:`studies._common.make_problem`: a tanh MLP on centred digits, MSE) is trained full batch by
+(:func:`studies.problems.make_problem`: a tanh MLP on centred digits, MSE) is trained full batch by
 
 * **Adam** (``b1 = 0.9``, ``b2 = 0.999``): the preconditioned sharpness
   ``lambda_max(P^-1/2 H P^-1/2)``, with ``P = (1 - b1^(t+1)) (sqrt(v_{t+1} / (1 - b2^(t+1))) + eps)``
@@ -10,17 +10,20 @@ Cohen et al. 2022 (arXiv 2207.14484). The edge-of-stability study's problem
   ``lambda_max(H)`` keeps rising: no threshold holds it;
 * **RMSProp** as optax writes it (``nu_{t+1} = d nu_t + (1 - d) g^2``, step ``-eta g / sqrt(nu_{t+1}
   + eps)``: eps inside the root, no bias correction, no momentum), whose preconditioner is
-  ``P_t = sqrt(d nu_t + (1 - d) g_t^2 + eps)`` (:func:`hessian_lab.rmsprop_preconditioner`): threshold 2;
+  ``P_t = sqrt(d nu_t + (1 - d) g_t^2 + eps)`` (:func:`hessian_lab.rmsprop_preconditioner`):
+  threshold 2;
 * **frozen-preconditioner Adam**: Adam up to ``freeze_step``, then ``P`` is frozen at the value the
   next Adam update would apply and training continues with the same EMA momentum,
   ``m <- b1 m + (1 - b1) g``, ``theta <- theta - eta P^-1 m``. For a quadratic this is heavy-ball
   momentum in the coordinates ``P^1/2 theta``, so the threshold is *exactly* ``(2 + 2 b1) / (1 -
   b1)`` (the momentum form; preconditioned GD without momentum would have 2).
 
+Runs that diverge are counted and left out of every statistic.
+
 Example:
   >>> from hessian_lab.studies import adaptive_eos as ae
   >>> r = ae.run(ae.TINY)  # doctest: +SKIP
-  >>> round(ae.summary(r)["adam_late_median_lr0"])  # doctest: +SKIP
+  >>> round(ae.summary(r)["late_median_x_lr"]["Adam eta=0.02"])  # doctest: +SKIP
   38
 """
 
@@ -29,100 +32,99 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from matplotlib.figure import Figure
 
-import hessian_lab as hl
-from hessian_lab import callbacks as cbs
-from hessian_lab.optim import make_optimizer
-from hessian_lab.studies._results import load_results, save_results
-from hessian_lab.trainer import train
+from . import adaptive_eos_core as core
+from . import adaptive_eos_plots as plots
+from . import kit, problems, stats
+from .adaptive_eos_core import FrozenState as FrozenState
+from .adaptive_eos_core import frozen_momentum as frozen_momentum
+from .adaptive_eos_core import frozen_state as frozen_state
+from .adaptive_eos_core import threshold as threshold
+from .kit import knob, need
 
-from . import _common as cm
-
-__all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "figures", "frozen_momentum", "load"]
-__all__ += ["plateau_record", "run", "save", "summary", "threshold"]
+__all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "FrozenState"]
+__all__ += ["Results", "figures", "frozen_momentum", "frozen_state", "late", "load"]
+__all__ += ["plateau_record", "run", "save", "summary", "threshold", "verdict"]
 
 NAME = "adaptive_eos"
+PAPER = "Cohen et al. 2022, arXiv 2207.14484"
+DOCS = "docs/studies/adaptive_eos.md"
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "erf")
+BAND = (0.85, 1.15)  # a late median within these fractions of its threshold counts as "at it"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every knob of the adaptive-EoS study (MSE normalisation recorded in ``normalization``).
+    """Every knob of the study: the problem (the edge-of-stability one), optimizers, measurement."""
 
-    The problem is ``studies._common.make_problem`` (the edge-of-stability study's): the first
-    ``n`` digits scaled to [0, 1] and centred per feature, one-hot targets, an MLP, MSE.
-    """
-
-    normalization: Literal["per_example", "per_output"] = "per_example"
-    n: int = 500  # digits training examples
-    depth: int = 2
-    width: int = 64
-    activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = "tanh"
-    seed: int = 0
-    num_steps: int = 4000
-    adam_lrs: tuple[float, ...] = (0.001, 0.002)
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    freeze_step: int = 2000  # frozen-preconditioner branch starts here (0: skip the branch)
-    rmsprop_lrs: tuple[float, ...] = (0.0001, 0.0003)  # empty: skip RMSProp
-    rmsprop_decay: float = 0.99
-    rmsprop_eps: float = 1e-8
-    every: int = 25
-    num_iters: int = 15
-    late_fraction: float = 0.3  # "late part": the last 30% of the steps
-    plateau_fraction: float = 0.9  # plateau onset: first eta lambda(P^-1 H) >= this x threshold
+    normalization: Literal["per_example", "per_output"] = knob(
+        "per_example", "MSE convention: 1/(2n) sum ||f-y||^2, or also / outputs"
+    )
+    n: int = knob(500, "first n digits images (the fixed training set, <= 1797)")
+    depth: int = knob(2, "hidden layers of the MLP")
+    width: int = knob(64, "units per hidden layer")
+    activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = knob("tanh", "hidden activation")
+    seed: int = knob(0, "initialisation seed, shared by every run")
+    num_steps: int = knob(4000, "full-batch steps per run")
+    adam_lrs: tuple[float, ...] = knob((0.001, 0.002), "Adam learning rates eta, one run each")
+    b1: float = knob(0.9, "Adam's momentum b1 (threshold (2 + 2 b1) / (1 - b1))")
+    b2: float = knob(0.999, "Adam's second-moment decay b2")
+    eps: float = knob(1e-8, "Adam's eps")
+    freeze_step: int = knob(2000, "step at which each Adam run forks a frozen-P branch (0: none)")
+    rmsprop_lrs: tuple[float, ...] = knob((0.0001, 0.0003), "RMSProp learning rates (empty: none)")
+    rmsprop_decay: float = knob(0.99, "RMSProp's decay of the squared gradients")
+    rmsprop_eps: float = knob(1e-8, "RMSProp's eps (inside the square root, as in optax)")
+    every: int = knob(25, "measure both sharpnesses (Lanczos) every k steps")
+    num_iters: int = knob(15, "Lanczos iterations per measurement")
+    late_fraction: float = knob(0.3, "the 'late part' of a run: its last fraction of steps")
+    plateau_fraction: float = knob(0.9, "plateau onset: eta lambda(P^-1 H) >= this x threshold")
 
     def __post_init__(self):
-        def need(ok, field, allowed):
-            if not ok:
-                raise ValueError(f"{field}: must be {allowed}, got {getattr(self, field)!r}")
-
-        need(self.normalization in ("per_example", "per_output"), "normalization",
-             "'per_example' or 'per_output'")  # fmt: skip
-        need(self.activation in ("tanh", "relu", "gelu", "silu", "erf"), "activation",
-             "one of tanh, relu, gelu, silu, erf")  # fmt: skip
-        for f in ("n", "width", "num_steps", "every", "num_iters"):
-            need(isinstance(getattr(self, f), int) and getattr(self, f) >= 1, f, "an int >= 1")
-        need(isinstance(self.depth, int) and self.depth >= 0, "depth", "an int >= 0")
-        need(self.n <= 1797, "n", "<= 1797 (the digits dataset)")
-        need(len(self.adam_lrs) >= 1 and all(np.isfinite(x) and x > 0 for x in self.adam_lrs),
-             "adam_lrs", "a non-empty tuple of positive numbers")  # fmt: skip
-        need(all(np.isfinite(x) and x > 0 for x in self.rmsprop_lrs), "rmsprop_lrs",
-             "a tuple of positive numbers (empty: skip RMSProp)")  # fmt: skip
+        kit.check_choice(self, "normalization", ("per_example", "per_output"))
+        kit.check_choice(self, "activation", ACTIVATIONS)
+        kit.check_ints(self, "n", "width", "num_steps", "every", "num_iters")
+        kit.check_ints(self, "depth", "seed", minimum=0)
+        need(self.n <= 1797, self, "n", "<= 1797 (the digits dataset)")
+        kit.check_rates(self, "adam_lrs")
+        kit.check_rates(self, "rmsprop_lrs", allow_empty=True)
         for f in ("b1", "b2", "rmsprop_decay"):
-            need(0 <= getattr(self, f) < 1, f, "in [0, 1)")
-        for f in ("eps", "rmsprop_eps"):
-            need(np.isfinite(getattr(self, f)) and getattr(self, f) >= 0, f, ">= 0")
-        need(isinstance(self.freeze_step, int) and 0 <= self.freeze_step < self.num_steps
-             and self.freeze_step % self.every == 0, "freeze_step",
-             "an int in [0, num_steps) divisible by every (0: no frozen branch)")  # fmt: skip
-        need(0 < self.late_fraction <= 1, "late_fraction", "in (0, 1]")
-        need(0 < self.plateau_fraction <= 1, "plateau_fraction", "in (0, 1]")
+            need(0 <= getattr(self, f) < 1, self, f, "in [0, 1)")
+        kit.check_positive(self, "eps", "rmsprop_eps", allow_zero=True)
+        need(
+            kit.is_int(self.freeze_step)
+            and 0 <= self.freeze_step < self.num_steps
+            and self.freeze_step % self.every == 0,
+            self,
+            "freeze_step",
+            "an int in [0, num_steps) divisible by every (0: no frozen branch)",
+        )
+        need(0 < self.late_fraction <= 1, self, "late_fraction", "in (0, 1]")
+        need(0 < self.plateau_fraction <= 1, self, "plateau_fraction", "in (0, 1]")
 
 
 DEFAULT = Config()
-TINY = Config(n=128, width=32, num_steps=250, adam_lrs=(0.02,), b2=0.99, freeze_step=0,
-              rmsprop_lrs=(), every=10, num_iters=10)  # fmt: skip
-
-
-def threshold(b1: float) -> float:
-    """Return the stability threshold (2 + 2 b1) / (1 - b1) of eta lambda(P^-1 H) (2 for b1 = 0)."""
-    return (2.0 + 2.0 * b1) / (1.0 - b1)
+TINY = Config(
+    n=128,
+    width=32,
+    num_steps=250,
+    adam_lrs=(0.02,),
+    b2=0.99,
+    freeze_step=0,
+    rmsprop_lrs=(),
+    every=10,
+    num_iters=10,
+)
 
 
 @dataclasses.dataclass
 class Results:
     """Arrays of one run (A Adam rates, R RMSProp rates, K records every ``every`` steps, T steps)."""
 
-    config: Config
+    config: Any
     record_steps: np.ndarray  # (K,)
     adam_pre: np.ndarray  # (A, K) lambda_max(P^-1 H), NaN after divergence
     adam_sharp: np.ndarray  # (A, K) lambda_max(H)
@@ -139,185 +141,28 @@ class Results:
     elapsed: np.ndarray  # ()
 
 
-def _find(tree, cls) -> list:
-    is_cls = lambda s: isinstance(s, cls)  # noqa: E731
-    return [s for s in jax.tree.leaves(tree, is_leaf=is_cls) if is_cls(s)]
-
-
-class FrozenState(NamedTuple):
-    """State of :func:`frozen_momentum`: the EMA momentum and the frozen diagonal ``P``."""
-
-    mu: Any
-    precond: Any
-
-
-def frozen_momentum(learning_rate, b1) -> optax.GradientTransformation:
-    """Adam with ``P`` frozen: ``m <- b1 m + (1 - b1) g``, update ``-learning_rate m / P``.
-
-    ``init`` gives ``mu = 0`` and ``P = 1``; set ``FrozenState(mu, P)`` from an Adam state. Use
-    through ``optax.inject_hyperparams(frozen_momentum)`` so the rate is an array.
-    """
-
-    def init(params):
-        return FrozenState(jax.tree.map(jnp.zeros_like, params),
-                           jax.tree.map(jnp.ones_like, params))  # fmt: skip
-
-    def update(grads, state, params=None):
-        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-        upd = jax.tree.map(lambda m, p: -learning_rate * m / p, mu, state.precond)
-        return upd, FrozenState(mu, state.precond)
-
-    return optax.GradientTransformation(init, update)
-
-
-def _eig_callback(loss_fn, precond_fn, *, name, every, num_iters) -> cbs.Callback:
-    """Top eigenvalue of ``H`` (``precond_fn`` None) or of ``P^-1/2 H P^-1/2``, full training set.
-
-    ``precond_fn(opt_state, grads) -> P``: any diagonal ``P``. Lanczos warm-starts from the last top
-    eigenvector; the first start vector is drawn by numpy (no compile, unlike ``callbacks``).
-    """
-
-    def init(params):
-        rng = np.random.default_rng(0)
-        v = [rng.standard_normal(x.shape) for x in jax.tree.leaves(params)]
-        norm = np.sqrt(sum(np.sum(x * x) for x in v))
-        v = [
-            jnp.asarray(x / norm, p.dtype) for x, p in zip(v, jax.tree.leaves(params), strict=True)
-        ]
-        return jax.tree.unflatten(jax.tree.structure(params), v)
-
-    def update(v0, info):
-        mv = hl.full_data_hvp(loss_fn, info.params, info.data, chunk_size=info.data[0].shape[0])
-        if precond_fn is None:
-            res = hl.top_eigs(mv, v0, k=1, num_iters=num_iters)
-        else:
-            p = precond_fn(info.opt_state, info.grads)
-            res = hl.preconditioned_sharpness(mv, p, v0, k=1, num_iters=num_iters)
-        v1 = jax.tree.map(lambda x: x[0], res.vectors)
-        return v1, {name: res.values[0].astype(jnp.result_type(float))}
-
-    return cbs.Callback(init, update, every)
-
-
-def _problem(config: Config) -> cm.Problem:
-    return cm.make_problem(n_train=config.n, depth=config.depth, width=config.width,
-                           activation=config.activation, normalization=config.normalization)  # fmt: skip
-
-
-_TOOLS: dict = {}
-
-
-def _tools(c: Config, loss_fn) -> tuple:
-    """(adam, frozen, rmsprop) and their callback lists, cached: a rerun reuses the compiled chunks."""
-    key = (id(loss_fn), c.b1, c.b2, c.eps, c.rmsprop_decay, c.rmsprop_eps, c.every, c.num_iters)
-    if key in _TOOLS:
-        return _TOOLS[key][1]
-    kw = {"every": c.every, "num_iters": c.num_iters}
-    pre = "preconditioned_sharpness"
-    sharp = _eig_callback(loss_fn, None, name="sharpness", **kw)
-    adam_p = lambda s, g: hl.adam_preconditioner(s, g, b1=c.b1, b2=c.b2, eps=c.eps)  # noqa: E731
-    rms_p = lambda s, g: hl.rmsprop_preconditioner(s, g, decay=c.rmsprop_decay, eps=c.rmsprop_eps)  # noqa: E731
-    tools = (
-        make_optimizer("adam", learning_rate=1.0, b1=c.b1, b2=c.b2, eps=c.eps),
-        optax.inject_hyperparams(frozen_momentum)(learning_rate=1.0, b1=c.b1),
-        make_optimizer("rmsprop", learning_rate=1.0, decay=c.rmsprop_decay, eps=c.rmsprop_eps),
-        [_eig_callback(loss_fn, adam_p, name=pre, **kw), sharp],
-        [_eig_callback(loss_fn, lambda s, g: s.inner_state.precond, name=pre, **kw), sharp],
-        [_eig_callback(loss_fn, rms_p, name=pre, **kw), sharp],
-    )
-    _TOOLS[key] = (loss_fn, tools)  # keep loss_fn alive so its id is not reused
-    return tools
-
-
-def _metrics(hist, diverged, num_steps, every):
-    """Pad per-step metrics to ``num_steps``; pick the records (every ``every`` steps)."""
-    pad = lambda a: np.concatenate([a, np.full(num_steps - a.size, np.nan)])  # noqa: E731
-    pre, sharp, loss = (pad(hist[k]) for k in ("preconditioned_sharpness", "sharpness", "loss"))
-    return pre[::every], sharp[::every], loss, bool(diverged)
-
-
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
-    """Run the whole study (no I/O); ``progress(done, total)`` after each training run."""
+    """Run Adam (and its frozen-P branch) and RMSProp at every rate (no I/O).
+
+    ``progress(done, total)`` counts training steps over all runs.
+    """
     t0 = time.perf_counter()
-    c, T, e = config, config.num_steps, config.every
-    prob = _problem(c)
-    loss_fn, data = prob.loss_fn, prob.data
-    params0 = prob.model.init(jax.random.key(c.seed))
-    adam, frozen, rms, adam_cbs, frozen_cbs, rms_cbs = _tools(c, loss_fn)
-    phases = [T] if c.freeze_step == 0 else [c.freeze_step, T - c.freeze_step]
-    chunk = min(500, *phases)  # equal chunks: both Adam phases reuse one compiled program
-    total, done = len(c.adam_lrs) * (1 + (c.freeze_step > 0)) + len(c.rmsprop_lrs), 0
-    out: dict[str, list] = {k: [] for k in ("adam", "frozen", "rms")}
-
-    def tick():
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    for lr in c.adam_lrs:
-        hp = {"learning_rate": lr}
-        r1 = train(loss_fn, params0, adam, data, num_steps=phases[0], callbacks=adam_cbs,
-                   hyperparams=hp, chunk_size=chunk)  # fmt: skip
-        hists = [r1.history]
-        if c.freeze_step and not r1.history.diverged:
-            r2 = train(loss_fn, r1.params, adam, data, num_steps=phases[1], callbacks=adam_cbs,
-                       hyperparams=hp, opt_state=r1.opt_state, chunk_size=chunk)  # fmt: skip
-            hists.append(r2.history)
-        names = ("preconditioned_sharpness", "sharpness", "loss")
-        merged = {k: np.concatenate([h[k] for h in hists]) for k in names}
-        div = any(h.diverged for h in hists)
-        out["adam"].append(_metrics(merged, div, T, e))
-        tick()
-        if not c.freeze_step:
-            continue
-        fz = np.full(T, np.nan)
-        res = (fz[::e], fz[::e], fz, False)
-        if not r1.history.diverged:
-            g = jax.grad(loss_fn)(r1.params, data)
-            p = hl.adam_preconditioner(r1.opt_state, g, b1=c.b1, b2=c.b2, eps=c.eps)
-            mu = _find(r1.opt_state, optax.ScaleByAdamState)[0].mu
-            st = frozen.init(r1.params)
-            st = st._replace(inner_state=FrozenState(mu, p))
-            rf = train(loss_fn, r1.params, frozen, data, num_steps=phases[1], callbacks=frozen_cbs,
-                       hyperparams=hp, opt_state=st, chunk_size=chunk)  # fmt: skip
-            h = {k: np.concatenate([np.full(c.freeze_step, np.nan), rf.history[k]]) for k in names}
-            res = _metrics(h, rf.history.diverged, T, e)
-        out["frozen"].append(res)
-        tick()
-    for lr in c.rmsprop_lrs:
-        r = train(loss_fn, params0, rms, data, num_steps=T, callbacks=rms_cbs,
-                  hyperparams={"learning_rate": lr}, chunk_size=chunk)  # fmt: skip
-        out["rms"].append(_metrics(r.history, r.history.diverged, T, e))
-        tick()
-
-    k, arrays = T // e + (T % e > 0), {}
-    for key, rows in out.items():
-        for j, (field, width) in enumerate((("pre", k), ("sharp", k), ("loss", T))):
-            arrays[f"{key}_{field}"] = (
-                np.stack([o[j] for o in rows]) if rows else np.zeros((0, width))
-            )
-        arrays[f"{key}_diverged"] = np.array([o[3] for o in rows], bool)
-    return Results(config=c, record_steps=np.arange(0, T, e), **arrays,
-                   elapsed=np.asarray(time.perf_counter() - t0))  # fmt: skip
+    c = config
+    prob = problems.make_problem(
+        n_train=c.n,
+        depth=c.depth,
+        width=c.width,
+        activation=c.activation,
+        normalization=c.normalization,
+    )
+    arrays = core.train_all(c, prob, progress=progress)
+    return Results(config=c, **arrays, elapsed=np.asarray(time.perf_counter() - t0))
 
 
-def save(results: Results, run_dir: str | Path) -> None:
-    """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, kind=NAME, summary=summary(results))
-
-
-def load(run_dir: str | Path) -> Results:
-    """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    return load_results(run_dir, Results, Config)
-
-
-def late_median(results: Results, values: np.ndarray, lrs) -> np.ndarray:
-    """Median of ``eta * values`` over the late part (last ``late_fraction`` of the steps)."""
-    late = results.record_steps >= (1 - results.config.late_fraction) * results.config.num_steps
-    if values.shape[0] == 0:
-        return np.zeros(0)
-    return np.nanmedian(np.asarray(lrs)[:, None] * values[:, late], axis=1)
+def late(results: Results) -> np.ndarray:
+    """Which records lie in the late part of a run (its last ``late_fraction`` of the steps)."""
+    c = results.config
+    return results.record_steps >= (1 - c.late_fraction) * c.num_steps
 
 
 def plateau_record(results: Results, i: int) -> int:
@@ -328,48 +173,158 @@ def plateau_record(results: Results, i: int) -> int:
     """
     c = results.config
     lr = c.adam_lrs[i]
-    k = cm.first_reach(lr * results.adam_pre[i, 1:], threshold(c.b1), frac=c.plateau_fraction)
+    k = stats.first_reach(lr * results.adam_pre[i, 1:], threshold(c.b1), frac=c.plateau_fraction)
     return k + 1 if k >= 0 else -1
 
 
-def _plateau(r: Results, i: int, lr: float) -> dict[str, float | int]:
-    """Plateau onset step, the raw sharpness there and at the end (does it keep rising?)."""
-    k = plateau_record(r, i)
-    fin = r.adam_sharp[i][np.isfinite(r.adam_sharp[i])]
-    at = float(r.adam_sharp[i, k]) if k >= 0 else float("nan")
-    end = float(fin[-1]) if fin.size else float("nan")
-    return {f"adam_plateau_step_lr{i}": int(r.record_steps[k]) if k >= 0 else -1,
-            f"adam_sharpness_at_plateau_lr{i}": at, f"adam_final_sharpness_lr{i}": end,
-            f"adam_sharpness_rise_in_plateau_lr{i}": end / at if k >= 0 else float("nan"),
-            f"adam_final_sharpness_x_lr_lr{i}": lr * end}  # fmt: skip
+class _Run(NamedTuple):
+    label: str  # "Adam eta=0.001", "Adam, P frozen eta=0.001", "RMSProp eta=0.0001"
+    lr: float
+    pre: np.ndarray  # (K,) lambda_max(P^-1 H)
+    sharp: np.ndarray  # (K,) lambda_max(H)
+    diverged: bool
+    threshold: float
+    reference: str  # the paper's statement of the threshold
 
 
-def summary(results: Results) -> dict[str, float | int | str | bool]:
-    """Key numbers: late medians of eta lambda(P^-1 H) against their thresholds, raw sharpness."""
-    r, c = results, results.config
-    out: dict[str, float | int | str | bool] = {"normalization": c.normalization}
-    out["adam_threshold"] = threshold(c.b1)
-    groups = [("adam", c.adam_lrs, r.adam_pre, r.adam_sharp, r.adam_diverged),
-              ("frozen", c.adam_lrs, r.frozen_pre, r.frozen_sharp, r.frozen_diverged),
-              ("rmsprop", c.rmsprop_lrs, r.rms_pre, r.rms_sharp, r.rms_diverged)]  # fmt: skip
-    for name, lrs, pre, sharp, div in groups:
-        med = late_median(r, pre, lrs)
-        smed = late_median(r, sharp, np.ones(len(lrs)))
-        for i, lr in enumerate(lrs[: pre.shape[0]]):
-            out[f"{name}_lr{i}"] = float(lr)
-            out[f"{name}_late_median_lr{i}"] = float(med[i])
-            out[f"{name}_late_sharpness_lr{i}"] = float(smed[i])
-            out[f"{name}_diverged_lr{i}"] = bool(div[i])
-            if name == "adam":
-                out[f"adam_initial_sharpness_lr{i}"] = float(sharp[i, 0])
-                out[f"adam_max_sharpness_lr{i}"] = float(np.nanmax(sharp[i]))
-                out |= _plateau(r, i, lr)
+def _runs(r: Results) -> list[_Run]:
+    """Every run of the study, Adam first, then the frozen branches, then RMSProp."""
+    c, thr = r.config, threshold(r.config.b1)
+    groups = [
+        ("Adam", c.adam_lrs, r.adam_pre, r.adam_sharp, r.adam_diverged, thr, f"{thr:g}"),
+        (
+            "Adam, P frozen",
+            c.adam_lrs,
+            r.frozen_pre,
+            r.frozen_sharp,
+            r.frozen_diverged,
+            thr,
+            f"{thr:g}, exactly (heavy ball in P^1/2 theta)",
+        ),
+        ("RMSProp", c.rmsprop_lrs, r.rms_pre, r.rms_sharp, r.rms_diverged, 2.0, "2"),
+    ]
+    return [
+        _Run(f"{name} eta={lrs[i]:g}", lrs[i], pre[i], sharp[i], bool(div[i]), t, ref)
+        for name, lrs, pre, sharp, div, t, ref in groups
+        for i in range(pre.shape[0])
+    ]
+
+
+METRICS = {
+    "threshold": kit.Metric("critical eta*lambda_max(P^-1 H): (2+2 b1)/(1-b1) for Adam, 2 RMSProp"),
+    "late_median_x_lr": kit.Metric("median eta*lambda_max(P^-1 H) over the late part of the run"),
+    "late_ratio": kit.Metric("late median / threshold (1 = at the edge)"),
+    "late_sharpness": kit.Metric("median raw sharpness lambda_max(H) over the late part", "1/lr"),
+    "initial_sharpness": kit.Metric("Adam: raw sharpness at step 0", "1/lr"),
+    "max_sharpness": kit.Metric("Adam: largest raw sharpness measured", "1/lr"),
+    "plateau_step": kit.Metric(
+        "Adam: first step with eta*lambda(P^-1 H) >= plateau_fraction x threshold (-1: never)",
+        "steps",
+    ),
+    "sharpness_at_plateau": kit.Metric("Adam: raw sharpness at the plateau onset", "1/lr"),
+    "final_sharpness": kit.Metric("Adam: raw sharpness at the last measurement", "1/lr"),
+    "sharpness_rise_in_plateau": kit.Metric(
+        "Adam: final / plateau-onset raw sharpness (> 1: rose)"
+    ),
+    "final_sharpness_x_lr": kit.Metric("Adam: eta * final raw sharpness (GD's threshold is 2)"),
+    "diverged": kit.Metric("the run diverged (left out of every statistic)"),
+    "num_diverged": kit.Metric("runs that diverged", "runs"),
+    "elapsed_s": kit.Metric("wall-clock time of the study", "s"),
+}
+ADAM_ONLY = ("initial_sharpness", "max_sharpness", "plateau_step", "sharpness_at_plateau")
+ADAM_ONLY += ("final_sharpness", "sharpness_rise_in_plateau", "final_sharpness_x_lr")
+
+
+def _adam_sharpness(r: Results, i: int) -> dict[str, float | int]:
+    """Adam run ``i``'s raw sharpness: at step 0, its maximum, at the plateau onset, at the end."""
+    nan, k, lr = float("nan"), plateau_record(r, i), r.config.adam_lrs[i]
+    s = r.adam_sharp[i]
+    fin = s[np.isfinite(s)]
+    if r.adam_diverged[i] or not fin.size:
+        return dict.fromkeys(ADAM_ONLY, nan)
+    at = float(s[k]) if k >= 0 else nan
+    return {
+        "initial_sharpness": float(s[0]),
+        "max_sharpness": float(fin.max()),
+        "plateau_step": int(r.record_steps[k]) if k >= 0 else -1,
+        "sharpness_at_plateau": at,
+        "final_sharpness": float(fin[-1]),
+        "sharpness_rise_in_plateau": float(fin[-1]) / at if k >= 0 else nan,
+        "final_sharpness_x_lr": lr * float(fin[-1]),
+    }
+
+
+def summary(results: Results) -> dict[str, Any]:
+    """Per run: late median of eta lambda(P^-1 H) against its threshold; Adam's raw sharpness."""
+    r, out = results, {k: {} for k in METRICS if k not in ("num_diverged", "elapsed_s")}
+    keep = late(r)
+    for run_ in _runs(r):
+        lab, nan = run_.label, float("nan")
+        med = nan if run_.diverged else stats.nanmedian_or_nan(run_.lr * run_.pre[keep])
+        out["threshold"][lab] = run_.threshold
+        out["late_median_x_lr"][lab] = med
+        out["late_ratio"][lab] = med / run_.threshold
+        out["late_sharpness"][lab] = (
+            nan if run_.diverged else stats.nanmedian_or_nan(run_.sharp[keep])
+        )
+        out["diverged"][lab] = run_.diverged
+    for i, lr in enumerate(r.config.adam_lrs):
+        for key, v in _adam_sharpness(r, i).items():
+            out[key][f"Adam eta={lr:g}"] = v
+    out["num_diverged"] = sum(run_.diverged for run_ in _runs(r))
     out["elapsed_s"] = float(r.elapsed)
+    return out
+
+
+def verdict(results: Results) -> list[str]:
+    """Each run's late median beside its threshold; Adam's raw sharpness kept rising."""
+    r, s, out = results, summary(results), []
+    for run_ in _runs(r):
+        if run_.diverged:
+            out.append(f"{run_.label}: diverged (not counted).")
+            continue
+        ratio = s["late_ratio"][run_.label]
+        out.append(
+            kit.compare(
+                f"{run_.label}: late median eta*lambda_max(P^-1 H)",
+                s["late_median_x_lr"][run_.label],
+                "Cohen et al. 2022",
+                run_.reference,
+                ok=BAND[0] <= ratio <= BAND[1],
+            )
+        )
+    for i, lr in enumerate(r.config.adam_lrs):
+        label = f"Adam eta={lr:g}"
+        rise = s["sharpness_rise_in_plateau"][label]
+        if r.adam_diverged[i] or not np.isfinite(rise):
+            continue
+        what = (
+            f"{label}: raw sharpness {kit.fmt(s['initial_sharpness'][label])} -> "
+            f"{kit.fmt(s['final_sharpness'][label])}, eta*lambda_max(H) "
+            f"{kit.fmt(s['final_sharpness_x_lr'][label])}; rise after the plateau began"
+        )
+        out.append(
+            kit.compare(
+                what,
+                f"x{kit.fmt(rise)}",
+                "Cohen et al. 2022",
+                "keeps rising, held by no threshold",
+                ok=rise > 1,
+            )
+        )
     return out
 
 
 def figures(results: Results) -> dict[str, Figure]:
     """eta lambda(P^-1 H) against its threshold (Adam, frozen P, RMSProp), raw sharpness, loss."""
-    from ._adaptive_eos_plots import make_figures
+    plateau = np.asarray([plateau_record(results, i) for i in range(results.adam_pre.shape[0])])
+    return plots.draw(
+        results,
+        NAME,
+        adam_threshold=threshold(results.config.b1),
+        rmsprop_threshold=2.0,
+        plateau=plateau,
+    )
 
-    return make_figures(results)
+
+save, load = kit.persistence(NAME, Results, Config, summary)

@@ -1,79 +1,111 @@
-"""Figures of the adaptive-EoS study (private; see :mod:`hessian_lab.studies.adaptive_eos`)."""
+"""Figures of the adaptive edge of stability: eta lambda_max(P^-1 H) against its threshold.
+
+Receives a Results-like object (``config``, ``record_steps``, ``adam_*``, ``frozen_*``, ``rms_*``)
+and the numbers the study computes (thresholds, plateau records); never imports a study.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from . import style
 
-def _panel(ax, steps, lrs, pre, thr, title, freeze=None):
+__all__ = ["draw", "preconditioned", "raw"]
+
+PRECONDITIONED = "$\\eta\\lambda_{max}(P^{-1}H)$"
+
+
+def _panel(ax, steps, lrs, pre, thr, title, freeze=None) -> None:
     for i, lr in enumerate(lrs[: pre.shape[0]]):
-        ax.plot(steps[1:], lr * pre[i, 1:], color=f"C{i}", lw=1.2, label=f"eta={lr:g}")
-    ax.axhline(thr, color="k", ls="--", label=f"threshold {thr:g}")
+        ax.plot(
+            steps[1:], lr * pre[i, 1:], color=style.color(i), lw=1.2, label=f"{style.ETA}={lr:g}"
+        )
+    style.threshold(ax, thr, label=f"threshold {thr:g}")
     if freeze:
         ax.axvline(freeze, color="0.5", ls=":", label="P frozen")
     ax.set_ylim(0, 1.8 * thr)
-    ax.set_xlabel("step")
-    ax.set_ylabel(r"$\eta\,\lambda_{\max}(P^{-1}H)$")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    style.finish(ax, xlabel="step", ylabel=PRECONDITIONED, title=title)
 
 
-def _preconditioned_figure(r, thr) -> Figure:
+def preconditioned(r, *, adam_threshold: float, rmsprop_threshold: float) -> Figure:
+    """One panel per optimizer (Adam, frozen-P Adam, RMSProp): ``eta lambda(P^-1 H)`` vs step."""
     c = r.config
-    panels = [("adam", c.adam_lrs, r.adam_pre, thr, f"Adam (b1={c.b1:g}, b2={c.b2:g})", None)]
+    panels = [(c.adam_lrs, r.adam_pre, adam_threshold, f"Adam (b1={c.b1:g}, b2={c.b2:g})", None)]
     if r.frozen_pre.shape[0]:
-        panels.append(("frozen", c.adam_lrs, r.frozen_pre, thr,
-                       "Adam, P frozen (EMA momentum kept)", c.freeze_step))  # fmt: skip
-    if r.rms_pre.shape[0]:
-        panels.append(("rms", c.rmsprop_lrs, r.rms_pre, 2.0,
-                       f"RMSProp (optax, decay={c.rmsprop_decay:g})", None))  # fmt: skip
-    fig = Figure(figsize=(4.4 * len(panels), 4.0), dpi=100)
-    axs = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (_, lrs, pre, t, title, fr) in zip(axs, panels, strict=True):
-        _panel(ax, r.record_steps, lrs, pre, t, title, fr)
-    fig.suptitle("Preconditioned sharpness equilibrates at its threshold (step 0 not shown)")
-    fig.tight_layout()
-    return fig
-
-
-def _raw_figure(r, thr) -> Figure:
-    c = r.config
-    fig = Figure(figsize=(10, 4.0), dpi=100)
-    ax0, ax1 = fig.subplots(1, 2)
-    from .adaptive_eos import plateau_record
-
-    for i, lr in enumerate(c.adam_lrs[: r.adam_sharp.shape[0]]):
-        ax0.plot(r.record_steps, r.adam_sharp[i], color=f"C{i}", label=f"Adam eta={lr:g}")
-        k = plateau_record(r, i)
-        if k >= 0:
-            lab = (
-                rf"$\eta\lambda(P^{{-1}}H)$ reaches {c.plateau_fraction:g} x {thr:g}"
-                if i == 0
-                else None
+        panels.append(
+            (
+                c.adam_lrs,
+                r.frozen_pre,
+                adam_threshold,
+                "Adam, P frozen (EMA momentum kept)",
+                c.freeze_step,
             )
-            ax0.plot(r.record_steps[k], r.adam_sharp[i, k], "o", color=f"C{i}", mec="k", label=lab)
-        ax1.semilogy(np.arange(r.adam_loss.shape[1]), r.adam_loss[i], color=f"C{i}",
-                     label=f"Adam eta={lr:g}")  # fmt: skip
-    for i, lr in enumerate(c.rmsprop_lrs[: r.rms_sharp.shape[0]]):
-        ax0.plot(r.record_steps, r.rms_sharp[i], color=f"C{i + 5}", ls="--",
-                 label=f"RMSProp eta={lr:g}")  # fmt: skip
-    ax0.set_xlabel("step")
-    ax0.set_ylabel(r"raw sharpness $\lambda_{\max}(H)$")
-    ax0.set_title("Raw sharpness: free to rise while Adam sits at 38")
-    ax0.legend(fontsize=8)
-    ax0.grid(alpha=0.3)
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("training loss")
-    ax1.set_title("Loss (full batch)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+        )
+    if r.rms_pre.shape[0]:
+        panels.append(
+            (
+                c.rmsprop_lrs,
+                r.rms_pre,
+                rmsprop_threshold,
+                f"RMSProp (optax, decay={c.rmsprop_decay:g})",
+                None,
+            )
+        )
+    fig, axes = style.figure(
+        1,
+        len(panels),
+        height=4.0,
+        width=max(4.4 * len(panels), 5.0),
+        title="Preconditioned sharpness equilibrates at its threshold (step 0 not shown)",
+    )
+    for ax, panel in zip(axes, panels, strict=True):
+        _panel(ax, r.record_steps, *panel)
     return fig
 
 
-def make_figures(r) -> dict[str, Figure]:
-    """Return ``{"preconditioned": ..., "raw": ...}``."""
-    thr = (2.0 + 2.0 * r.config.b1) / (1.0 - r.config.b1)
-    return {"preconditioned": _preconditioned_figure(r, thr), "raw": _raw_figure(r, thr)}
+def raw(r, *, adam_threshold: float, plateau: np.ndarray) -> Figure:
+    """Raw sharpness (dots: plateau onset, ``plateau[i]`` a record index or -1) and the loss."""
+    c = r.config
+    fig, (ax0, ax1) = style.figure(1, 2, height=4.0, width=10.0)
+    for i, lr in enumerate(c.adam_lrs[: r.adam_sharp.shape[0]]):
+        col, lab = style.color(i), f"Adam {style.ETA}={lr:g}"
+        ax0.plot(r.record_steps, r.adam_sharp[i], color=col, label=lab)
+        k = int(plateau[i])
+        if k >= 0:
+            onset = f"{PRECONDITIONED} reaches {c.plateau_fraction:g} x {adam_threshold:g}"
+            ax0.plot(
+                r.record_steps[k],
+                r.adam_sharp[i, k],
+                "o",
+                color=col,
+                mec="k",
+                label=onset if i == 0 else None,
+            )
+        ax1.plot(np.arange(r.adam_loss.shape[1]), r.adam_loss[i], color=col, label=lab)
+    for i, lr in enumerate(c.rmsprop_lrs[: r.rms_sharp.shape[0]]):
+        ax0.plot(
+            r.record_steps,
+            r.rms_sharp[i],
+            color=style.color(i + 5),
+            ls="--",
+            label=f"RMSProp {style.ETA}={lr:g}",
+        )
+    style.finish(
+        ax0,
+        xlabel="step",
+        ylabel=style.SHARPNESS,
+        title=f"Raw sharpness: free to rise while Adam sits at {adam_threshold:g}",
+    )
+    style.finish(ax1, xlabel="step", ylabel="training loss", title="Loss (full batch)", logy=True)
+    return fig
+
+
+def draw(r, name: str, *, adam_threshold, rmsprop_threshold, plateau) -> dict[str, Figure]:
+    """``{name}_preconditioned`` and ``{name}_raw``."""
+    return {
+        f"{name}_preconditioned": preconditioned(
+            r, adam_threshold=adam_threshold, rmsprop_threshold=rmsprop_threshold
+        ),
+        f"{name}_raw": raw(r, adam_threshold=adam_threshold, plateau=plateau),
+    }

@@ -1,6 +1,5 @@
-"""The adaptive-EoS study: RMSProp / frozen preconditioners against optax, the TINY run, I/O."""
+"""The adaptive-EoS study: RMSProp / frozen preconditioners against optax, the TINY run."""
 
-import dataclasses
 import functools
 
 import jax
@@ -8,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from matplotlib.figure import Figure
+import study_contract
 
 import hessian_lab as hl
 from hessian_lab.optim import make_optimizer
@@ -34,13 +33,28 @@ def _assert_trees_close(got, want):
 
 
 def test_tiny_adam_preconditioned_sharpness_plateaus_at_38(tiny):
-    s = ae.summary(tiny)
+    s, run = ae.summary(tiny), "Adam eta=0.02"
     assert ae.threshold(0.9) == pytest.approx(38.0)
-    assert not s["adam_diverged_lr0"]
-    assert 32.3 <= s["adam_late_median_lr0"] <= 43.7
-    assert 0 < s["adam_plateau_step_lr0"] < 0.7 * ae.TINY.num_steps
+    assert s["threshold"][run] == pytest.approx(38.0)
+    assert not s["diverged"][run] and s["num_diverged"] == 0
+    assert 32.3 <= s["late_median_x_lr"][run] <= 43.7
+    assert 0 < s["plateau_step"][run] < 0.7 * ae.TINY.num_steps
     # the raw sharpness is nowhere near its own GD threshold 2/eta: nothing pins it
-    assert s["adam_late_sharpness_lr0"] * ae.TINY.adam_lrs[0] < 1.0
+    assert s["late_sharpness"][run] * ae.TINY.adam_lrs[0] < 1.0
+    assert ae.verdict(tiny)[0].endswith("- reproduced")
+
+
+def test_contract(tiny, tmp_path):
+    study_contract.check_dynamic(ae, tiny, tmp_path)
+
+
+def test_a_diverged_run_is_counted_and_left_out(tiny):
+    bad = ae.Results(**{**tiny.__dict__, "adam_diverged": np.array([True])})
+    s = ae.summary(bad)
+    assert s["num_diverged"] == 1 and s["diverged"]["Adam eta=0.02"]
+    assert np.isnan(s["late_median_x_lr"]["Adam eta=0.02"])
+    assert np.isnan(s["final_sharpness"]["Adam eta=0.02"])
+    assert "diverged" in ae.verdict(bad)[0]
 
 
 # One jitted program per test case instead of dozens of eagerly compiled optax ops.
@@ -77,10 +91,8 @@ def test_frozen_momentum_continues_adam_exactly():
 
     @jax.jit
     def frozen_update(state, g):
-        p = hl.adam_preconditioner(state, g, b1=b1, b2=b2, eps=eps)
-        (adam_state,) = ae._find(state, optax.ScaleByAdamState)
-        fstate = frozen.init(params)._replace(inner_state=ae.FrozenState(adam_state.mu, p))
-        return frozen.update(g, fstate, params)[0]
+        start = ae.frozen_state(state, g, b1=b1, b2=b2, eps=eps)
+        return frozen.update(g, frozen.init(params)._replace(inner_state=start), params)[0]
 
     _assert_trees_close(frozen_update(state, grads[-1]), want)
 
@@ -104,22 +116,6 @@ def _frozen_quadratic(lr):
 def test_frozen_momentum_threshold_on_a_quadratic(ratio, stable):
     lr = ratio * ae.threshold(0.9) / 2.0  # the top eigenvalue of P^-1 H is 2
     assert bool(_frozen_quadratic(jnp.asarray(lr)) < 1.0) == stable
-
-
-def test_save_load_round_trip(tiny, tmp_path):
-    ae.save(tiny, tmp_path / "run")
-    back = ae.load(tmp_path / "run")
-    assert back.config == tiny.config
-    for f in dataclasses.fields(ae.Results):
-        if f.name != "config":
-            np.testing.assert_array_equal(getattr(back, f.name), getattr(tiny, f.name))
-
-
-def test_figures_and_summary(tiny):
-    figs = ae.figures(tiny)
-    assert set(figs) == {"preconditioned", "raw"}
-    assert all(isinstance(f, Figure) for f in figs.values())
-    assert ae.summary(tiny)["adam_threshold"] == pytest.approx(38.0)
 
 
 @pytest.mark.parametrize(
