@@ -19,113 +19,111 @@ so for ``eta Theta < 2`` the output decays (lazy), for ``2 < eta Theta < 4`` it 
 ``c_max = 4``. The output needs ``~ ln(n) / (2 ln(c - 1))`` steps to reach ``f^2 ~ n``: the
 catapult time grows like ``log(width)``.
 
-One population (c grid x seeds, vmapped, one compile) per width; the sweep points are
-``(family, width)``.
+One population (c grid x seeds, one compiled step, a
+:class:`~hessian_lab.studies.problems.CatapultRunner`) per width; the sweep points are
+``(family, width)``. Diverged members are counted; they mark ``c_max`` and count as loss
+catapults when locating ``c_loss``, and are left out of every other statistic.
 
 Example:
   >>> from hessian_lab.studies import catapult
   >>> r = catapult.run(catapult.TINY)  # doctest: +SKIP
-  >>> catapult.summary(r)["uv_c_max"]  # doctest: +SKIP
-  4.0
+  >>> catapult.summary(r)["c_max_mean"]  # doctest: +SKIP
+  {'linear net': 4.0}
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab.studies._results import load_results, save_results
+from hessian_lab.models import ACTIVATIONS
 
-from . import _catapult_core as core
-from ._catapult_plots import draw_figures
+from . import catapult_plots as plots
+from . import kit, problems, stats
+from .kit import knob, need
 
-__all__ = ["DEFAULT", "NAME", "TINY", "Config", "Results", "assemble", "figures", "load"]
-__all__ += ["points", "run", "run_point", "save", "summary"]
+__all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
+__all__ += ["assemble", "c_grid", "catapult_time_slope", "critical", "family_label", "figures"]
+__all__ += ["load", "points", "run", "run_point", "save", "summary", "verdict"]
 
 NAME = "catapult"
+PAPER = "Lewkowycz et al. 2020, arXiv 2003.02218"
+DOCS = "docs/studies/catapult.md"
 FAMILIES = ("uv", "mlp")
+
+
+def _check_int_tuple(config, field: str, *, minimum: int, allow_empty: bool = False) -> None:
+    v = getattr(config, field)
+    ok = isinstance(v, tuple | list) and (allow_empty or len(v) >= 1) and len(set(v)) == len(v)
+    ok = ok and all(kit.is_int(x) and x >= minimum for x in v)
+    empty = "" if allow_empty else "non-empty "
+    need(ok, config, field, f"a {empty}tuple of distinct ints >= {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob of the catapult study. ``c = eta * lambda0``; c grids are log2-spaced."""
 
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    uv_widths: tuple[int, ...] = (64, 256, 1024, 4096)
-    uv_log2_c_min: float = -1.0
-    uv_log2_c_max: float = 3.0
-    uv_num_c: int = 17  # spacing 2^(1/4): contains c = 2 and c = 4
-    uv_steps: int = 200
-    mlp_widths: tuple[int, ...] = (256, 1024)
-    mlp_seeds: tuple[int, ...] = (0, 1)
-    mlp_depth: int = 1
-    mlp_param: Literal["sp", "ntk", "mup"] = "ntk"
-    mlp_activation: str = "relu"
-    mlp_n: int = 64  # first digits examples
-    mlp_log2_c_min: float = -1.0
-    mlp_log2_c_max: float = 4.5
-    mlp_num_c: int = 23
-    mlp_steps: int = 100
-    normalization: Literal["per_example", "per_output"] = "per_example"  # MSE convention
-    sharpness_every: int = 10
-    lanczos_iters: int = 10
-    lambda0_iters: int = 30
-    divergence_loss: float = 1e6
+    seeds: tuple[int, ...] = knob((0, 1, 2, 3), "linear net: initialisation seeds")
+    uv_widths: tuple[int, ...] = knob((64, 256, 1024, 4096), "linear net: widths n, one point each")
+    uv_log2_c_min: float = knob(-1.0, "linear net: log2 of the smallest c")
+    uv_log2_c_max: float = knob(3.0, "linear net: log2 of the largest c")
+    uv_num_c: int = knob(17, "linear net: values of c (17: spacing 2^(1/4), contains 2 and 4)")
+    uv_steps: int = knob(200, "linear net: GD steps T (a multiple of sharpness_every)")
+    mlp_widths: tuple[int, ...] = knob((256, 1024), "MLP: widths, one point each (may be empty)")
+    mlp_seeds: tuple[int, ...] = knob((0, 1), "MLP: initialisation seeds")
+    mlp_depth: int = knob(1, "MLP: hidden layers")
+    mlp_param: Literal["sp", "ntk", "mup"] = knob("ntk", "MLP: parameterisation")
+    mlp_activation: str = knob("relu", "MLP: hidden activation")
+    mlp_n: int = knob(64, "MLP: first n digits examples (full batch)")
+    mlp_log2_c_min: float = knob(-1.0, "MLP: log2 of the smallest c")
+    mlp_log2_c_max: float = knob(4.5, "MLP: log2 of the largest c")
+    mlp_num_c: int = knob(23, "MLP: values of c")
+    mlp_steps: int = knob(100, "MLP: GD steps T (a multiple of sharpness_every)")
+    normalization: Literal["per_example", "per_output"] = knob(
+        "per_example", "MSE convention: 1/(2n) sum ||f-y||^2, or also / outputs"
+    )
+    sharpness_every: int = knob(10, "measure the sharpness (Lanczos) every k steps")
+    lanczos_iters: int = knob(10, "Lanczos iterations per sharpness measurement")
+    lambda0_iters: int = knob(30, "Lanczos iterations for lambda0 at initialisation")
+    divergence_loss: float = knob(1e6, "a loss above it marks a run diverged")
 
     def __post_init__(self):
-        def need(ok, field, allowed):
-            if not ok:
-                raise ValueError(f"{field}: must be {allowed}, got {getattr(self, field)!r}")
-
-        for f in ("seeds", "mlp_seeds"):
-            v = getattr(self, f)
-            need(len(v) >= 1 and len(set(v)) == len(v) and all(int(s) >= 0 for s in v), f,
-                 "a non-empty tuple of distinct ints >= 0")  # fmt: skip
-        for f in ("uv_widths", "mlp_widths"):
-            need(all(isinstance(w, int) and w >= 1 for w in getattr(self, f)), f,
-                 "a tuple of ints >= 1")  # fmt: skip
-        need(len(self.uv_widths) >= 1, "uv_widths", "non-empty")
-        for f in ("uv_num_c", "mlp_num_c", "mlp_n", "lanczos_iters", "lambda0_iters"):
-            need(isinstance(getattr(self, f), int) and getattr(self, f) >= 2, f, "an int >= 2")
-        need(self.uv_log2_c_max > self.uv_log2_c_min, "uv_log2_c_max", "> uv_log2_c_min")
-        need(self.mlp_log2_c_max > self.mlp_log2_c_min, "mlp_log2_c_max", "> mlp_log2_c_min")
-        need(isinstance(self.mlp_depth, int) and self.mlp_depth >= 1, "mlp_depth", "an int >= 1")
-        need(self.mlp_param in ("sp", "ntk", "mup"), "mlp_param", "'sp', 'ntk' or 'mup'")
-        need(self.mlp_activation in ("relu", "tanh", "gelu", "silu", "erf", "linear"),
-             "mlp_activation", "a hessian_lab.models activation")  # fmt: skip
-        need(self.mlp_n <= 1797, "mlp_n", "<= 1797 (digits)")
-        need(self.normalization in ("per_example", "per_output"), "normalization",
-             "'per_example' or 'per_output'")  # fmt: skip
-        need(isinstance(self.sharpness_every, int) and self.sharpness_every >= 1,
-             "sharpness_every", "an int >= 1")  # fmt: skip
-        for f in ("uv_steps", "mlp_steps"):
-            v = getattr(self, f)
-            need(isinstance(v, int) and v >= 1 and v % self.sharpness_every == 0, f,
+        _check_int_tuple(self, "seeds", minimum=0)
+        _check_int_tuple(self, "mlp_seeds", minimum=0)
+        _check_int_tuple(self, "uv_widths", minimum=1)
+        _check_int_tuple(self, "mlp_widths", minimum=1, allow_empty=True)
+        kit.check_ints(self, "uv_num_c", "mlp_num_c", "mlp_n", "lanczos_iters", "lambda0_iters",
+                       minimum=2)  # fmt: skip
+        kit.check_ints(self, "mlp_depth", "sharpness_every")
+        for fam in FAMILIES:
+            lo, hi = f"{fam}_log2_c_min", f"{fam}_log2_c_max"
+            need(np.isfinite(getattr(self, lo)), self, lo, "a finite number")
+            need(getattr(self, hi) > getattr(self, lo), self, hi, f"> {lo}")
+            f = f"{fam}_steps"
+            ok = kit.is_int(getattr(self, f)) and getattr(self, f) >= 1
+            need(ok and getattr(self, f) % self.sharpness_every == 0, self, f,
                  "an int >= 1, a multiple of sharpness_every")  # fmt: skip
-        need(np.isfinite(self.divergence_loss) and self.divergence_loss > 0, "divergence_loss",
-             "a positive number")  # fmt: skip
+        kit.check_choice(self, "mlp_param", ("sp", "ntk", "mup"))
+        kit.check_choice(self, "mlp_activation", ACTIVATIONS)
+        need(self.mlp_n <= 1797, self, "mlp_n", "<= 1797 (the size of digits)")
+        kit.check_choice(self, "normalization", ("per_example", "per_output"))
+        kit.check_positive(self, "divergence_loss")
 
 
 DEFAULT = Config()
-TINY = Config(
-    seeds=(0, 1),
-    uv_widths=(256,),
-    uv_steps=60,
-    mlp_widths=(),
-)
+TINY = Config(seeds=(0, 1), uv_widths=(256,), uv_steps=60, mlp_widths=())
 
 
 @dataclasses.dataclass
 class Results:
     """Arrays (W widths, C values of c, S seeds, T + 1 recorded steps) of both families."""
 
-    config: Config
+    config: Any
     uv_widths: np.ndarray  # (W,)
     uv_c: np.ndarray  # (C,)
     uv_lambda0: np.ndarray  # (W, S)
@@ -148,146 +146,230 @@ def c_grid(config: Config, family: str) -> np.ndarray:
     return 2.0 ** np.linspace(lo, hi, n)
 
 
+def _seeds(config: Config, family: str) -> tuple[int, ...]:
+    return config.seeds if family == "uv" else config.mlp_seeds
+
+
 def points(config: Config) -> list[dict]:
-    """One point per (family, width): each is one vmapped population over (c, seed)."""
-    return [{"family": "uv", "width": int(w)} for w in config.uv_widths] + [
-        {"family": "mlp", "width": int(w)} for w in config.mlp_widths
+    """One point per (family, width): each is one population over (c, seed)."""
+    return [
+        {"family": f, "width": int(w)} for f in FAMILIES for w in getattr(config, f"{f}_widths")
     ]
 
 
-def _problem(config: Config, family: str, width: int) -> core.Problem:
-    dtype = str(jnp.result_type(float))
-    if family == "uv":
-        return core.make_problem("uv", 1, width, 1, "ntp", "linear", config.normalization, dtype)
-    return core.make_problem("mlp", config.mlp_depth, width, config.mlp_n, config.mlp_param,
-                             config.mlp_activation, config.normalization, dtype)  # fmt: skip
+def _work(config: Config, point: dict) -> int:
+    fam = point["family"]
+    return (
+        c_grid(config, fam).size * len(_seeds(config, fam)) * (getattr(config, f"{fam}_steps") + 1)
+    )
 
 
-def run_point(config: Config, point: dict) -> dict[str, np.ndarray]:
-    """Train one (family, width) population; arrays shaped (C, S, ...)."""
+def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.ndarray]:
+    """Train one (family, width) population; arrays shaped (C, S, ...). No I/O."""
     fam, width = point["family"], int(point["width"])
-    seeds = config.seeds if fam == "uv" else config.mlp_seeds
-    sw = core.sweep(
-        _problem(config, fam, width), c_grid(config, fam), seeds,
-        num_steps=getattr(config, f"{fam}_steps"), sharpness_every=config.sharpness_every,
-        lanczos_iters=config.lanczos_iters, lambda0_iters=config.lambda0_iters,
-        divergence_loss=config.divergence_loss,
-    )  # fmt: skip
-    return {"lambda0": sw.lambda0, "eta": sw.eta, "loss": sw.loss, "sharpness": sw.sharpness,
-            "diverged": sw.diverged}  # fmt: skip
+    if fam == "uv":
+        prob = problems.catapult_problem("uv", width=width, normalization=config.normalization)
+    else:
+        prob = problems.catapult_problem(
+            "mlp",
+            width=width,
+            depth=config.mlp_depth,
+            n=config.mlp_n,
+            param=config.mlp_param,
+            activation=config.mlp_activation,
+            normalization=config.normalization,
+        )
+    runner = problems.CatapultRunner(
+        prob,
+        num_steps=getattr(config, f"{fam}_steps"),
+        sharpness_every=config.sharpness_every,
+        lanczos_iters=config.lanczos_iters,
+        lambda0_iters=config.lambda0_iters,
+    )
+    counter = kit.StepCounter(_work(config, point), progress)
+    runs = runner.train(
+        c_grid(config, fam),
+        _seeds(config, fam),
+        divergence_threshold=config.divergence_loss,
+        progress=counter.part(counter.total),
+    )
+    counter.finish()
+    keys = ("lambda0", "eta", "loss", "sharpness", "diverged")
+    return {k: getattr(runs, k) for k in keys}
 
 
-def assemble(config: Config, point_results: list[dict]) -> Results:
+def assemble(config: Config, outs: list[dict]) -> Results:
     """Stack the points' arrays into :class:`Results` (``run`` == assemble over all points)."""
     out = {}
-    pts = points(config)
     for fam in FAMILIES:
-        rs = [r for p, r in zip(pts, point_results, strict=True) if p["family"] == fam]
-        widths = getattr(config, f"{fam}_widths")
-        C = c_grid(config, fam).size
-        S = len(config.seeds if fam == "uv" else config.mlp_seeds)
+        rs = [o for p, o in zip(points(config), outs, strict=True) if p["family"] == fam]
+        C, S = c_grid(config, fam).size, len(_seeds(config, fam))
         T = getattr(config, f"{fam}_steps") + 1
 
-        def stack(k, shape, dtype=float, rs=rs):
-            return np.stack([np.asarray(r[k]) for r in rs]) if rs else np.zeros(shape, dtype)
+        def stack(k, shape, rs=rs):
+            return np.stack([np.asarray(r[k]) for r in rs]) if rs else np.zeros(shape)
 
-        out[f"{fam}_widths"] = np.asarray(widths, dtype=np.int64)
+        out[f"{fam}_widths"] = np.asarray(getattr(config, f"{fam}_widths"), dtype=np.int64)
         out[f"{fam}_c"] = c_grid(config, fam)
         out[f"{fam}_lambda0"] = stack("lambda0", (0, S))
         out[f"{fam}_eta"] = stack("eta", (0, C, S))
         out[f"{fam}_loss"] = stack("loss", (0, C, S, T))
         out[f"{fam}_sharpness"] = stack("sharpness", (0, C, S, T))
-        out[f"{fam}_diverged"] = stack("diverged", (0, C, S), bool).astype(bool)
+        out[f"{fam}_diverged"] = stack("diverged", (0, C, S)).astype(bool)
     return Results(config=config, **out)
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
-    """Run every point (no I/O). ``progress(done, total)`` after each population."""
-    pts, res = points(config), []
-    for i, p in enumerate(pts):
-        res.append(run_point(config, p))
-        if progress is not None:
-            progress(i + 1, len(pts))
-    return assemble(config, res)
+    """Run every point (no I/O); ``progress(done, total)`` counts member-steps of all of them."""
+    pts = points(config)
+    counter = kit.StepCounter(sum(_work(config, p) for p in pts), progress)
+    outs = [run_point(config, p, progress=counter.part(_work(config, p))) for p in pts]
+    return assemble(config, outs)
 
 
 def critical(results: Results, family: str) -> dict[str, np.ndarray]:
     """Per (width, seed): ``c_loss`` (first loss catapult) and ``c_max`` (last c before divergence);
     per (width, c, seed): ``loss_ratio`` = max_t L_t / L_0, ``final_x_lr`` = eta lambda_T,
     ``t_peak`` (step of the loss maximum) and ``t_return`` (first step after the peak with
-    L_t < L_0); -1 where there is no catapult.
+    L_t < L_0); -1 where there is no catapult (or the run diverged).
     """
     r = results
     c, loss = getattr(r, f"{family}_c"), getattr(r, f"{family}_loss")
     lam, div = getattr(r, f"{family}_sharpness"), getattr(r, f"{family}_diverged")
-    ratio = core.max_ratio(loss, loss[..., 0])
-    cat = (ratio > 1) | div
-    c_loss = np.reshape([core.critical_c(c, e) for e in cat], (div.shape[0], div.shape[-1]))
-    c_max = np.reshape([core.critical_c(c, d, largest_before=True) for d in div],
-                       (div.shape[0], div.shape[-1]))  # fmt: skip
-    final = lam[..., -1] * getattr(r, f"{family}_eta")
+    ratio = stats.max_ratio(loss, loss[..., 0])
     safe = np.where(np.isfinite(loss), loss, -np.inf)
     t_peak = np.argmax(safe, axis=-1)
     below = (np.arange(loss.shape[-1]) > t_peak[..., None]) & (loss < loss[..., :1])
     t_ret = np.where(below.any(-1), np.argmax(below, axis=-1), -1)
     ok = (ratio > 1) & ~div
-    return {"c_loss": c_loss, "c_max": c_max, "loss_ratio": ratio, "final_x_lr": final,
-            "t_peak": np.where(ok, t_peak, -1), "t_return": np.where(ok, t_ret, -1)}  # fmt: skip
+    return {
+        "c_loss": stats.critical_c(c, (ratio > 1) | div),  # a diverged member's loss rose too
+        "c_max": stats.critical_c(c, div, largest_before=True),
+        "loss_ratio": ratio,
+        "final_x_lr": lam[..., -1] * getattr(r, f"{family}_eta"),
+        "t_peak": np.where(ok, t_peak, -1),
+        "t_return": np.where(ok, t_ret, -1),
+    }
+
+
+def family_label(config: Config, family: str) -> str:
+    """A reader's name for a family: ``"linear net"`` or ``"MLP 1x relu (ntk)"``."""
+    if family == "uv":
+        return "linear net"
+    return f"MLP {config.mlp_depth}x {config.mlp_activation} ({config.mlp_param})"
+
+
+def _families(results: Results) -> list[str]:
+    return [f for f in FAMILIES if getattr(results, f"{f}_widths").size]
 
 
 def figures(results: Results) -> dict[str, Figure]:
     """Loss/sharpness trajectories, the regimes against c, catapult time against width."""
-    return draw_figures(results, critical)
-
-
-def save(results: Results, run_dir: str | Path) -> None:
-    """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, kind=NAME, summary=summary(results))
-
-
-def load(run_dir: str | Path) -> Results:
-    """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    return load_results(run_dir, Results, Config)
-
-
-def summary(results: Results) -> dict[str, float | int | str | bool]:
-    """Key numbers: c_loss, c_max (mean over seeds) per family and width; catapult times; slope."""
-    out: dict[str, float | int | str | bool] = {"normalization": results.config.normalization}
-    for fam in FAMILIES:
-        widths = getattr(results, f"{fam}_widths")
-        if widths.size == 0:
-            continue
-        cr = critical(results, fam)
-        out[f"{fam}_c_loss"] = float(core.nanmean(cr["c_loss"]))
-        out[f"{fam}_c_max"] = float(core.nanmean(cr["c_max"]))
-        for i, w in enumerate(widths):
-            out[f"{fam}_c_loss_w{w}"] = float(core.nanmean(cr["c_loss"][i]))
-            out[f"{fam}_c_max_w{w}"] = float(core.nanmean(cr["c_max"][i]))
-            out[f"{fam}_lambda0_w{w}"] = float(np.mean(getattr(results, f"{fam}_lambda0")[i]))
-        c = getattr(results, f"{fam}_c")
-        band = (c > 2) & (c < 4)
-        cat = (cr["loss_ratio"] > 1) & ~getattr(results, f"{fam}_diverged")
-        fin = cr["final_x_lr"][:, band][cat[:, band]]
-        out[f"{fam}_catapult_runs"] = int(cat[:, band].sum())
-        out[f"{fam}_catapult_final_x_lr_max"] = float(np.max(fin)) if fin.size else float("nan")
-    slope = catapult_time_slope(results)
-    for c, s in slope.items():
-        out[f"uv_t_peak_per_ln_width_c{c:.3f}"] = s
-    return out
+    fams = _families(results)
+    labels = {f: family_label(results.config, f) for f in fams}
+    return plots.draw(results, {f: critical(results, f) for f in fams}, labels)
 
 
 def catapult_time_slope(results: Results) -> dict[float, float]:
     """Least-squares slope of the mean loss-peak step against ln(width), per c in (2, 4)."""
-    cr = critical(results, "uv")
-    c, widths = results.uv_c, results.uv_widths
+    cr, c, widths = critical(results, "uv"), results.uv_c, results.uv_widths
     out = {}
-    if widths.size < 2:
-        return out
-    for j in np.flatnonzero((c > 2) & (c < 4)):
+    for j in np.flatnonzero((c > 2) & (c < 4)) if widths.size >= 2 else []:
         t = cr["t_peak"][:, j, :].astype(float)
-        t = np.where(t >= 0, t, np.nan)
-        mean = core.nanmean(t, axis=-1)
+        mean = stats.nanmean(np.where(t >= 0, t, np.nan), axis=-1)
         ok = np.isfinite(mean)
         if ok.sum() >= 2:
             out[float(c[j])] = float(np.polyfit(np.log(widths[ok]), mean[ok], 1)[0])
     return out
+
+
+METRICS = {
+    "c_loss": kit.Metric("smallest c with a loss catapult (max_t L_t/L_0 > 1), mean over seeds"),
+    "c_max": kit.Metric("largest c below the first divergence, mean over seeds"),
+    "lambda0": kit.Metric("sharpness at initialisation, mean over seeds", "1/lr"),
+    "c_loss_mean": kit.Metric("c_loss, mean over every width and seed (theory: 2)"),
+    "c_max_mean": kit.Metric(
+        "c_max, mean over every width and seed (theory for the linear net: 4)"
+    ),
+    "catapult_runs": kit.Metric("runs with 2 < c < 4 whose loss catapulted and converged", "runs"),
+    "band_runs": kit.Metric("runs with 2 < c < 4 (every width and seed)", "runs"),
+    "num_diverged": kit.Metric("runs that diverged (left out of every statistic)", "runs"),
+    "catapult_final_x_lr_max": kit.Metric(
+        "largest eta*lambda_T over the catapult runs with 2 < c < 4 (theory: < 2)"
+    ),
+    "catapult_time_slope": kit.Metric(
+        "linear net: slope of the loss-peak step vs ln(width)", "steps"
+    ),
+    "catapult_time_slope_theory": kit.Metric("that slope in theory, 1 / (2 ln(c - 1))", "steps"),
+}
+
+
+def summary(results: Results) -> dict[str, Any]:
+    """Per (family, width): c_loss, c_max, lambda0; per family: means, catapult band; slopes."""
+    r, out = results, {k: {} for k in METRICS}
+    for fam in _families(r):
+        cr, c, div = critical(r, fam), getattr(r, f"{fam}_c"), getattr(r, f"{fam}_diverged")
+        lab = family_label(r.config, fam)
+        for i, w in enumerate(getattr(r, f"{fam}_widths")):
+            run = f"{lab} width={w}"
+            out["c_loss"][run] = float(stats.nanmean(cr["c_loss"][i]))
+            out["c_max"][run] = float(stats.nanmean(cr["c_max"][i]))
+            out["lambda0"][run] = float(np.mean(getattr(r, f"{fam}_lambda0")[i]))
+        out["c_loss_mean"][lab] = float(stats.nanmean(cr["c_loss"]))
+        out["c_max_mean"][lab] = float(stats.nanmean(cr["c_max"]))
+        band = (c > 2) & (c < 4)
+        cat = ((cr["loss_ratio"] > 1) & ~div)[:, band]
+        fin = cr["final_x_lr"][:, band][cat]
+        out["catapult_runs"][lab] = int(cat.sum())
+        out["band_runs"][lab] = int(cat.size)
+        out["num_diverged"][lab] = int(div.sum())
+        out["catapult_final_x_lr_max"][lab] = float(np.max(fin)) if fin.size else float("nan")
+    for c, s in catapult_time_slope(r).items():
+        out["catapult_time_slope"][f"c={c:.3g}"] = s
+        out["catapult_time_slope_theory"][f"c={c:.3g}"] = float(1 / (2 * np.log(c - 1)))
+    return {k: v for k, v in out.items() if v}
+
+
+def _within_a_grid_step(values: np.ndarray, c: np.ndarray, ref: float) -> bool:
+    """Every value (per width and seed) lies within one log2 grid step of ``ref``."""
+    return bool(np.all(np.abs(np.log2(values / ref)) <= np.log2(c[1] / c[0]) + 1e-9))
+
+
+def verdict(results: Results) -> list[str]:
+    """The linear net's c_loss, c_max, flatter minima and catapult time against the theory."""
+    r, out, paper, s = results, [], "Lewkowycz et al.", summary(results)
+    for fam in _families(r):
+        cr, c, lab = critical(r, fam), getattr(r, f"{fam}_c"), family_label(r.config, fam)
+        cl, cm = s["c_loss_mean"][lab], s["c_max_mean"][lab]
+        if fam == "uv":
+            out.append(kit.compare(f"{lab}: c_loss (mean over widths and seeds)", cl, paper,
+                                   "2, within one grid step",
+                                   ok=_within_a_grid_step(cr["c_loss"], c, 2.0)))  # fmt: skip
+            out.append(kit.compare(f"{lab}: c_max", cm, paper, "4, within one grid step",
+                                   ok=_within_a_grid_step(cr["c_max"], c, 4.0)))  # fmt: skip
+        else:
+            out.append(kit.compare(f"{lab}: c_loss", cl, paper, "~2", ok=bool(1.8 <= cl <= 3)))
+            out.append(kit.compare(f"{lab}: c_max", cm, paper, "~12 for wide ReLU nets",
+                                   ok=bool(cm >= 8)))  # fmt: skip
+        if s["num_diverged"][lab]:
+            out.append(
+                f"{lab}: {s['num_diverged'][lab]} runs diverged (left out of the statistics)."
+            )
+        if s["band_runs"][lab]:
+            fin, n = s["catapult_final_x_lr_max"][lab], s["catapult_runs"][lab]
+            out.append(kit.compare(
+                f"{lab}: after a catapult (2 < c < 4, {n} of {s['band_runs'][lab]} runs) the "
+                "largest eta*lambda_T", fin, paper, "< 2, a flatter region",
+                ok=bool(n == s["band_runs"][lab] and fin < 2)))  # fmt: skip
+    slopes = catapult_time_slope(r)
+    if r.uv_widths.size < 2:
+        out.append("Catapult time vs width: needs at least two linear-net widths.")
+    for c, s in slopes.items():
+        th = 1 / (2 * np.log(c - 1))
+        out.append(kit.compare(f"linear net: loss-peak step per ln(width) at c={c:.3g}", s,
+                               "theory", f"1/(2 ln(c-1)) = {kit.fmt(th)}",
+                               ok=bool(abs(s / th - 1) <= 0.25)))  # fmt: skip
+    return out
+
+
+save, load = kit.persistence(NAME, Results, Config, summary)

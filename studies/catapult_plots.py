@@ -1,124 +1,137 @@
-"""Figures of the catapult study (matplotlib, Agg)."""
+"""Figures of the catapult study: trajectories, the regimes against c, catapult time vs width.
+
+Receives the study's Results (per family ``<fam>_widths``, ``_c``, ``_eta``, ``_loss``,
+``_sharpness``, ``_diverged``), each family's critical values (``loss_ratio``, ``final_x_lr``,
+``c_max``, ``t_peak``) and labels; never imports a study.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
 
-_LABELS = {"uv": "linear net (UV, y = 0)", "mlp": "ReLU MLP (NTK param.)"}
+from . import stats, style
+
+__all__ = ["C_LABEL", "draw", "regimes", "time", "trajectories"]
+
+C_LABEL = "$c = \\eta\\lambda_0$"
 
 
 def _pick(c: np.ndarray, div: np.ndarray) -> list[int]:
-    """A lazy, two catapult and one diverging c (indices), as available."""
-    want = [1.5, 2.6, 3.4, 1e9]
-    idx = []
-    for w in want:
-        if w > 1e8:
-            d = np.flatnonzero(div)
-            j = int(d[0]) if d.size else None
-        else:
-            j = int(np.argmin(np.abs(np.log(c / w))))
-        if j is not None and j not in idx:
-            idx.append(j)
-    return idx
+    """Indices of a lazy c, two catapult c and the first diverging one, as available."""
+    idx = [int(np.argmin(np.abs(np.log(c / w)))) for w in (1.5, 2.6, 3.4)]
+    d = np.flatnonzero(div)
+    idx += [int(d[0])] if d.size else []
+    return list(dict.fromkeys(idx))
 
 
-def _trajectories(r, fams) -> Figure:
-    fig = Figure(figsize=(11, 4.2 * len(fams)), dpi=100)
-    axes = fig.subplots(len(fams), 2, squeeze=False)
+def _vlines(ax) -> None:
+    ax.axvline(2.0, color="k", lw=1, ls="--", label="$c = 2$")
+    ax.axvline(4.0, color="0.5", lw=1, ls="-.", label="$c = 4$")
+
+
+def trajectories(r, fams: list[str], labels: dict[str, str]) -> Figure:
+    """Per family, at the largest width (first seed): L_t / L_0 and eta lambda_t along GD."""
+    fig, axes = style.figure(len(fams), 2, height=4.2 * len(fams), width=11.0)
     for row, fam in enumerate(fams):
-        c = getattr(r, f"{fam}_c")
-        loss = getattr(r, f"{fam}_loss")[-1, :, 0]  # widest, first seed
+        c, div = getattr(r, f"{fam}_c"), getattr(r, f"{fam}_diverged")[-1, :, 0]
+        loss = getattr(r, f"{fam}_loss")[-1, :, 0]
         lam = getattr(r, f"{fam}_sharpness")[-1, :, 0]
         eta = getattr(r, f"{fam}_eta")[-1, :, 0]
-        div = getattr(r, f"{fam}_diverged")[-1, :, 0]
         w = int(getattr(r, f"{fam}_widths")[-1])
-        a, b = axes[row]
-        for j in _pick(c, div):
-            lab = f"c = {c[j]:.2f}" + (" (diverged)" if div[j] else "")
-            a.semilogy(loss[j] / loss[j, 0], label=lab)
+        a, b = axes[2 * row], axes[2 * row + 1]
+        for k, j in enumerate(_pick(c, div)):
+            lab = f"$c$ = {c[j]:.2f}" + (" (diverged)" if div[j] else "")
+            a.plot(loss[j] / loss[j, 0], color=style.color(k), label=lab)
             t = np.flatnonzero(np.isfinite(lam[j]))
-            b.plot(t, eta[j] * lam[j, t], "o-", ms=3, label=lab)
-        a.axhline(1.0, color="k", lw=0.8, ls=":", label="L_0")
-        b.axhline(2.0, color="r", lw=1, ls="--", label="eta lambda = 2")
-        a.set(xlabel="step", ylabel="L_t / L_0", title=f"{_LABELS[fam]}, width {w}: loss")
-        b.set(xlabel="step", ylabel="eta * sharpness", title="sharpness in units of 2/eta")
-        b.set_ylim(0, max(4.5, 1.1 * float(np.nanmax(c[~div])) if (~div).any() else 4.5))
-        a.legend(fontsize=8)
-        b.legend(fontsize=8)
-    fig.tight_layout()
+            b.plot(t, eta[j] * lam[j, t], "o-", ms=3, color=style.color(k), label=lab)
+        style.threshold(a, 1.0, label="$L_0$")
+        style.threshold(b, 2.0, color="r", label="$\\eta\\lambda = 2$")
+        top = 1.1 * float(np.nanmax(c[~div])) if (~div).any() else 4.5
+        b.set_ylim(0, max(4.5, top))
+        title = f"{labels[fam]}, width {w}: loss"
+        style.finish(a, xlabel="step", ylabel="$L_t / L_0$", title=title, logy=True)
+        style.finish(b, xlabel="step", ylabel=style.ETA_LAMBDA, title="sharpness in units of 1/eta")
     return fig
 
 
-def _regimes(r, fams, critical) -> Figure:
-    fig = Figure(figsize=(11, 4.2 * len(fams)), dpi=100)
-    axes = fig.subplots(len(fams), 2, squeeze=False)
+def regimes(r, fams: list[str], critical: dict[str, dict], labels: dict[str, str]) -> Figure:
+    """Per family: max_t L_t / L_0 and eta lambda_T against c, one curve per width (seed means)."""
+    fig, axes = style.figure(len(fams), 2, height=4.2 * len(fams), width=11.0)
     for row, fam in enumerate(fams):
-        cr = critical(r, fam)
-        c = getattr(r, f"{fam}_c")
-        widths = getattr(r, f"{fam}_widths")
+        cr, c = critical[fam], getattr(r, f"{fam}_c")
         div = getattr(r, f"{fam}_diverged")
-        a, b = axes[row]
-        for i, w in enumerate(widths):
+        a, b = axes[2 * row], axes[2 * row + 1]
+        for i, w in enumerate(getattr(r, f"{fam}_widths")):
+            col, lab = style.color(i), f"width {w}"
             ratio = np.where(div[i], np.nan, cr["loss_ratio"][i])
-            a.loglog(c, _mean(ratio), "o-", ms=3, label=f"width {w}")
-            b.semilogx(c, _mean(np.where(div[i], np.nan, cr["final_x_lr"][i])), "o-", ms=3,
-                       label=f"width {w}")  # fmt: skip
-            cm = _mean(cr["c_max"][i][None])[0]
+            a.plot(c, stats.nanmean(ratio, axis=-1), "o-", ms=3, color=col, label=lab)
+            final = np.where(div[i], np.nan, cr["final_x_lr"][i])
+            b.plot(c, stats.nanmean(final, axis=-1), "o-", ms=3, color=col, label=lab)
+            cm = stats.nanmean(cr["c_max"][i])
             if np.isfinite(cm):
-                a.axvline(cm, color=a.lines[-1].get_color(), lw=0.8, ls=":")
+                a.axvline(float(cm), color=col, lw=0.8, ls=":")
         for ax in (a, b):
-            ax.axvline(2.0, color="k", lw=1, ls="--", label="c = 2")
-            ax.axvline(4.0, color="gray", lw=1, ls="-.", label="c = 4")
-        b.plot(c, c, color="0.7", lw=0.8, label="eta lambda_T = c (lazy)")
-        b.axhline(2.0, color="r", lw=1, ls="--", label="eta lambda = 2")
-        a.axhline(1.0, color="k", lw=0.6, ls=":")
-        a.set(xlabel="c = eta lambda_0", ylabel="max_t L_t / L_0 (mean over seeds)",
-              title=f"{_LABELS[fam]}: loss catapult (dotted: measured c_max)")  # fmt: skip
-        b.set(xlabel="c = eta lambda_0", ylabel="eta lambda_T", title="final sharpness x eta")
+            _vlines(ax)
+        b.plot(c, c, color="0.7", lw=0.8, label="$\\eta\\lambda_T = c$ (lazy)")
+        style.threshold(b, 2.0, color="r", label="$\\eta\\lambda = 2$")
+        style.threshold(a, 1.0)
         b.set_ylim(0, 4.5)
-        a.legend(fontsize=7)
-        b.legend(fontsize=7)
-    fig.tight_layout()
+        title = f"{labels[fam]}: loss catapult (dotted: measured $c_{{max}}$)"
+        style.finish(
+            a,
+            xlabel=C_LABEL,
+            ylabel="$\\max_t L_t / L_0$ (mean over seeds)",
+            title=title,
+            logx=True,
+            logy=True,
+        )
+        style.finish(
+            b,
+            xlabel=C_LABEL,
+            ylabel="$\\eta\\lambda_T$",
+            title="final sharpness x eta (diverged runs left out)",
+            logx=True,
+        )
     return fig
 
 
-def _mean(a):
-    a = np.asarray(a, float)
-    n = np.isfinite(a).sum(-1)
-    s = np.where(np.isfinite(a), a, 0.0).sum(-1)
-    return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+def time(widths: np.ndarray, c: np.ndarray, t_peak: np.ndarray) -> Figure:
+    """Step of the loss peak (mean over seeds) against width, for c in (2, 4), with the theory.
 
-
-def _time(r, critical) -> Figure:
-    fig = Figure(figsize=(6.5, 4.5), dpi=100)
-    ax = fig.subplots()
-    cr = critical(r, "uv")
-    c, widths = r.uv_c, r.uv_widths
-    for j in np.flatnonzero((c > 2) & (c < 4)):
-        t = np.where(cr["t_peak"][:, j] >= 0, cr["t_peak"][:, j], np.nan).astype(float)
-        m = _mean(t)
+    ``t_peak``: (W, C, S), -1 where there was no catapult. Dashed: slope ``1 / (2 ln(c - 1))``
+    per ``ln(width)``, intercept fitted.
+    """
+    fig, (ax,) = style.figure(1, 1, height=4.5, width=6.5)
+    for k, j in enumerate(np.flatnonzero((c > 2) & (c < 4))):
+        m = stats.nanmean(np.where(t_peak[:, j] >= 0, t_peak[:, j], np.nan), axis=-1)
         ok = np.isfinite(m)
-        if ok.sum() < 1:
+        if not ok.any():
             continue
-        line = ax.semilogx(widths[ok], m[ok], "o", label=f"c = {c[j]:.2f}")[0]
-        if ok.sum() >= 2:  # theory: slope 1 / (2 ln(c - 1)) per ln(width); intercept fitted
+        col = style.color(k)
+        ax.plot(widths[ok], m[ok], "o", color=col, label=f"$c$ = {c[j]:.2f}")
+        if ok.sum() >= 2:
             s = 1.0 / (2.0 * np.log(c[j] - 1.0))
             b0 = np.mean(m[ok] - s * np.log(widths[ok]))
             ww = np.geomspace(widths[ok].min(), widths[ok].max(), 20)
-            ax.semilogx(ww, b0 + s * np.log(ww), "--", color=line.get_color(), lw=1)
-    ax.set(xlabel="width n", ylabel="step of the loss peak (mean over seeds)",
-           title="catapult time ~ ln(n) / (2 ln(c-1)) (dashed)")  # fmt: skip
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax.plot(ww, b0 + s * np.log(ww), "--", color=col, lw=1)
+    style.finish(
+        ax,
+        xlabel="width $n$",
+        ylabel="step of the loss peak (mean over seeds)",
+        title="catapult time ~ ln(n) / (2 ln(c-1)) (dashed)",
+        logx=True,
+    )
     return fig
 
 
-def draw_figures(r, critical) -> dict[str, Figure]:
-    """``catapult_trajectories``, ``catapult_regimes``, ``catapult_time``."""
+def draw(r, critical: dict[str, dict], labels: dict[str, str]) -> dict[str, Figure]:
+    """``catapult_trajectories``, ``catapult_regimes`` and (linear net) ``catapult_time``."""
     fams = [f for f in ("uv", "mlp") if getattr(r, f"{f}_widths").size]
-    figs = {"catapult_trajectories": _trajectories(r, fams),
-            "catapult_regimes": _regimes(r, fams, critical)}  # fmt: skip
+    figs = {
+        "catapult_trajectories": trajectories(r, fams, labels),
+        "catapult_regimes": regimes(r, fams, critical, labels),
+    }
     if r.uv_widths.size:
-        figs["catapult_time"] = _time(r, critical)
+        figs["catapult_time"] = time(r.uv_widths, r.uv_c, critical["uv"]["t_peak"])
     return figs

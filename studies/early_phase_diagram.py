@@ -13,12 +13,15 @@ grid up to divergence and several seeds. Over steps ``1..T`` (rules as in the pa
   rises above ``L_0`` (16 points of the segment by default);
 * ``c_max`` = the largest c that does not diverge (the grid value below the first divergence).
 
-Critical values are computed per seed and averaged over seeds. Expected: ``c_loss <= c_sharp
-<= c_barrier <= c_max``; ``c_loss ~ 2`` at small ``d/w``, rising above 2 as ``d/w`` grows, where
-a "sharpness reduction" phase opens (``lambda_T / lambda_0 < 1`` already for ``c < 2``).
+A diverged member counts as all three events (its loss and sharpness blew up) and is left out of
+every other statistic. Critical values are computed per seed and averaged over seeds. Expected:
+``c_loss <= c_sharp <= c_barrier <= c_max``; ``c_loss ~ 2`` at small ``d/w``, rising above 2
+as ``d/w`` grows, where a "sharpness reduction" phase opens (``lambda_T / lambda_0 < 1``
+already for ``c < 2``).
 
-Execution: one sweep point per ``(d, w)`` cell; its ``c x seed`` population is one vmapped,
-once-compiled program (``hessian_lab.population.train_population``, per-member learning rates).
+Execution: one sweep point per ``(d, w)`` cell; its ``c x seed`` population is trained by one
+compiled step (a :class:`~hessian_lab.studies.problems.CatapultRunner`, per-member learning
+rates), built once per cell.
 
 Example:
   >>> from hessian_lab.studies import early_phase_diagram as epd
@@ -31,83 +34,83 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab.studies._results import load_results, save_results
+from hessian_lab.models import ACTIVATIONS
 
-from . import _catapult_core as core
-from ._early_phase_plots import draw_figures
+from . import early_phase_diagram_plots as plots
+from . import kit, problems, stats
+from .kit import knob, need
 
-__all__ = ["DEFAULT", "NAME", "PHASE_AXES", "TINY", "Config", "Results", "assemble", "critical"]
-__all__ += ["figures", "load", "points", "run", "run_point", "save", "summary"]
+__all__ = ["CRITICAL", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
+__all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "critical", "figures"]
+__all__ += ["load", "points", "problem", "run", "run_point", "runner", "save", "summary"]
+__all__ += ["verdict"]
 
 NAME = "early_phase_diagram"
-PHASE_AXES = ("widths", "depths")
+PAPER = "Kalra & Barkeshli 2023, arXiv 2302.12250"
+DOCS = "docs/studies/early_phase_diagram.md"
+PHASE_AXES = ("widths", "depths")  # phase-diagram's --x and --y
 CRITICAL = ("c_loss", "c_sharp", "c_barrier", "c_max")
+
+
+def _check_int_tuple(config, field: str, minimum: int) -> None:
+    v = getattr(config, field)
+    ok = isinstance(v, tuple | list) and len(v) >= 1 and len(set(v)) == len(v)
+    ok = ok and all(kit.is_int(x) and x >= minimum for x in v)
+    need(ok, config, field, f"a non-empty tuple of distinct ints >= {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob of the phase-diagram sweep (``c = eta * lambda0`` on a log2 grid)."""
 
-    arch: Literal["mlp", "cnn"] = "mlp"
-    depths: tuple[int, ...] = (1, 4)
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    param: Literal["sp", "ntk", "mup"] = "sp"
-    activation: str = "relu"
-    n: int = 128  # first digits examples (full batch)
-    normalization: Literal["per_example", "per_output"] = "per_output"  # Kalra & Barkeshli
-    seeds: tuple[int, ...] = (0, 1)
-    log2_c_min: float = 0.0
-    log2_c_max: float = 5.0
-    num_c: int = 16  # spacing 2^(1/3): contains c = 1, 2, 4, 8, 16, 32
-    num_steps: int = 20  # T
-    sharpness_every: int = 1
-    lanczos_iters: int = 10
-    lambda0_iters: int = 30
-    sharp_threshold: float = 1.05  # the paper's rule is > 1; 1.05 absorbs Lanczos noise
-    barrier_points: int = 16
-    divergence_loss: float = 1e4
+    arch: Literal["mlp", "cnn"] = knob("mlp", "network: MLP, or the Myrtle-style CNN on 8x8 images")
+    depths: tuple[int, ...] = knob((1, 4), "hidden layers d (the paper's d is ours + 1); --y axis")
+    widths: tuple[int, ...] = knob((16, 32, 64, 128), "widths w (units or channels); --x axis")
+    param: Literal["sp", "ntk", "mup"] = knob("sp", "parameterisation: standard, NTK or muP")
+    activation: str = knob("relu", "hidden activation")
+    n: int = knob(128, "first n digits examples (full batch)")
+    normalization: Literal["per_example", "per_output"] = knob(
+        "per_output", "MSE convention: also / outputs (Kalra & Barkeshli), or 1/(2n) sum ||f-y||^2"
+    )
+    seeds: tuple[int, ...] = knob((0, 1), "initialisation seeds; critical values are averaged")
+    log2_c_min: float = knob(0.0, "log2 of the smallest c")
+    log2_c_max: float = knob(5.0, "log2 of the largest c")
+    num_c: int = knob(16, "values of c (16: spacing 2^(1/3), contains 1, 2, 4, ..., 32)")
+    num_steps: int = knob(20, "GD steps T of the early phase")
+    sharpness_every: int = knob(1, "measure the sharpness every k steps (divides num_steps)")
+    lanczos_iters: int = knob(10, "Lanczos iterations per sharpness measurement")
+    lambda0_iters: int = knob(30, "Lanczos iterations for lambda0 at initialisation")
+    sharp_threshold: float = knob(
+        1.05, "sharpness catapult iff max lambda_t/lambda_0 > this (paper: 1; 1.05 absorbs noise)"
+    )
+    barrier_points: int = knob(16, "points of the segment theta_0 -> theta_T for c_barrier")
+    divergence_loss: float = knob(1e4, "a loss above it marks a run diverged")
 
     def __post_init__(self):
-        def need(ok, field, allowed):
-            if not ok:
-                raise ValueError(f"{field}: must be {allowed}, got {getattr(self, field)!r}")
-
-        need(self.arch in ("mlp", "cnn"), "arch", "'mlp' or 'cnn'")
-        for f in ("depths", "widths"):
-            v = getattr(self, f)
-            need(len(v) >= 1 and len(set(v)) == len(v)
-                 and all(isinstance(x, int) and x >= 1 for x in v), f,
-                 "a non-empty tuple of distinct ints >= 1")  # fmt: skip
-        need(self.param in ("sp", "ntk", "mup"), "param", "'sp', 'ntk' or 'mup'")
-        need(self.activation in ("relu", "tanh", "gelu", "silu", "erf", "linear"), "activation",
-             "a hessian_lab.models activation")  # fmt: skip
-        need(isinstance(self.n, int) and 2 <= self.n <= 1797, "n", "an int in [2, 1797]")
-        need(self.normalization in ("per_example", "per_output"), "normalization",
-             "'per_example' or 'per_output'")  # fmt: skip
-        need(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
-             and all(isinstance(s, int) and s >= 0 for s in self.seeds), "seeds",
-             "a non-empty tuple of distinct ints >= 0")  # fmt: skip
-        need(self.log2_c_max > self.log2_c_min, "log2_c_max", "> log2_c_min")
-        need(isinstance(self.num_c, int) and self.num_c >= 2, "num_c", "an int >= 2")
-        need(isinstance(self.num_steps, int) and self.num_steps >= 1, "num_steps", "an int >= 1")
-        need(isinstance(self.sharpness_every, int) and self.sharpness_every >= 1
-             and self.num_steps % self.sharpness_every == 0, "sharpness_every",
+        kit.check_choice(self, "arch", ("mlp", "cnn"))
+        _check_int_tuple(self, "depths", 1)
+        _check_int_tuple(self, "widths", 1)
+        kit.check_choice(self, "param", ("sp", "ntk", "mup"))
+        kit.check_choice(self, "activation", ACTIVATIONS)
+        need(kit.is_int(self.n) and 2 <= self.n <= 1797, self, "n", "an int in [2, 1797]")
+        kit.check_choice(self, "normalization", ("per_example", "per_output"))
+        _check_int_tuple(self, "seeds", 0)
+        need(np.isfinite(self.log2_c_min), self, "log2_c_min", "a finite number")
+        need(self.log2_c_max > self.log2_c_min, self, "log2_c_max", "> log2_c_min")
+        kit.check_ints(self, "num_c", "lanczos_iters", "lambda0_iters", "barrier_points",
+                       minimum=2)  # fmt: skip
+        kit.check_ints(self, "num_steps")
+        ok = kit.is_int(self.sharpness_every) and self.sharpness_every >= 1
+        need(ok and self.num_steps % self.sharpness_every == 0, self, "sharpness_every",
              "an int >= 1 dividing num_steps")  # fmt: skip
-        for f in ("lanczos_iters", "lambda0_iters"):
-            need(isinstance(getattr(self, f), int) and getattr(self, f) >= 2, f, "an int >= 2")
-        need(np.isfinite(self.sharp_threshold) and self.sharp_threshold >= 1.0,
-             "sharp_threshold", "a number >= 1")  # fmt: skip
-        need(isinstance(self.barrier_points, int) and self.barrier_points >= 2,
-             "barrier_points", "an int >= 2")  # fmt: skip
-        need(np.isfinite(self.divergence_loss) and self.divergence_loss > 0, "divergence_loss",
-             "a positive number")  # fmt: skip
+        ok = isinstance(self.sharp_threshold, int | float) and self.sharp_threshold >= 1.0
+        need(ok and np.isfinite(self.sharp_threshold), self, "sharp_threshold", "a number >= 1")
+        kit.check_positive(self, "divergence_loss")
 
 
 DEFAULT = Config()
@@ -130,7 +133,7 @@ TINY = Config(
 class Results:
     """Arrays over (D depths, W widths, C values of c, S seeds, T + 1 recorded steps)."""
 
-    config: Config
+    config: Any
     depths: np.ndarray  # (D,)
     widths: np.ndarray  # (W,)
     c: np.ndarray  # (C,)
@@ -152,31 +155,56 @@ def points(config: Config) -> list[dict]:
     return [{"depth": int(d), "width": int(w)} for d in config.depths for w in config.widths]
 
 
-def problem(config: Config, depth: int, width: int) -> core.Problem:
-    """The cached problem of one cell (the same object on every call: no recompilation)."""
-    return core.make_problem(config.arch, depth, width, config.n, config.param,
-                             config.activation, config.normalization,
-                             str(jnp.result_type(float)))  # fmt: skip
+def problem(config: Config, depth: int, width: int) -> problems.Problem:
+    """The training problem of one cell (built anew on every call: hold on to it)."""
+    return problems.catapult_problem(
+        config.arch,
+        width=width,
+        depth=depth,
+        n=config.n,
+        param=config.param,
+        activation=config.activation,
+        normalization=config.normalization,
+    )
 
 
-def run_point(config: Config, point: dict) -> dict[str, np.ndarray]:
-    """Train one cell's (c, seed) population; arrays shaped (C, S, ...)."""
-    sw = core.sweep(
-        problem(config, int(point["depth"]), int(point["width"])), c_grid(config), config.seeds,
-        num_steps=config.num_steps, sharpness_every=config.sharpness_every,
-        lanczos_iters=config.lanczos_iters, lambda0_iters=config.lambda0_iters,
-        divergence_loss=config.divergence_loss, barrier_points=config.barrier_points,
-    )  # fmt: skip
-    return {"lambda0": sw.lambda0, "eta": sw.eta, "loss": sw.loss, "sharpness": sw.sharpness,
-            "line_ratio": sw.line_ratio, "diverged": sw.diverged}  # fmt: skip
+def runner(config: Config, prob: problems.Problem) -> problems.CatapultRunner:
+    """The compiled population step of one cell; reuse it for other grids of c and seeds."""
+    return problems.CatapultRunner(
+        prob,
+        num_steps=config.num_steps,
+        sharpness_every=config.sharpness_every,
+        lanczos_iters=config.lanczos_iters,
+        lambda0_iters=config.lambda0_iters,
+        barrier_points=config.barrier_points,
+    )
 
 
-def assemble(config: Config, point_results: list[dict]) -> Results:
+def _work(config: Config) -> int:
+    return config.num_c * len(config.seeds) * (config.num_steps + 1)
+
+
+def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.ndarray]:
+    """Train one cell's (c, seed) population; arrays shaped (C, S, ...). No I/O."""
+    prob = problem(config, int(point["depth"]), int(point["width"]))
+    counter = kit.StepCounter(_work(config), progress)
+    runs = runner(config, prob).train(
+        c_grid(config),
+        config.seeds,
+        divergence_threshold=config.divergence_loss,
+        progress=counter.part(counter.total),
+    )
+    counter.finish()
+    keys = ("lambda0", "eta", "loss", "sharpness", "line_ratio", "diverged")
+    return {k: getattr(runs, k) for k in keys}
+
+
+def assemble(config: Config, outs: list[dict]) -> Results:
     """Stack the cells' arrays into :class:`Results` (``run`` == assemble over all points)."""
     D, W = len(config.depths), len(config.widths)
 
     def stack(k):
-        a = np.stack([np.asarray(r[k]) for r in point_results])
+        a = np.stack([np.asarray(o[k]) for o in outs])
         return a.reshape(D, W, *a.shape[1:])
 
     return Results(
@@ -194,13 +222,12 @@ def assemble(config: Config, point_results: list[dict]) -> Results:
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
-    """Run every cell (no I/O). ``progress(done, total)`` after each cell."""
-    pts, res = points(config), []
-    for i, p in enumerate(pts):
-        res.append(run_point(config, p))
-        if progress is not None:
-            progress(i + 1, len(pts))
-    return assemble(config, res)
+    """Run every cell (no I/O); ``progress(done, total)`` counts member-steps of all cells."""
+    pts = points(config)
+    counter = kit.StepCounter(len(pts) * _work(config), progress)
+    return assemble(
+        config, [run_point(config, p, progress=counter.part(_work(config))) for p in pts]
+    )
 
 
 def critical(results: Results) -> dict[str, np.ndarray]:
@@ -211,59 +238,102 @@ def critical(results: Results) -> dict[str, np.ndarray]:
     ``final_ratio`` (lambda_T/lambda_0). Critical values ``c_loss``, ``c_sharp``, ``c_barrier``,
     ``c_max`` (NaN where the grid shows no such c).
     """
-    r, thr = results, results.config.sharp_threshold
-    lam0 = r.lambda0[:, :, None, :]
-    loss_ratio = core.max_ratio(r.loss, r.loss[..., 0])
-    sharp_ratio = core.max_ratio(r.sharpness, lam0)
-    final = r.sharpness[..., -1] / lam0
-    div = r.diverged
-    flags = {
+    r, div = results, results.diverged
+    loss_ratio = stats.max_ratio(r.loss, r.loss[..., 0])
+    sharp_ratio = stats.max_ratio(r.sharpness, r.lambda0[:, :, None, :])
+    out = {
         "loss_catapult": (loss_ratio > 1) | div,
-        "sharp_catapult": (sharp_ratio > thr) | div,
+        "sharp_catapult": (sharp_ratio > r.config.sharp_threshold) | div,
         "barrier": (r.line_ratio > 1) | div,
+        "loss_ratio": loss_ratio,
+        "sharp_ratio": sharp_ratio,
+        "final_ratio": r.sharpness[..., -1] / r.lambda0[:, :, None, :],
     }
-    out = {k: v for k, v in flags.items()}
-    out |= {"loss_ratio": loss_ratio, "sharp_ratio": sharp_ratio, "final_ratio": final}
-    names = {"c_loss": "loss_catapult", "c_sharp": "sharp_catapult", "c_barrier": "barrier"}
-    D, W, _, S = div.shape
-    for name, flag in names.items():
-        out[name] = np.reshape([core.critical_c(r.c, flags[flag][i, j])
-                                for i in range(D) for j in range(W)], (D, W, S))  # fmt: skip
-    out["c_max"] = np.reshape([core.critical_c(r.c, div[i, j], largest_before=True)
-                               for i in range(D) for j in range(W)], (D, W, S))  # fmt: skip
+    flags = {"c_loss": "loss_catapult", "c_sharp": "sharp_catapult", "c_barrier": "barrier"}
+    for name, flag in flags.items():
+        out[name] = stats.critical_c(r.c, out[flag])
+    out["c_max"] = stats.critical_c(r.c, div, largest_before=True)
     return out
 
 
 def figures(results: Results) -> dict[str, Figure]:
     """The phase diagram in (c, d/w) with critical curves; lambda_T/lambda_0 against c."""
-    return draw_figures(results, critical(results))
+    return plots.draw(results, critical(results))
 
 
-def save(results: Results, run_dir: str | Path) -> None:
-    """Write ``results`` to ``run_dir`` (config.json, arrays.npz, summary.json; atomic)."""
-    save_results(results, run_dir, kind=NAME, summary=summary(results))
+def cell_label(depth: int, width: int) -> str:
+    """A reader's name for a cell: ``"d=1 w=64"`` (d: hidden layers)."""
+    return f"d={int(depth)} w={int(width)}"
 
 
-def load(run_dir: str | Path) -> Results:
-    """Read back what :func:`save` wrote; ``load(save(r))`` round-trips exactly."""
-    return load_results(run_dir, Results, Config)
+METRICS = {
+    "c_loss": kit.Metric("smallest c with a loss catapult (max_t L_t/L_0 > 1), mean over seeds"),
+    "c_sharp": kit.Metric("smallest c with a sharpness catapult, mean over seeds"),
+    "c_barrier": kit.Metric("smallest c with a loss barrier on theta_0 -> theta_T, seed mean"),
+    "c_max": kit.Metric("largest c below the first divergence, mean over seeds"),
+    "min_final_ratio_below_2": kit.Metric(
+        "smallest lambda_T/lambda_0 over c < 2 and seeds (< 1: sharpness reduction)"
+    ),
+    "num_diverged": kit.Metric("runs (c, seed) that diverged: left out of every statistic", "runs"),
+    "ordered": kit.Metric("c_loss <= c_sharp <= c_max (seed means) in every cell"),
+}
 
 
-def summary(results: Results) -> dict[str, float | int | str | bool]:
-    """Seed-averaged critical values per cell, the ordering check, and sharpness reduction."""
-    cr = critical(results)
-    out: dict[str, float | int | str | bool] = {"normalization": results.config.normalization}
-    ordered = True
+def _cells(results: Results):
     for i, d in enumerate(results.depths):
         for j, w in enumerate(results.widths):
-            tag = f"d{d}_w{w}"
-            for name in CRITICAL:
-                out[f"{name}_{tag}"] = float(core.nanmean(cr[name][i, j]))
-            cl, cs, cm = (out[f"{k}_{tag}"] for k in ("c_loss", "c_sharp", "c_max"))
-            ordered &= bool(cl <= cs <= cm) if np.isfinite([cl, cs, cm]).all() else False
-            low = results.c < 2
-            fr = np.where(results.diverged[i, j], np.nan, cr["final_ratio"][i, j])[low]
-            out[f"lambdaT_over_lambda0_c<2_min_{tag}"] = float(np.nanmin(fr)) if np.isfinite(
-                fr).any() else float("nan")  # fmt: skip
-    out["ordering_c_loss_le_c_sharp_le_c_max"] = ordered
+            yield i, j, cell_label(d, w)
+
+
+def summary(results: Results) -> dict[str, Any]:
+    """Per cell: seed-averaged critical values, sharpness reduction, divergences; the ordering."""
+    r, cr = results, critical(results)
+    out: dict[str, Any] = {k: {} for k in METRICS if k != "ordered"}
+    ordered = True
+    for i, j, lab in _cells(r):
+        for name in CRITICAL:
+            out[name][lab] = float(stats.nanmean(cr[name][i, j]))
+        cl, cs, cm = (out[k][lab] for k in ("c_loss", "c_sharp", "c_max"))
+        ordered &= bool(np.isfinite([cl, cs, cm]).all() and cl <= cs <= cm)
+        fr = np.where(r.diverged[i, j], np.nan, cr["final_ratio"][i, j])[r.c < 2]
+        fr = fr[np.isfinite(fr)]
+        out["min_final_ratio_below_2"][lab] = float(fr.min()) if fr.size else float("nan")
+        out["num_diverged"][lab] = int(r.diverged[i, j].sum())
+    out["ordered"] = ordered
     return out
+
+
+def verdict(results: Results) -> list[str]:
+    """c_loss ~ 2 at small d/w and rising with it, the ordering, and sharpness reduction."""
+    r, s, paper = results, summary(results), "Kalra & Barkeshli"
+    labs = [lab for _, _, lab in _cells(r)]
+    dw = np.asarray([r.depths[i] / r.widths[j] for i, j, _ in _cells(r)], float)
+    lo, hi = labs[int(np.argmin(dw))], labs[int(np.argmax(dw))]
+    cl = s["c_loss"]
+    out = [kit.compare(f"c_loss at the smallest d/w ({lo})", cl[lo], paper, "~2 (lazy limit)",
+                       ok=bool(1.8 <= cl[lo] <= 3.0))]  # fmt: skip
+    if hi != lo:
+        out.append(kit.compare(f"c_loss from {lo} to {hi}", f"{kit.fmt(cl[lo])} -> {kit.fmt(cl[hi])}",
+                               paper, "rises with d/w", ok=bool(cl[hi] > cl[lo])))  # fmt: skip
+        fr = s["min_final_ratio_below_2"]
+        out.append(kit.compare(
+            f"smallest lambda_T/lambda_0 for c < 2, {lo} -> {hi}",
+            f"{kit.fmt(fr[lo])} -> {kit.fmt(fr[hi])}", paper,
+            "drops below 1 as d/w grows (sharpness reduction)",
+            ok=bool(fr[hi] < min(fr[lo], 1.0))))  # fmt: skip
+    n = len(labs)
+    k = sum(s["c_loss"][x] <= s["c_sharp"][x] <= s["c_max"][x] for x in labs)
+    out.append(kit.compare("c_loss <= c_sharp <= c_max (seed means)", f"in {k} of {n} cells",
+                           paper, "in every cell", ok=k == n))  # fmt: skip
+    k = sum(s["c_barrier"][x] <= s["c_max"][x] for x in labs)
+    out.append(kit.compare("c_barrier <= c_max", f"in {k} of {n} cells", paper, "in every cell",
+                           ok=k == n))  # fmt: skip
+    div = sum(s["num_diverged"].values())
+    out.append(
+        f"{div} of {r.diverged.size} runs diverged: they mark c_max and count as catapults, and "
+        "are left out of every other statistic."
+    )
+    return out
+
+
+save, load = kit.persistence(NAME, Results, Config, summary)

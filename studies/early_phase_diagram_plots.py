@@ -1,34 +1,48 @@
-"""Figures of the early-training phase diagram (matplotlib, Agg)."""
+"""Figures of the early-training phase diagram: the regimes in (c, d/w) and the sharpness at T.
+
+Receives the study's Results (``depths``, ``widths``, ``c``, ``diverged``, ``config.arch``,
+``config.num_steps``) and its per-member flags and critical values (``critical(results)``);
+never imports a study.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ._catapult_core import nanmean
+from . import stats, style
 
-_REGIMES = ("no catapult", "loss catapult", "loss + sharpness catapult", "diverged")
-_COLORS = ("tab:blue", "tab:orange", "tab:red", "0.4")
+__all__ = ["REGIMES", "draw", "phases", "regime", "sharpness_reduction"]
+
+REGIMES = ("no catapult", "loss catapult", "loss + sharpness catapult", "diverged")
+_REGIME_COLORS = ("tab:blue", "tab:orange", "tab:red", "0.4")
 _CURVES = {"c_loss": ("C0", "o"), "c_sharp": ("C3", "s"), "c_barrier": ("C2", "^"),
            "c_max": ("k", "v")}  # fmt: skip
+_C = "$c = \\eta\\lambda_0$"
 
 
-def _regime(cr, diverged):
-    """Per (D, W, C): the majority regime over seeds (index into _REGIMES)."""
+def regime(cr: dict, diverged: np.ndarray) -> np.ndarray:
+    """Per (D, W, C): the majority regime over seeds (an index into REGIMES; ties go higher)."""
     code = np.where(cr["loss_catapult"], 1, 0)
     code = np.where(cr["loss_catapult"] & cr["sharp_catapult"], 2, code)
     code = np.where(diverged, 3, code)
-    # majority over seeds; ties go to the higher regime
-    counts = np.stack([(code == k).sum(-1) for k in range(4)], axis=-1)
-    return counts.shape[-1] - 1 - np.argmax(counts[..., ::-1], axis=-1)
+    counts = np.stack([(code == k).sum(-1) for k in range(len(REGIMES))], axis=-1)
+    return len(REGIMES) - 1 - np.argmax(counts[..., ::-1], axis=-1)
 
 
-def _phase(r, cr) -> Figure:
-    fig = Figure(figsize=(8, 5.5), dpi=100)
-    ax = fig.subplots()
+def phases(r, cr: dict) -> Figure:
+    """Regime squares over (c, d/w) and the seed-averaged critical curves, one set per depth."""
+    fig, (ax,) = style.figure(
+        1,
+        1,
+        height=5.5,
+        title=f"early phase diagram, {r.config.arch} (solid lines: depth {r.depths[0]}), "
+        f"T = {r.config.num_steps} GD steps",
+    )
     dw = r.depths[:, None] / r.widths[None, :]  # (D, W)
-    reg = _regime(cr, r.diverged)  # (D, W, C)
-    for k, (name, col) in enumerate(zip(_REGIMES, _COLORS, strict=True)):
+    reg = regime(cr, r.diverged)  # (D, W, C)
+    for k, (name, col) in enumerate(zip(REGIMES, _REGIME_COLORS, strict=True)):
         i, j, m = np.nonzero(reg == k)
         ax.scatter(r.c[m], dw[i, j], s=28, marker="s", color=col, alpha=0.35, label=name,
                    edgecolors="none")  # fmt: skip
@@ -36,49 +50,52 @@ def _phase(r, cr) -> Figure:
     for i, d in enumerate(r.depths):  # one set of curves per depth: d and w act separately too
         order = np.argsort(dw[i])
         for name, (col, mk) in _CURVES.items():
-            y = nanmean(cr[name][i], axis=-1)[order]
+            y = stats.nanmean(cr[name][i], axis=-1)[order]
             ok = np.isfinite(y)
             lab = f"<{name}>" if i == 0 else None
             if i > 0 and name == "c_loss":
                 lab = f"depth {d}: '{styles[i % 4]}' lines"
             ax.plot(y[ok], dw[i][order][ok], styles[i % 4], marker=mk, color=col, lw=1.5, ms=6,
                     label=lab)  # fmt: skip
-    ax.axvline(2.0, color="0.5", lw=3, alpha=0.5, label="c = 2")
-    ax.axvline(4.0, color="0.8", lw=3, alpha=0.8, label="c = 4")
+    ax.axvline(2.0, color="0.5", lw=3, alpha=0.5, label="$c = 2$")
+    ax.axvline(4.0, color="0.8", lw=3, alpha=0.8, label="$c = 4$")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.set(xlabel="c = eta lambda_0", ylabel="d / w",
-           title=f"early phase diagram, {r.config.arch} (solid lines: depth {r.depths[0]}), "
-                 f"T = {r.config.num_steps} GD steps")  # fmt: skip
+    style.finish(ax, xlabel=_C, ylabel="$d / w$ (hidden layers / width)", legend=False)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
     return fig
 
 
-def _reduction(r, cr) -> Figure:
-    fig = Figure(figsize=(8, 5), dpi=100)
-    ax = fig.subplots()
+def sharpness_reduction(r, cr: dict) -> Figure:
+    """lambda_T / lambda_0 against c for every cell, coloured by d/w (diverged runs left out)."""
+    fig, (ax,) = style.figure(
+        1, 1, height=5.0, title="sharpness after T steps: reduction opens up with d/w"
+    )
     dw = r.depths[:, None] / r.widths[None, :]
-    cmap = __import__("matplotlib").colormaps["viridis"]
     lo, hi = np.log(dw.min()), np.log(dw.max())
     for i in range(r.depths.size):
         for j in range(r.widths.size):
             fr = np.where(r.diverged[i, j], np.nan, cr["final_ratio"][i, j])
-            col = cmap(0.0 if hi == lo else (np.log(dw[i, j]) - lo) / (hi - lo))
-            ax.plot(r.c, nanmean(fr, axis=-1), "o-", ms=3, color=col,
+            col = colormaps["viridis"](0.0 if hi == lo else (np.log(dw[i, j]) - lo) / (hi - lo))
+            ax.plot(r.c, stats.nanmean(fr, axis=-1), "o-", ms=3, color=col,
                     label=f"d/w = {r.depths[i]}/{r.widths[j]} = {dw[i, j]:.3g}")  # fmt: skip
-    ax.axhline(1.0, color="k", lw=0.8, ls=":", label="lambda_T = lambda_0")
-    ax.axvline(2.0, color="k", lw=1, ls="--", label="c = 2")
+    style.threshold(ax, 1.0, label="$\\lambda_T = \\lambda_0$")
+    ax.axvline(2.0, color="k", lw=1, ls="--", label="$c = 2$")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set(xlabel="c = eta lambda_0", ylabel="lambda_T / lambda_0 (mean over seeds)",
-           title="sharpness after T steps: reduction opens up with d/w")  # fmt: skip
+    style.finish(
+        ax,
+        xlabel=_C,
+        ylabel="$\\lambda_T / \\lambda_0$ (mean over seeds)",
+        logy=True,
+        legend=False,
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
     return fig
 
 
-def draw_figures(r, cr) -> dict[str, Figure]:
+def draw(r, cr: dict) -> dict[str, Figure]:
     """``early_phase_diagram_phases`` and ``early_phase_diagram_sharpness``."""
-    return {"early_phase_diagram_phases": _phase(r, cr),
-            "early_phase_diagram_sharpness": _reduction(r, cr)}  # fmt: skip
+    return {
+        "early_phase_diagram_phases": phases(r, cr),
+        "early_phase_diagram_sharpness": sharpness_reduction(r, cr),
+    }

@@ -9,8 +9,11 @@ description, the "finished" mark); :func:`finished` reads and checks them back. 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,10 @@ __all__ = [
     "MANIFEST",
     "check_run_dir",
     "clean_stale",
+    "clean_temporaries",
     "diff",
     "finished",
+    "locked",
     "read_manifest",
     "write_manifest",
     "write_point",
@@ -146,3 +151,46 @@ def clean_stale(run_dir: Path, indices: list[int]) -> None:
         for index in indices:
             for tmp in folder.glob(f".{index}.*.tmp"):
                 tmp.unlink(missing_ok=True)
+
+
+def clean_temporaries(run_dir: Path) -> None:
+    """Remove the hidden temporary files a killed write left in the run root and ``figures/``."""
+    for folder in (run_dir, run_dir / "figures"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path, shard: str) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for one shard (``"i/n"``) while a process works in it.
+
+    A second process running the same shard into the same directory is refused at once (it would
+    compute every point again); other shards of the sweep take their own locks and work in
+    parallel on their own points. The lock is an ``flock`` on a hidden file, so a killed process
+    never leaves a stale lock (the empty hidden file stays behind). Creating it is also the
+    check that ``run_dir`` is writable, before any work.
+
+    Raises:
+      SweepError: another process holds the lock, or ``run_dir`` cannot be written.
+    """
+    name = ".lock-" + shard.replace("/", "of")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise SweepError(f"--out: cannot write to {run_dir}: {e.strerror or e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise SweepError(
+                f"--out: another hessian-lab process (pid {pid}) is running shard {shard} into "
+                f"{run_dir}; wait for it to finish, or use another --out or --shard"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield  # the file stays: unlinking it would let a waiting opener lock a dead inode
+    finally:
+        os.close(fd)

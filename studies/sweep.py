@@ -206,10 +206,12 @@ def execute(
         if complete:
             results = call(study, "load", module.load, run_dir)
             return Outcome(run_dir, study, True, results, None, 0, 0)
-        if manifest is None:
-            rundir.write_manifest(run_dir, study, stored, None)
-        results = call(study, "run", module.run, config, progress=steps)
-        call(study, "save", module.save, results, run_dir)
+        with rundir.locked(run_dir, "0/1"):
+            rundir.clean_temporaries(run_dir)
+            if manifest is None:
+                rundir.write_manifest(run_dir, study, stored, None)
+            results = call(study, "run", module.run, config, progress=steps)
+            call(study, "save", module.save, results, run_dir)
         return Outcome(run_dir, study, True, results, None, 0, 0)
 
     raw_points = call(study, "points", module.points, config)
@@ -219,8 +221,19 @@ def execute(
     if complete:
         results = call(study, "load", module.load, run_dir)
         return Outcome(run_dir, study, True, results, n, len(done), 0)
+    with rundir.locked(run_dir, f"{shard.index}/{shard.count}"):
+        return _sweep(study, module, config, run_dir, manifest, stored, points, raw_points,
+                      shard, progress, steps)  # fmt: skip
+
+
+def _sweep(study, module, config, run_dir, manifest, stored, points, raw_points, shard, progress,
+           steps) -> Outcome:  # fmt: skip
+    n = len(points)
+    done = rundir.finished(run_dir, points)  # again, now that this shard holds the lock
     if manifest is None:
         rundir.write_manifest(run_dir, study, stored, n)
+    if shard.count == 1:  # alone in the directory: no other shard is mid-write
+        rundir.clean_temporaries(run_dir)
     mine = [i for i in range(n) if i % shard.count == shard.index]
     todo = [i for i in mine if i not in done]
     rundir.clean_stale(run_dir, todo)

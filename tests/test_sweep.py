@@ -303,3 +303,36 @@ def test_shards_sharing_one_directory_assemble_when_the_last_finishes(tmp_path):
         assert out.complete == (i == 2)
     reference = sweep.execute("fake", config, tmp_path / "ref")
     np.testing.assert_array_equal(out.results.losses, reference.results.losses)
+
+
+# --- concurrent runs and leftovers ------------------------------------------------------------
+
+
+def test_a_second_process_on_the_same_shard_is_refused_before_any_work(tmp_path):
+    from hessian_lab.studies import rundir
+
+    run_dir = tmp_path / "run"
+    with rundir.locked(run_dir, "0/1"):  # stands for another process running this sweep
+        with pytest.raises(sweep.SweepError, match=r"--out: another hessian-lab process"):
+            sweep.execute("fake", TINY, run_dir)
+        assert not (run_dir / "points").exists() and not (run_dir / "study.json").exists()
+        # another shard of the same sweep may work in the same directory meanwhile
+        out = sweep.execute("fake", TINY, run_dir, shard=sweep.parse_shard("1/2"))
+        assert out.ran > 0
+    assert sweep.execute("fake", TINY, run_dir).complete  # the lock is gone with its holder
+
+
+def test_leftover_temporaries_in_the_run_root_are_removed(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (".config.json.x1.tmp", ".arrays.npz.x2.tmp"):
+        (run_dir / name).write_bytes(b"killed mid-write")
+    sweep.execute("fake", TINY, run_dir)
+    assert not list(run_dir.glob("*.tmp")) and (run_dir / "config.json").is_file()
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(sweep.SweepError, match="--out: cannot write"):
+        sweep.execute("fake", TINY, blocker / "run")
