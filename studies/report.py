@@ -36,11 +36,7 @@ import numpy as np
 from hessian_lab.io import CorruptRunError, atomic_write_bytes, read_json
 
 from . import registry, sweep
-
-try:  # the study kit (field descriptions) is new; reports work without it
-    from .kit import describe
-except ImportError:  # pragma: no cover
-    describe = None
+from .kit import describe
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -214,7 +210,7 @@ def render_html(
 
 def _config_docs(config_cls: type) -> dict[str, str]:
     """Each Config field's one-line description (studies not yet built with the kit have none)."""
-    return describe(config_cls) if describe is not None else {}
+    return describe(config_cls)
 
 
 def _array_shapes(run_dir: Path) -> dict[str, str]:

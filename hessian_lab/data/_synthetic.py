@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -34,13 +33,6 @@ def _rng(key: jax.Array) -> np.random.Generator:
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
-
-
-@functools.lru_cache(maxsize=16)
-def _teacher_net(in_dim: int, out_dim: int, depth: int, width: int, activation: str) -> tuple:
-    """Return a teacher `mlp` with its apply jitted, cached so repeated calls compile once."""
-    net = mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)
-    return net.init, jax.jit(net.apply)
 
 
 def teacher(
@@ -80,7 +72,8 @@ def teacher(
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
     mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)  # validates, cheaply
-    init, apply = _teacher_net(in_dim, out_dim, depth, width, activation)
+    net = mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)
+    init, apply = net.init, net.apply
     k_net, k_data = jax.random.split(_as_key(key))
     rng = _rng(k_data)
     x = rng.standard_normal((n, in_dim)).astype(dtype)
