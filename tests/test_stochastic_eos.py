@@ -1,10 +1,10 @@
-"""The stochastic-EoS study: threshold formulas against dense references, the TINY run, I/O."""
+"""The stochastic-EoS study: threshold formulas against dense references, the TINY run."""
 
 import dataclasses
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
+import study_contract
 
 from hessian_lab.studies import stochastic_eos as se
 
@@ -17,8 +17,10 @@ def tiny():
 def test_tiny_sgd_b1_diverges_at_2_over_ntk_trace(tiny):
     s = se.summary(tiny)
     assert tiny.config.lin_batch_sizes == (1,)
-    assert 0.85 <= s["lin_ratio_trace_B1"] <= 1.15  # eta_div vs 2B / tr(NTK)
-    assert s["lin_eta_div_B1"] <= s["lin_2_over_lmax"] / 5  # far below the GD threshold
+    assert 0.85 <= s["lin_ratio_trace"]["B=1"] <= 1.15  # eta_div vs 2B / tr(NTK)
+    assert s["lin_eta_div"]["B=1"] <= s["lin_2_over_lmax"] / 5  # far below the GD threshold
+    assert s["lin_seeds_without_divergence"]["B=1"] == 0
+    assert se.verdict(tiny)[0].endswith("- reproduced")
     # every seed diverges on the grid, and no member below the prediction's 0.85 diverged
     assert np.all(np.isfinite(tiny.lin_eta_div))
     low = tiny.lin_grid[0] < 0.85 * tiny.lin_pred_trace[0]
@@ -60,20 +62,37 @@ def test_noise_kernel_threshold_limits():
     assert eta * c * np.sum(tiny_lam / (2 - eta * tiny_lam)) == pytest.approx(1.0)
 
 
-def test_save_load_round_trip(tiny, tmp_path):
-    se.save(tiny, tmp_path / "run")
-    back = se.load(tmp_path / "run")
-    assert back.config == tiny.config
-    for f in dataclasses.fields(se.Results):
-        if f.name != "config":
-            np.testing.assert_array_equal(getattr(back, f.name), getattr(tiny, f.name))
+def test_contract(tiny, tmp_path):
+    study_contract.check_dynamic(se, tiny, tmp_path)
 
 
-def test_figures_and_points(tiny):
-    figs = se.figures(tiny)
-    assert set(figs) == {"threshold"} and isinstance(figs["threshold"], Figure)
+def test_points():
     assert se.points(se.DEFAULT)[0] == {"part": "linear", "batch_size": 1}
     assert len(se.points(se.DEFAULT)) == 8 + 4
+
+
+def test_diverged_mlp_members_are_counted_and_left_out(tiny):
+    # two batch sizes, two members each; member 1 at B=1 diverged (its curve is NaN after step 0)
+    sharp = np.array([[[10.0, 11.0], [10.0, np.nan]], [[10.0, 8.0], [10.0, 6.0]]])
+    trace = np.full((2, 2, 2), 400.0)
+    r = dataclasses.replace(
+        tiny,
+        config=dataclasses.replace(tiny.config, mlp_batch_sizes=(1, 4), mlp_seeds=2),
+        mlp_batch_sizes=np.array([1, 4]),
+        mlp_record_steps=np.array([0, 50]),
+        mlp_sharpness=sharp,
+        mlp_ntk_trace=trace,
+        mlp_full_loss=np.ones((2, 2, 2)),
+        mlp_diverged=np.array([[False, True], [False, False]]),
+    )
+    s, eta = se.summary(r), r.config.mlp_lr
+    assert s["mlp_num_diverged"] == {"B=1": 1, "B=4": 0}
+    assert s["mlp_sharpness_x_lr_final"]["B=1"] == pytest.approx(eta * 11.0)  # member 0 only
+    assert s["mlp_sharpness_x_lr_final"]["B=4"] == pytest.approx(eta * 7.0)
+    c1 = 1.0  # c_B at B = 1: (n - 1) / (n - 1)
+    assert s["mlp_noise_kernel_at_init"]["B=1"] == pytest.approx(eta * c1 * 400.0 / 20)
+    everyone = dataclasses.replace(r, mlp_diverged=np.ones((2, 2), bool))
+    assert np.isnan(se.summary(everyone)["mlp_sharpness_x_lr_final"]["B=4"])
 
 
 @pytest.mark.parametrize(
