@@ -59,10 +59,12 @@ def diff(old: Mapping, new: Mapping) -> str:
 def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
     """Validate ``run_dir`` for a run of ``study`` with ``config``; return its manifest if any.
 
-    Writes nothing. A new or empty directory is fine; so is one holding the same study and config.
+    Writes nothing. A new or empty directory is fine; so is one holding the same study and config,
+    and so is one where a run started but failed before it finished a point (its manifest is
+    replaced, so a corrected rerun is not refused).
     """
     if run_dir.exists() and not run_dir.is_dir():
-        raise SweepError(f"out: {run_dir} exists and is not a directory")
+        raise SweepError(f"--out: {run_dir} exists and is not a directory")
     if not run_dir.exists():
         return None
     manifest = read_manifest(run_dir)
@@ -76,13 +78,18 @@ def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
         # Hidden temporary files are another process's atomic write in progress (a shard
         # started at the same moment into the same directory), not someone else's data.
         if any(not p.name.startswith(".") for p in run_dir.iterdir()):
-            raise SweepError(f"out: {run_dir} is not empty and holds no {MANIFEST}")
+            raise SweepError(f"--out: {run_dir} is not empty and holds no {MANIFEST}")
         return None
+    started_only = not (run_dir / "config.json").exists() and not any(
+        (run_dir / "points").glob("*.json")
+    )
+    if started_only and (manifest["study"], manifest["config"]) != (study, config):
+        return None  # a run that failed before finishing anything: the new one replaces it
     if manifest["study"] != study:
-        raise SweepError(f"out: {run_dir} holds a run of {manifest['study']!r}, not {study!r}")
+        raise SweepError(f"--out: {run_dir} holds a run of {manifest['study']!r}, not {study!r}")
     if manifest["config"] != config:
         raise SweepError(
-            f"out: {run_dir} holds a run with a different config ({diff(manifest['config'], config)})"
+            f"--out: {run_dir} holds a run with a different config ({diff(manifest['config'], config)})"
             "; use a new --out or the same settings"
         )
     return manifest

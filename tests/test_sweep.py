@@ -336,3 +336,22 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(sweep.SweepError, match="--out: cannot write"):
         sweep.execute("fake", TINY, blocker / "run")
+
+
+def test_a_corrected_rerun_replaces_a_run_that_failed_before_any_point(tmp_path):
+    import dataclasses
+
+    def broken(config, point):
+        raise OSError("no such data file")
+
+    run_dir = tmp_path / "run"
+    registry.register("fake", fake_study.variant(run_point=broken), replace=True)
+    with pytest.raises(sweep.StudyError):
+        sweep.execute("fake", TINY, run_dir)
+    registry.register("fake", fake_study, replace=True)
+    assert (run_dir / "study.json").is_file()  # it had started
+    fixed = dataclasses.replace(TINY, steps=TINY.steps + 1)
+    assert sweep.execute("fake", fixed, run_dir).complete
+    # ... but a run that finished points is never silently replaced
+    with pytest.raises(sweep.SweepError, match="--out: .* different config"):
+        sweep.execute("fake", TINY, run_dir)
