@@ -353,5 +353,5 @@ def test_a_corrected_rerun_replaces_a_run_that_failed_before_any_point(tmp_path)
     fixed = dataclasses.replace(TINY, steps=TINY.steps + 1)
     assert sweep.execute("fake", fixed, run_dir).complete
     # ... but a run that finished points is never silently replaced
-    with pytest.raises(sweep.SweepError, match="--out: .* different config"):
+    with pytest.raises(sweep.SweepError, match=r"--out: .* different config"):
         sweep.execute("fake", TINY, run_dir)
