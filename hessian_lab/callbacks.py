@@ -7,8 +7,10 @@ at step t are measured at the params theta_t *before* update t (the same params 
 and gradient see).
 
 Sharpness is the largest algebraic Hessian eigenvalue of the loss over the full training set (or a
-fixed subset) -- :func:`sharpness`. The top eigenvalue of the minibatch Hessian is a different
-quantity and is called :func:`batch_sharpness`.
+fixed subset) -- :func:`sharpness`. Two minibatch quantities are named apart from it:
+:func:`minibatch_sharpness`, the top eigenvalue of the step's minibatch Hessian, and
+:func:`batch_sharpness`, the curvature of the minibatch loss along the minibatch gradient
+(Andreyev & Beneventano, arXiv 2412.20553), the quantity that settles at ``2/eta`` under SGD.
 
 Example (a user's own loop):
     >>> cb = sharpness(loss_fn, every=10)
@@ -38,6 +40,7 @@ __all__ = [
     "full_loss",
     "grad_norm",
     "loss_catapult",
+    "minibatch_sharpness",
     "preconditioned_sharpness",
     "run_callbacks",
     "sharpness",
@@ -208,20 +211,42 @@ def sharpness(
     return _top_eig_callback(make, name="sharpness", every=every, k=k, num_iters=num_iters, key=key)
 
 
-def batch_sharpness(
+def minibatch_sharpness(
     loss_fn, *, every: int = 10, k: int = 1, num_iters: int = 20, key=None
 ) -> Callback:
-    """Record ``batch_sharpness``: top Hessian eigenvalue of the loss on the step's minibatch.
+    """Record ``minibatch_sharpness``: top Hessian eigenvalue of the loss on the step's minibatch.
 
-    Not the sharpness: by convexity of lambda_max its average over batches is biased upward.
+    Not the sharpness: by convexity of lambda_max its average over batches is biased upward. Not
+    the batch sharpness either (:func:`batch_sharpness`).
     """
 
     def make(info):
         return hvp(loss_fn, info.params, info.batch)
 
     return _top_eig_callback(
-        make, name="batch_sharpness", every=every, k=k, num_iters=num_iters, key=key
+        make, name="minibatch_sharpness", every=every, k=k, num_iters=num_iters, key=key
     )
+
+
+def batch_sharpness(loss_fn, *, every: int = 1) -> Callback:
+    """Record ``batch_sharpness = g_B^T H_B g_B / |g_B|^2`` on the step's own minibatch B.
+
+    The curvature of the minibatch loss along its own gradient (Andreyev & Beneventano 2024,
+    arXiv 2412.20553). Its expectation over batches -- the mean of the recorded values over
+    steps -- is what settles at ``2/eta`` under SGD, while the full-batch sharpness sits below.
+    Cost: one Hessian-vector product on the minibatch per measured step; ``g_B`` is the step's
+    gradient. NaN where ``g_B = 0``.
+    """
+    every = check_every(every)
+
+    def update(state, info):
+        g = info.grads
+        hg = hvp(loss_fn, info.params, info.batch)(g)
+        gg = tu.vdot(g, g)
+        value = jnp.where(gg > 0, tu.vdot(g, hg) / jnp.where(gg > 0, gg, 1.0), jnp.nan)
+        return state, {"batch_sharpness": jnp.asarray(value, jnp.result_type(float))}
+
+    return Callback(lambda params: (), update, every)
 
 
 def preconditioned_sharpness(

@@ -99,13 +99,28 @@ def test_subset_sharpness_measures_a_fixed_random_subset():
         _run(cb.sharpness(LOSS, subset=13), _info())  # training set: checked when traced
 
 
-def test_batch_sharpness_uses_the_batch():
+def test_minibatch_sharpness_uses_the_batch():
     batch = (X[:4], DATA[1][:4])
-    c = cb.batch_sharpness(LOSS, num_iters=10)
+    c = cb.minibatch_sharpness(LOSS, num_iters=10)
     info = _info()._replace(batch=batch)
     v0, _, m = _run(c, info)
     res = jax.jit(lambda v: hl.top_eigs(hl.hvp(LOSS, PARAMS, batch), v, k=1, num_iters=10))(v0)
-    np.testing.assert_allclose(m["batch_sharpness"], res.values[0], rtol=1e-10)
+    np.testing.assert_allclose(m["minibatch_sharpness"], res.values[0], rtol=1e-10)
+
+
+def test_batch_sharpness_is_the_curvature_along_the_batch_gradient():
+    # Andreyev & Beneventano: g_B^T H_B g_B / |g_B|^2, against the dense minibatch Hessian.
+    batch = (X[:5], DATA[1][:5])
+    g = jax.grad(LOSS)(PARAMS, batch)
+    _, _, m = _run(cb.batch_sharpness(LOSS), _info()._replace(batch=batch, grads=g))
+    flat = hl.tree.ravel(g)[0]
+    H = testing.dense_hessian(LOSS, PARAMS, batch)
+    want = flat @ H @ flat / (flat @ flat)
+    np.testing.assert_allclose(m["batch_sharpness"], want, rtol=1e-10)
+    assert m["batch_sharpness"] <= np.linalg.eigvalsh(H)[-1] + 1e-12  # a Rayleigh quotient
+    zero = jax.tree.map(jnp.zeros_like, g)
+    _, _, m0 = _run(cb.batch_sharpness(LOSS), _info()._replace(batch=batch, grads=zero))
+    assert np.isnan(m0["batch_sharpness"])  # no direction: flagged, not a number
 
 
 def test_preconditioned_sharpness_equals_direct_call():
