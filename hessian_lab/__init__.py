@@ -23,7 +23,6 @@ from ._ntk import ntk_top_eig as ntk_top_eig
 from ._ntk import ntk_trace as ntk_trace
 from ._operators import Operator as Operator
 from ._operators import check_deterministic as check_deterministic
-from ._operators import flat_product as flat_product
 from ._operators import ggn as ggn
 from ._operators import hvp as hvp
 from ._operators import linearized_hvp as linearized_hvp
@@ -53,7 +52,6 @@ __all__ = [
     "bottom_eigs",
     "check_deterministic",
     "chunk_size_for_memory",
-    "flat_product",
     "full_data_ggn",
     "full_data_hvp",
     "ggn",

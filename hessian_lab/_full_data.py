@@ -129,20 +129,7 @@ def chunked_operator(
     def matvec(v: PyTree) -> PyTree:
         return chunked_mean(lambda chunk: make_matvec(chunk)(v), data, chunk_size=c, like=v)
 
-    # For estimators: each chunk's product is flattened inside the scan and summed into one
-    # flat accumulator. Same sums, element for element, but XLA compiles one accumulation
-    # kernel instead of one per leaf shape, and no concatenation after the scan: the jitted
-    # 20-step Lanczos of benchmarks/bench_core.py compiles 6 kernels fewer (~10-15% faster).
-    def flat_matvec(v: PyTree) -> jax.Array:
-        leaves = jax.tree.leaves(v)
-        flat_like = jax.ShapeDtypeStruct(
-            (sum(math.prod(jnp.shape(x)) for x in leaves),), jnp.result_type(*leaves)
-        )
-        return chunked_mean(
-            lambda chunk: tu.to_flat(make_matvec(chunk)(v)), data, chunk_size=c, like=flat_like
-        )
-
-    return Operator(matvec, like, name, flat_matvec)
+    return Operator(matvec, like, name)
 
 
 def full_data_hvp(

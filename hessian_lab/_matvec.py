@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree as tu
-from ._operators import Operator, flat_product
+from ._operators import Operator
 
 PyTree = Any
 
@@ -77,9 +77,16 @@ def flat_problem(matvec: Any, like: PyTree, *, name: str = "v0") -> FlatProblem:
         raise ValueError(f"{name}: must hold floating-point arrays, got dtype {dtype}")
 
     def mv(x: jax.Array) -> jax.Array:
-        return flat_product(matvec, unravel(x)).astype(dtype)
+        return tu.to_flat(matvec(unravel(x))).astype(dtype)
 
     return FlatProblem(mv, int(flat.shape[0]), dtype, tu.to_flat, unravel)
+
+
+def like_for(matvec: Any, like: Any) -> Any:
+    """For a dense matrix, ``like`` may be the dimension ``D``; return a vector to shape probes."""
+    if isinstance(like, int):
+        return jnp.zeros((like,), jnp.result_type(matvec))
+    return like
 
 
 def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:

@@ -19,7 +19,6 @@ from . import tree as tu
 __all__ = [
     "Operator",
     "check_deterministic",
-    "flat_product",
     "ggn",
     "hvp",
     "linearized_hvp",
@@ -38,26 +37,14 @@ class Operator:
       fn: the product ``v -> A v``.
       like: a pytree of ``jax.ShapeDtypeStruct`` describing valid inputs ``v``.
       name: what the operator is, for error messages.
-      flat_fn: optional ``v -> tree.to_flat(A v)``, the same product returned as one flat
-        vector, for operators that can build it more cheaply than by concatenating the output
-        pytree (a chunked operator accumulates the flat vector directly). Estimators, which
-        work on flat vectors, use it through :func:`flat_product`.
     """
 
     fn: Callable[[PyTree], PyTree]
     like: PyTree
     name: str = "operator"
-    flat_fn: Callable[[PyTree], jax.Array] | None = None
 
     def __call__(self, v: PyTree) -> PyTree:
         return self.fn(v)
-
-
-def flat_product(matvec: Callable[[PyTree], PyTree], v: PyTree) -> jax.Array:
-    """Return ``tree.to_flat(matvec(v))``, by the operator's ``flat_fn`` when it has one."""
-    if isinstance(matvec, Operator) and matvec.flat_fn is not None:
-        return matvec.flat_fn(v)
-    return tu.to_flat(matvec(v))
 
 
 def shape_struct(tree: PyTree) -> PyTree:

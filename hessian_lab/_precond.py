@@ -33,7 +33,7 @@ import optax
 
 from . import tree as tu
 from ._lanczos import EigResult, top_eigs
-from ._operators import Operator, flat_product
+from ._operators import Operator
 from .optim import ScaleByGIAdamState, gi_adam_nu
 
 __all__ = ["adam_preconditioner", "preconditioned_sharpness", "rmsprop_preconditioner"]
@@ -187,11 +187,5 @@ def preconditioned_sharpness(
     inv_sqrt = jax.tree.map(lambda p: 1.0 / jnp.sqrt(p), precond)
     mul = lambda a, b: jax.tree.map(jnp.multiply, a, b)  # noqa: E731
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), v0)
-    inv_sqrt_flat = tu.to_flat(inv_sqrt)
-    op = Operator(
-        lambda v: mul(inv_sqrt, matvec(mul(inv_sqrt, v))),
-        like,
-        "preconditioned",
-        flat_fn=lambda v: inv_sqrt_flat * flat_product(matvec, mul(inv_sqrt, v)),
-    )
+    op = Operator(lambda v: mul(inv_sqrt, matvec(mul(inv_sqrt, v))), like, "preconditioned")
     return top_eigs(op, v0, k=k, num_iters=num_iters)

@@ -15,7 +15,6 @@ unchanged on it; only the products are distributed. See docs/scaling.md.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import tree as tu
 from ._full_data import chunked_operator, num_examples
-from ._operators import Operator, flat_product, ggn, hvp, shape_struct
+from ._operators import Operator, ggn, hvp, shape_struct
 
 __all__ = [
     "chunk_size_for_memory",
@@ -104,43 +103,31 @@ def sharded_operator(
     m, r = _split(n, d, chunk_size)
     like = shape_struct(params)
 
-    def local(p, shard, v, flat):
+    def local(p, shard, v):
         op = chunked_operator(
             lambda chunk: make_matvec(p, chunk), like, shard, chunk_size=chunk_size
         )
-        return jax.lax.psum(tu.scale(flat_product(op, v) if flat else op(v), m / n), axis)
+        return jax.lax.psum(tu.scale(op(v), m / n), axis)
 
     # check_vma=False: the chunk scan's accumulator starts replicated and becomes per-device, a
     # change the varying-axes checker rejects; the psum makes the output replicated, as stated.
     # jit: an eager product then runs compiled rather than primitive by primitive (under an
     # outer jit this is inlined).
-    summed = {
-        flat: jax.jit(
-            jax.shard_map(
-                functools.partial(local, flat=flat),
-                mesh=mesh,
-                in_specs=(P(), P(axis), P()),
-                out_specs=P(),
-                check_vma=False,
-            )
+    summed = jax.jit(
+        jax.shard_map(
+            local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=P(), check_vma=False
         )
-        for flat in (False, True)
-    }
+    )
 
-    def product(v: PyTree, flat: bool) -> PyTree:
-        # flat=True is the operator's flat_fn (what estimators call): the per-device sums are
-        # one flat vector, so the all-reduce is one psum rather than one per leaf.
+    def product(v: PyTree) -> PyTree:
         main = _place(jax.tree.map(lambda x: x[: n - r], data), mesh, P(axis))
-        out = summed[flat](_place(params, mesh, P()), main, _place(v, mesh, P()))
+        out = summed(_place(params, mesh, P()), main, _place(v, mesh, P()))
         if r:
             rest = jax.tree.map(lambda x: x[n - r :], data)
-            rest_op = make_matvec(params, rest)
-            out = tu.axpy(r / n, flat_product(rest_op, v) if flat else rest_op(v), out)
+            out = tu.axpy(r / n, make_matvec(params, rest)(v), out)
         return out
 
-    return Operator(
-        functools.partial(product, flat=False), like, name, functools.partial(product, flat=True)
-    )
+    return Operator(product, like, name)
 
 
 def sharded_full_data_hvp(

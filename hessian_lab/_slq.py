@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ._lanczos import tridiagonal_eigh, tridiagonalize
-from ._matvec import check_int, flat_problem
-from ._trace import _like_for
+from ._matvec import check_int, flat_problem, like_for
 
 __all__ = ["DensityResult", "spectral_density"]
 
@@ -71,7 +70,7 @@ def spectral_density(
     Raises:
       ValueError: a budget out of range or ``sigma`` <= 0.
     """
-    like = _like_for(matvec, like)
+    like = like_for(matvec, like)
     prob = flat_problem(matvec, like, name="like")
     check_int(num_iters, "num_iters", 1, prob.dim)
     check_int(num_probes, "num_probes", 1)

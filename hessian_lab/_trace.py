@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._matvec import check_int, flat_problem
+from ._matvec import check_int, flat_problem, like_for
 
 __all__ = ["TraceResult", "trace"]
 
@@ -32,13 +32,6 @@ class TraceResult(NamedTuple):
     value: jax.Array
     stderr: jax.Array
     num_matvecs: jax.Array
-
-
-def _like_for(matvec, like):
-    """For a dense matrix, ``like`` may be the dimension; return a vector to shape probes."""
-    if isinstance(like, int):
-        return jnp.zeros((like,), jnp.result_type(matvec))
-    return like
 
 
 def _hutchinson(mv, key, m, dim, dtype):
@@ -83,7 +76,7 @@ def trace(
     """
     if method not in ("hutchinson", "hutchpp"):
         raise ValueError(f"method: must be 'hutchinson' or 'hutchpp', got {method!r}")
-    like = _like_for(matvec, like)
+    like = like_for(matvec, like)
     prob = flat_problem(matvec, like, name="like")
     check_int(num_matvecs, "num_matvecs", 2 if method == "hutchinson" else 6)
     if method == "hutchinson":

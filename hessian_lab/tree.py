@@ -99,21 +99,13 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
     to a common dtype). ``unravel`` maps an array whose last axis has that length back to the
     tree, each leaf in its own shape and dtype; leading axes are kept (a ``(k, D)`` array gives
     leaves of shape ``(k, *leaf_shape)``), and it works under ``jax.vmap``.
-
-    ``unravel`` cuts each leaf with a dynamic slice whose offset XLA cannot see as a constant,
-    so leaves of the same shape share one compiled kernel. A static slice bakes the offset into
-    the kernel, and on XLA:CPU each kernel costs ~10 ms of compile time: for the benchmark MLP
-    (10 leaves, 5 shapes) this halves the kernels unravelling costs inside every jitted
-    estimator loop. The result is the same.
     """
     flat, _ = ravel_pytree(tree)
     leaves, treedef = jax.tree.flatten(tree)
     shapes = [tuple(jnp.shape(x)) for x in leaves]
     dtypes = [jnp.result_type(x) for x in leaves]
-    sizes = [math.prod(shape) for shape in shapes]
-    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+    ends = np.cumsum([math.prod(shape) for shape in shapes]).tolist()
     total = int(flat.shape[0])
-    dynamic = total < 2**31  # int32 offsets
 
     def unravel(x: jax.Array) -> PyTree:
         if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != total:
@@ -122,24 +114,11 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
                 f"{jnp.shape(x)}"
             )
         x = jnp.asarray(x)
-        axis, lead = x.ndim - 1, x.shape[:-1]
-        if dynamic:
-            # Each offset as a small constant behind an optimisation barrier: XLA keeps
-            # it an operand of the slicing kernel (a scalar would be folded into the kernel).
-            # Padded to [o, -1, 1], which is neither uniform nor an arithmetic sequence: XLA
-            # rebuilds such constants (e.g. [0, 0]) as a broadcast or iota, a kernel of its own.
-            consts = jax.lax.optimization_barrier([np.array([o, -1, 1], np.int32) for o in offsets])
-        out = []
-        for k, (o, n, shape, dt) in enumerate(zip(offsets, sizes, shapes, dtypes, strict=True)):
-            if dynamic:
-                start = jax.lax.reshape(jax.lax.slice(consts[k], (0,), (1,)), ())
-                piece = jax.lax.dynamic_slice_in_dim(
-                    x, start, n, axis=axis, allow_negative_indices=False
-                )
-            else:
-                piece = jax.lax.slice_in_dim(x, o, o + n, axis=axis)
-            leaf = jax.lax.reshape(piece, lead + shape)
-            out.append(leaf if leaf.dtype == dt else jax.lax.convert_element_type(leaf, dt))
+        lead = x.shape[:-1]
+        out = [
+            x[..., end - math.prod(shape) : end].reshape(lead + shape).astype(dt)
+            for end, shape, dt in zip(ends, shapes, dtypes, strict=True)
+        ]
         return jax.tree.unflatten(treedef, out)
 
     return flat, unravel

@@ -7,6 +7,7 @@ import optax
 import pytest
 import scipy.stats
 from core_problems import make_problem
+from jax.flatten_util import ravel_pytree
 
 import hessian_lab as hl
 from hessian_lab import testing
@@ -106,10 +107,7 @@ def test_lanczos_from_a_zero_start_vector_restarts_instead_of_returning_nans(get
 
 
 def test_unravel_inverts_ravel_for_leaves_of_mixed_shapes_and_dtypes(getkey):
-    """tree.ravel's unravel cuts leaves with dynamic slices (so same-shape leaves share one XLA
-    kernel); it must agree with jax.flatten_util for every leaf, batched or not."""
-    from jax.flatten_util import ravel_pytree
-
+    """tree.ravel's unravel agrees with jax.flatten_util for every leaf, batched or not."""
     k = jax.random.split(getkey(), 4)
     tree = {
         "a": jax.random.normal(k[0], (3, 4)),
@@ -260,7 +258,7 @@ def test_preconditioned_sharpness_matches_dense_p_inv_h_from_optax_state(getkey)
     v0 = tu.random_like(getkey(), params)
     res = hl.preconditioned_sharpness(hl.hvp(loss_fn, params, batch), P, v0, num_iters=D)
     np.testing.assert_allclose(res.values[0], dense, rtol=1e-8)
-    # a chunked operator, whose products the estimator takes as flat vectors (flat_fn)
+    # a chunked operator
     n = jax.tree.leaves(batch)[0].shape[0]
     full = hl.full_data_hvp(loss_fn, params, batch, chunk_size=n // 2 + 1)
     res = hl.preconditioned_sharpness(full, P, v0, num_iters=D)

@@ -65,13 +65,8 @@ def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(
     def product(p, v):
         return hl.full_data_hvp(loss_fn, p, batch, chunk_size=chunk_size, linearize=linearize)(v)
 
-    def flat_product(p, v):  # what estimators call (accumulated flat unless linearize)
-        op = hl.full_data_hvp(loss_fn, p, batch, chunk_size=chunk_size, linearize=linearize)
-        return hl.flat_product(op, v)
-
     want = H @ _flat(v)
     np.testing.assert_allclose(_flat(jax.jit(product)(params, v)), want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(jax.jit(flat_product)(params, v), want, rtol=1e-10, atol=1e-12)
 
 
 def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
@@ -115,10 +110,7 @@ def test_full_data_ggn_matches_dense(getkey):
     G = testing.dense_ggn(apply, out_loss, params, x, y)
     v = tu.random_like(getkey(), params)
     op = hl.full_data_ggn(apply, out_loss, params, x, y, chunk_size=4)
-    assert op.flat_fn is not None  # chunked operators carry the flat path
     np.testing.assert_allclose(_flat(op(v)), G @ _flat(v), rtol=1e-10, atol=1e-12)
-    # the flat product estimators take (accumulated flat over the chunk scan)
-    np.testing.assert_allclose(hl.flat_product(op, v), G @ _flat(v), rtol=1e-10, atol=1e-12)
 
 
 def test_mean_of_batch_sharpness_is_not_the_sharpness(getkey):
