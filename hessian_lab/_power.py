@@ -4,7 +4,10 @@ Plain power iteration converges to the largest-*magnitude* eigenvalue, which for
 a large negative eigenvalue is not the sharpness. We run it in two phases: a quarter of the
 budget on ``A``; if its Rayleigh quotient is negative (a negative eigenvalue dominates), the rest
 runs on ``A + s I`` with ``s`` the spectral-radius estimate, whose dominant eigenvalue is
-``lambda_max + s``. Otherwise the iteration simply continues on ``A``.
+``lambda_max + s``, restarted from the start vector (phase one may have removed every component
+along the top eigenvector: on ``diag(0, -1, -2)`` it does, exactly). Otherwise the iteration
+simply continues on ``A``. A product that vanishes (the zero operator) leaves the vector as it
+is, so the zero operator gives 0, not NaN.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def _power_flat(mv, x0, basis, num_iters):
         y = op(x)
         lam = jnp.vdot(x, y)
         z = y + shift * x
-        return z / jnp.linalg.norm(z), lam
+        nz = jnp.linalg.norm(z)
+        return jnp.where(nz > 0, z / jnp.where(nz > 0, nz, 1), x), lam
 
     def phase(x, shift, n):
         def body(_, c):
@@ -41,13 +45,13 @@ def _power_flat(mv, x0, basis, num_iters):
 
         return jax.lax.fori_loop(0, n, body, (x, jnp.zeros((), x.dtype)))
 
-    x = project(x0)
-    x = x / jnp.linalg.norm(x)
+    start = project(x0)
+    start = start / jnp.linalg.norm(start)
     n1 = max(num_iters // 4, 1)
-    x, lam1 = phase(x, jnp.zeros((), x.dtype), n1)
+    x, lam1 = phase(start, jnp.zeros((), start.dtype), n1)
     rho = jnp.linalg.norm(op(x))  # spectral-radius estimate (one extra matvec)
     shift = jnp.where(lam1 < 0, rho, 0.0).astype(x.dtype)
-    x, _ = phase(x, shift, num_iters - n1)
+    x, _ = phase(jnp.where(lam1 < 0, start, x), shift, num_iters - n1)
     y = op(x)
     lam = jnp.vdot(x, y)
     return lam, x, jnp.linalg.norm(y - lam * x)

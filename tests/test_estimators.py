@@ -152,6 +152,15 @@ def test_power_iteration_deflation_top3(getkey):
     np.testing.assert_allclose(res.values, [9.0, 6.0, 3.0], rtol=1e-8)
 
 
+def test_power_iteration_zero_and_zero_top_eigenvalue():
+    # the zero operator has top eigenvalue 0 (not NaN); diag(0, -1, -2): phase one on A removes
+    # the e_0 component exactly, so the shifted phase must restart from v0 to find the top 0
+    for A, want in [(jnp.zeros((3, 3)), 0.0), (jnp.diag(jnp.array([0.0, -1.0, -2.0])), 0.0)]:
+        res = hl.power_iteration(A, jnp.ones(3), num_iters=60)
+        assert float(res.values[0]) == pytest.approx(want, abs=1e-6), (A, res)
+        assert np.all(np.isfinite(res.vectors)) and float(res.residuals[0]) < 1e-5
+
+
 def test_every_sharpness_estimator_returns_largest_algebraic_eigenvalue(getkey):
     lam = jnp.array([-10.0, -3.0, 0.5, 1.0, 2.0, 4.0])  # most negative has the largest magnitude
     A, _ = testing.prescribed_spectrum(getkey(), lam)
