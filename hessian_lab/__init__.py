@@ -14,6 +14,7 @@ Example:
 """
 
 from . import tree as tree
+from ._critical import critical_sharpness as critical_sharpness
 from ._full_data import full_data_ggn as full_data_ggn
 from ._full_data import full_data_hvp as full_data_hvp
 from ._lanczos import EigResult as EigResult
@@ -52,6 +53,7 @@ __all__ = [
     "bottom_eigs",
     "check_deterministic",
     "chunk_size_for_memory",
+    "critical_sharpness",
     "full_data_ggn",
     "full_data_hvp",
     "ggn",
