@@ -14,7 +14,12 @@ Example:
 """
 
 from . import tree as tree
+from ._batch_sharpness import BatchSharpnessResult as BatchSharpnessResult
+from ._batch_sharpness import batch_sharpness as batch_sharpness
+from ._critical import CriticalResult as CriticalResult
 from ._critical import critical_sharpness as critical_sharpness
+from ._critical import critical_sharpness_callback as critical_sharpness_callback
+from ._critical import update_direction as update_direction
 from ._full_data import full_data_ggn as full_data_ggn
 from ._full_data import full_data_hvp as full_data_hvp
 from ._lanczos import EigResult as EigResult
@@ -45,15 +50,19 @@ from ._trace import trace as trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchSharpnessResult",
+    "CriticalResult",
     "DensityResult",
     "EigResult",
     "Operator",
     "TraceResult",
     "adam_preconditioner",
+    "batch_sharpness",
     "bottom_eigs",
     "check_deterministic",
     "chunk_size_for_memory",
     "critical_sharpness",
+    "critical_sharpness_callback",
     "full_data_ggn",
     "full_data_hvp",
     "ggn",
@@ -73,4 +82,5 @@ __all__ = [
     "top_eigs",
     "trace",
     "tree",
+    "update_direction",
 ]

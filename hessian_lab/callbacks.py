@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from . import adam_preconditioner, full_data_hvp, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
+from . import critical_sharpness_callback as critical_sharpness
 from . import preconditioned_sharpness as preconditioned_top_eigs
 from . import spectral_density as slq_density
 from . import tree as tu
@@ -37,6 +38,7 @@ __all__ = [
     "Callback",
     "StepInfo",
     "batch_sharpness",
+    "critical_sharpness",
     "full_loss",
     "grad_norm",
     "loss_catapult",

@@ -246,3 +246,20 @@ def test_traces_ntk_only_with_per_output_normalisation():
     for bad, word in (({"num_matvecs": 1}, "num_matvecs"), ({"normalization": "x"}, "normaliz")):
         with pytest.raises(ValueError, match=word):
             cb.traces(LOSS, NET.apply, **bad)
+
+
+def test_critical_sharpness_in_the_trainer_is_the_curvature_along_the_gradient():
+    # GD on L = w^T A w / 2: lambda_c = g^T A g / g^T g exactly (a quadratic), at every step.
+    A = jnp.diag(jnp.asarray([3.0, 1.0, 0.5]))
+    loss = lambda w, b: 0.5 * w @ A @ w  # noqa: E731
+    opt = optim.make_optimizer("gd", learning_rate=0.1)
+    c = cb.critical_sharpness(loss, optimizer=opt, data="batch")
+    step = trainer.make_step(loss, opt, callbacks=[c])
+    w0 = jnp.asarray([1.0, -2.0, 0.5])
+    hist = trainer.train(step, w0, (jnp.zeros((1, 1)),), num_steps=4).history
+    w, want = np.asarray(w0), []
+    for _ in range(4):
+        g = np.asarray(A) @ w
+        want.append(g @ np.asarray(A) @ g / (g @ g))
+        w = w - 0.1 * g
+    np.testing.assert_allclose(hist["critical_sharpness"], want, rtol=1e-6)
