@@ -6,7 +6,7 @@ estimators see only a ``matvec`` (or a dense array) and return named results.
 Example:
   >>> import jax, jax.numpy as jnp, hessian_lab as hl
   >>> loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
-  >>> x, y = jnp.eye(4) * jnp.arange(1.0, 5.0), jnp.zeros(4)
+  >>> x, y = jnp.diag(jnp.arange(1.0, 5.0)), jnp.zeros(4)
   >>> p = {"w": jnp.zeros(4)}
   >>> H = hl.full_data_hvp(loss, p, (x, y), chunk_size=3)
   >>> round(float(hl.top_eigs(H, {"w": jnp.ones(4)}, k=1, num_iters=4).values[0]), 4)

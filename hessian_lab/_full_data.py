@@ -170,8 +170,8 @@ def full_data_hvp(
       >>> import jax.numpy as jnp
       >>> loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
       >>> x, y = jnp.eye(3), jnp.zeros(3)
-      >>> full_data_hvp(loss, jnp.zeros(3), (x, y), chunk_size=2)(jnp.ones(3))
-      Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
+      >>> full_data_hvp(loss, jnp.zeros(3), (x, y), chunk_size=2)(jnp.ones(3)).tolist()
+      [0.333..., 0.333..., 0.333...]
     """
     tu.check_finite(params, "params")
     if not isinstance(linearize, bool):

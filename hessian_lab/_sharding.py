@@ -167,11 +167,10 @@ def sharded_full_data_hvp(
 
     Example:
       >>> import jax, jax.numpy as jnp, hessian_lab as hl
-      >>> from hessian_lab._sharding import sharded_full_data_hvp
       >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
       >>> loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
-      >>> x, y = jnp.eye(4) * jnp.arange(1.0, 5.0), jnp.zeros(4)
-      >>> H = sharded_full_data_hvp(loss, jnp.zeros(4), (x, y), mesh=mesh, chunk_size=1)
+      >>> x, y = jnp.diag(jnp.arange(1.0, 5.0)), jnp.zeros(4)
+      >>> H = hl.sharded_full_data_hvp(loss, jnp.zeros(4), (x, y), mesh=mesh, chunk_size=1)
       >>> round(float(hl.top_eigs(H, jnp.ones(4), k=1, num_iters=4).values[0]), 4)
       4.0
     """

@@ -12,10 +12,15 @@ fixed subset) -- :func:`sharpness`. Two minibatch quantities are named apart fro
 :func:`batch_sharpness`, the curvature of the minibatch loss along the minibatch gradient
 (Andreyev & Beneventano, arXiv 2412.20553), the quantity that settles at ``2/eta`` under SGD.
 
-Example (a user's own loop):
-    >>> cb = sharpness(loss_fn, every=10)
+Example (a user's own loop; the Hessian here is diag(1, 4, 9) / 3):
+    >>> import jax.numpy as jnp
+    >>> loss_fn = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
+    >>> data, params = (jnp.diag(jnp.array([1.0, 2.0, 3.0])), jnp.zeros(3)), jnp.ones(3)
+    >>> cb = sharpness(loss_fn, every=10, num_iters=3)
     >>> state = cb.init(params)
-    >>> states, metrics = run_callbacks((cb,), (state,), StepInfo(step, params, data=data))
+    >>> states, metrics = run_callbacks((cb,), (state,), StepInfo(jnp.asarray(0), params, data=data))
+    >>> round(float(metrics["sharpness"]), 4)
+    3.0
 """
 
 from __future__ import annotations

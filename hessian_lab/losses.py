@@ -160,6 +160,7 @@ def make_loss_fn(
       ValueError: for an unknown loss or option (before any tracing).
 
     Example:
+      >>> import jax, jax.numpy as jnp, hessian_lab
       >>> net = hessian_lab.models.mlp(3, 2, depth=1, width=4)
       >>> loss_fn = make_loss_fn(net.apply, "mse", normalization="per_output")
       >>> loss_fn(net.init(jax.random.key(0)), (jnp.ones((5, 3)), jnp.zeros(5, int))).shape

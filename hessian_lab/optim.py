@@ -24,7 +24,7 @@ initialisation, with both bias corrections kept. Its first update is therefore
 Example:
     >>> opt = make_optimizer("adam", learning_rate=linear_warmup(1e-4, 1e-2, 100))
     >>> state = opt.init({"w": jnp.zeros(3)})
-    >>> float(current_learning_rate(state))
+    >>> round(float(current_learning_rate(state)), 8)
     0.0001
 """
 

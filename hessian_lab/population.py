@@ -17,12 +17,12 @@ a stopped member is frozen, its metrics are NaN from then on, and since members 
 arithmetic, a diverged member's NaNs never reach the others. The step counter is shared (not
 batched), so callback cadences stay real ``lax.cond`` s under vmap.
 
-Example:
+Example (``loss_fn``, ``model`` and ``data`` are yours):
     >>> pstep = make_step(loss_fn, make_optimizer("gd", learning_rate=0.1),
-    ...                   callbacks=[sharpness(loss_fn, every=10)])
+    ...                   callbacks=[sharpness(loss_fn, every=10)])  # doctest: +SKIP
     >>> res = train_population(pstep, model.init, data, learning_rates=jnp.geomspace(0.01, 1, 8),
-    ...                        seeds=jnp.zeros(8, int), num_steps=100)
-    >>> res.metrics["loss"].shape, res.metrics["sharpness"].shape, res.diverged_step
+    ...                        seeds=jnp.zeros(8, int), num_steps=100)  # doctest: +SKIP
+    >>> res.metrics["loss"].shape, res.metrics["sharpness"].shape, res.diverged_step  # doctest: +SKIP
     ((8, 100), (8, 100), array([-1, ..., 17]))
 """
 
