@@ -9,17 +9,11 @@ from typing import Any, NamedTuple
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from typer.core import TyperGroup
 
 from hessian_lab.io import CorruptRunError
+from hessian_lab.progress import bar_columns
 from hessian_lab.studies import registry, sweep
 
 ProgressFn = Callable[[int, int], None]
@@ -103,15 +97,7 @@ def progress_bars(quiet: bool, description: str) -> Iterator[Bars]:
     if quiet:
         yield Bars(None, None)
         return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=Console(stderr=True))
+    bar = Progress(*bar_columns(), console=Console(stderr=True))
     tasks: dict[str, Any] = {}
     # Points finished so far (None until the first points update); a change restarts the steps.
     seen = {"points": None, "steps_of": None}

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["check", "reporter"]
+__all__ = ["bar_columns", "check", "reporter"]
 
 
 def check(progress) -> None:
@@ -30,6 +30,12 @@ def check(progress) -> None:
             f"progress: must be None, True (a progress bar) or a callable progress(done, total), "
             f"got {progress!r}"
         )
+
+
+def bar_columns() -> tuple:
+    """The columns of every progress bar we draw: description, bar, done/total, elapsed, ETA."""
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
 
 
 @contextmanager
@@ -42,9 +48,7 @@ def reporter(progress, total: int, *, description: str = "training") -> Iterator
     if progress is None:
         yield lambda done: None
     elif progress is True:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-        with Progress(*columns, transient=False) as bar:
+        with Progress(*bar_columns(), transient=False) as bar:
             task = bar.add_task(description, total=total)
             yield lambda done: bar.update(task, completed=done)
     else:

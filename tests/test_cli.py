@@ -120,7 +120,7 @@ def test_progress_shows_points_and_the_steps_of_each_point(tmp_path):
                      "--no-report")  # fmt: skip
     assert result.exit_code == 0, result.output
     bars = result.stderr.splitlines()
-    assert bars[0].startswith("steps: points") and "4/4" in bars[0] and "eta" in bars[0]
+    assert bars[0].startswith("steps: points") and "4/4" in bars[0] and "ETA" in bars[0]
     assert bars[1].startswith("steps: steps of point 4") and "8/8" in bars[1]
 
 
