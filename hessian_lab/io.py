@@ -123,15 +123,21 @@ def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
     """Encode named arrays as an uncompressed ``.npz`` (no pickles; zip64 for large arrays).
 
     Raises:
-      ValueError: a name is not a non-empty string without '/', or an array holds objects.
+      ValueError: a name is not a non-empty string without '/', or an array holds objects
+        (the message starts with the array's name).
     """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, value in arrays.items():
             if not isinstance(key, str) or not key or "/" in key:
                 raise ValueError(f"array names must be non-empty strings without '/', got {key!r}")
+            value = np.asanyarray(value)
+            if value.dtype.hasobject:
+                raise ValueError(
+                    f"{key}: holds Python objects ({value.dtype}); only arrays are saved"
+                )
             with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+                np.lib.format.write_array(f, value, allow_pickle=False)
     return buf.getvalue()
 
 
@@ -149,12 +155,21 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"no file {path}")
-    raw = io.BytesIO(Path(path).read_bytes())  # np.load would leak its own handle on garbage
+    try:
+        raw = io.BytesIO(Path(path).read_bytes())  # np.load would leak its handle on garbage
+    except OSError as e:
+        raise CorruptRunError(f"cannot read {path}: {e.strerror}") from e
+    if not zipfile.is_zipfile(raw):
+        # np.load would fall back to unpickling and advise loading "unsafely": never here
+        raise CorruptRunError(f"cannot read {path}: not an npz (zip) file, truncated or garbage")
     try:
         with np.load(raw, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # zipfile, zlib, numpy format and OS errors alike
-        raise CorruptRunError(f"cannot read {path}: {e}") from e
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in why:
+            why = "it holds object (pickled) arrays, which are never loaded"
+        raise CorruptRunError(f"cannot read {path}: {why}") from e
 
 
 def write_csv(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> None:

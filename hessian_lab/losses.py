@@ -33,18 +33,56 @@ MSE_NORMALIZATIONS = ("per_example", "per_output")
 LOSSES = ("mse", "xent")
 
 
-def _targets_like(outputs: jax.Array, targets: jax.Array, name: str) -> jax.Array:
-    """Return ``targets`` as a float array shaped like ``outputs``, one-hot encoding int labels."""
-    if outputs.ndim < 1:
-        raise ValueError(f"outputs must have at least one axis, got shape {outputs.shape}")
-    if jnp.issubdtype(targets.dtype, jnp.integer) and targets.shape == outputs.shape[:-1]:
-        return jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
+def _concrete(x: jax.Array) -> bool:
+    """Whether ``x`` holds values (eager call) rather than being traced (jit, vmap, grad of it)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_outputs(outputs: jax.Array, name: str, min_k: int = 1) -> None:
+    if outputs.ndim < 1 or outputs.shape[-1] < min_k:
+        raise ValueError(f"{name}: must have shape (..., k) with k >= {min_k}, got {outputs.shape}")
+
+
+def _valid_labels(labels: jax.Array, k: int, name: str) -> jax.Array:
+    """Per-example mask of labels in ``[0, k)``; raises naming ``name`` when they are concrete."""
+    valid = (labels >= 0) & (labels < k)
+    if _concrete(labels) and labels.size and not bool(jnp.all(valid)):
+        lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+        raise ValueError(
+            f"{name}: class labels must lie in [0, {k}) for outputs with {k} classes, "
+            f"got values in [{lo}, {hi}]"
+        )
+    return valid
+
+
+def _valid_probabilities(y: jax.Array, name: str) -> jax.Array:
+    """Per-example mask of rows that are probability vectors (one-hot, smoothed: >= 0, sum 1)."""
+    tol = 1e-3 if jnp.finfo(y.dtype).bits < 64 else 1e-9
+    valid = jnp.all(y >= 0, axis=-1) & (jnp.abs(jnp.sum(y, axis=-1) - 1) <= tol)
+    if _concrete(y) and y.size and not bool(jnp.all(valid)):
+        bad = int(jnp.sum(~valid))
+        raise ValueError(
+            f"{name}: targets of the outputs' shape must be one-hot or probability rows "
+            f"(finite, >= 0, summing to 1); {bad} of {valid.size} rows are not"
+        )
+    return valid
+
+
+def _is_labels(outputs: jax.Array, targets: jax.Array) -> bool:
+    return jnp.issubdtype(targets.dtype, jnp.integer) and targets.shape == outputs.shape[:-1]
+
+
+def _check_shape(outputs: jax.Array, targets: jax.Array, name: str) -> None:
     if targets.shape != outputs.shape:
         raise ValueError(
-            f"{name} must be int labels of shape {outputs.shape[:-1]} or an array of the outputs' "
-            f"shape {outputs.shape}, got shape {targets.shape} and dtype {targets.dtype}"
+            f"{name}: must be int labels of shape {outputs.shape[:-1]} or an array of the "
+            f"outputs' shape {outputs.shape}, got shape {targets.shape} and dtype {targets.dtype}"
         )
-    return targets.astype(outputs.dtype)
+
+
+def _nan_where(valid: jax.Array | None, per_example: jax.Array) -> jax.Array:
+    """``per_example`` with NaN where ``valid`` is False: a bad target never gives a finite loss."""
+    return per_example if valid is None else jnp.where(valid, per_example, jnp.nan)
 
 
 def mse(outputs: jax.Array, targets: jax.Array, *, normalization: str = "per_example") -> jax.Array:
@@ -52,49 +90,69 @@ def mse(outputs: jax.Array, targets: jax.Array, *, normalization: str = "per_exa
 
     Args:
       outputs: network outputs, shape ``(..., k)``.
-      targets: int labels of shape ``outputs.shape[:-1]`` (one-hot encoded to ``k`` classes) or
-        targets of the outputs' shape.
+      targets: int labels in ``[0, k)`` of shape ``outputs.shape[:-1]`` (one-hot encoded to ``k``
+        classes) or real targets of the outputs' shape.
       normalization: "per_example" (Cohen et al.) or "per_output" (Kalra & Barkeshli).
 
     Returns:
-      A scalar.
+      A scalar. Under ``jit`` (where nothing can be raised) an int label outside ``[0, k)``
+      makes the loss NaN rather than a finite wrong number.
 
     Raises:
-      ValueError: for an unknown ``normalization`` or targets of the wrong shape.
+      ValueError: for an unknown ``normalization``, targets of the wrong shape or dtype, and,
+        when called eagerly, labels outside ``[0, k)`` or non-finite targets.
     """
     if normalization not in MSE_NORMALIZATIONS:
         raise ValueError(
-            f"normalization must be one of {list(MSE_NORMALIZATIONS)}, got {normalization!r}"
+            f"normalization: must be one of {list(MSE_NORMALIZATIONS)}, got {normalization!r}"
         )
-    outputs = jnp.asarray(outputs)
-    y = _targets_like(outputs, jnp.asarray(targets), "targets")
+    outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+    _check_outputs(outputs, "outputs")
+    if _is_labels(outputs, targets):
+        valid = _valid_labels(targets, outputs.shape[-1], "targets")
+        y = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
+    else:
+        _check_shape(outputs, targets, "targets")
+        if _concrete(targets) and not bool(jnp.all(jnp.isfinite(targets))):
+            raise ValueError("targets: must be finite, got NaN or inf values")
+        valid, y = None, targets.astype(outputs.dtype)
     sq = (outputs - y) ** 2
     if normalization == "per_output":
-        return 0.5 * jnp.mean(sq)
-    return 0.5 * jnp.mean(jnp.sum(sq, axis=-1))
+        return 0.5 * jnp.mean(_nan_where(None if valid is None else valid[..., None], sq))
+    return 0.5 * jnp.mean(_nan_where(valid, jnp.sum(sq, axis=-1)))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Return the softmax cross-entropy ``-1/n sum_i sum_c y_ic log softmax(z_i)_c``.
 
     Args:
-      logits: shape ``(..., k)``.
-      labels: int labels of shape ``logits.shape[:-1]`` or one-hot / probability targets of the
-        logits' shape.
+      logits: shape ``(..., k)`` with ``k >= 2``.
+      labels: int labels in ``[0, k)`` of shape ``logits.shape[:-1]``, or one-hot / probability
+        targets (rows >= 0 summing to 1) of the logits' shape.
 
     Returns:
-      A scalar.
+      A scalar. Under ``jit`` (where nothing can be raised) an example whose label lies outside
+      ``[0, k)`` or whose target row is not a probability vector makes the loss NaN (its
+      gradient stays finite), so a trainer flags it instead of learning from a wrapped label.
 
     Raises:
-      ValueError: for labels of the wrong shape.
+      ValueError: for fewer than two classes, labels of the wrong shape or dtype (float class
+        indices), and, when called eagerly, labels outside ``[0, k)`` or target rows that are
+        not probability vectors.
     """
-    logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels)
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_outputs(logits, "logits", min_k=2)
     logp = jax.nn.log_softmax(logits, axis=-1)
-    if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
-        return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
-    y = _targets_like(logits, labels, "labels")
-    return -jnp.mean(jnp.sum(y * logp, axis=-1))
+    if _is_labels(logits, labels):
+        k = logits.shape[-1]
+        valid = _valid_labels(labels, k, "labels")
+        idx = jnp.clip(labels, 0, k - 1)[..., None]
+        picked = jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
+        return -jnp.mean(_nan_where(valid, picked))
+    _check_shape(logits, labels, "labels")
+    y = labels.astype(logits.dtype)
+    valid = _valid_probabilities(y, "labels")
+    return -jnp.mean(_nan_where(valid, jnp.sum(y * logp, axis=-1)))
 
 
 def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -102,21 +160,27 @@ def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
 
     Args:
       outputs: shape ``(..., k)`` with ``k >= 2``.
-      labels: int labels of shape ``outputs.shape[:-1]`` or one-hot targets (argmax taken).
+      labels: int labels in ``[0, k)`` of shape ``outputs.shape[:-1]`` or one-hot (probability)
+        targets of the outputs' shape (argmax taken).
 
     Returns:
-      A scalar in ``[0, 1]``.
+      A scalar in ``[0, 1]``; NaN under ``jit`` when a label is out of range or a target row is
+      not a probability vector (eagerly these raise).
 
     Raises:
-      ValueError: for a single output or labels of the wrong shape.
+      ValueError: for a single output, labels of the wrong shape or dtype, and, when called
+        eagerly, labels outside ``[0, k)`` or target rows that are not probability vectors.
     """
-    outputs = jnp.asarray(outputs)
-    labels = jnp.asarray(labels)
-    if outputs.ndim < 1 or outputs.shape[-1] < 2:
-        raise ValueError(f"outputs must have shape (..., k) with k >= 2, got {outputs.shape}")
-    if not (jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == outputs.shape[:-1]):
-        labels = jnp.argmax(_targets_like(outputs, labels, "labels"), axis=-1)
-    return jnp.mean((jnp.argmax(outputs, axis=-1) == labels).astype(outputs.dtype))
+    outputs, labels = jnp.asarray(outputs), jnp.asarray(labels)
+    _check_outputs(outputs, "outputs", min_k=2)
+    if _is_labels(outputs, labels):
+        valid = _valid_labels(labels, outputs.shape[-1], "labels")
+    else:
+        _check_shape(outputs, labels, "labels")
+        valid = _valid_probabilities(labels.astype(outputs.dtype), "labels")
+        labels = jnp.argmax(labels, axis=-1)
+    hit = (jnp.argmax(outputs, axis=-1) == labels).astype(outputs.dtype)
+    return jnp.mean(_nan_where(valid, hit))
 
 
 def output_loss(loss: str = "mse", **kw: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -132,18 +196,18 @@ def output_loss(loss: str = "mse", **kw: Any) -> Callable[[jax.Array, jax.Array]
     if loss == "mse":
         unknown = set(kw) - {"normalization"}
         if unknown:
-            raise ValueError(f"mse takes only 'normalization', got {sorted(unknown)}")
+            raise ValueError(f"{sorted(unknown)[0]}: mse takes only 'normalization'")
         normalization = kw.get("normalization", "per_example")
         if normalization not in MSE_NORMALIZATIONS:
             raise ValueError(
-                f"normalization must be one of {list(MSE_NORMALIZATIONS)}, got {normalization!r}"
+                f"normalization: must be one of {list(MSE_NORMALIZATIONS)}, got {normalization!r}"
             )
         return lambda outputs, targets: mse(outputs, targets, normalization=normalization)
     if loss == "xent":
         if kw:
-            raise ValueError(f"xent takes no options, got {sorted(kw)}")
+            raise ValueError(f"{sorted(kw)[0]}: xent takes no options")
         return cross_entropy
-    raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+    raise ValueError(f"loss: must be one of {list(LOSSES)}, got {loss!r}")
 
 
 def make_loss_fn(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,7 +24,7 @@ class Dataset(_DatasetFields):
       y: one-hot float targets ``(n, k)``, int labels ``(n,)``, or (sequences) next tokens.
 
     Raises:
-      ValueError: when ``x`` and ``y`` are arrays whose lengths differ.
+      ValueError: when ``x`` and ``y`` are arrays whose lengths differ, or hold no examples.
     """
 
     __slots__ = ()
@@ -35,23 +36,50 @@ class Dataset(_DatasetFields):
             ny = y.shape[0] if len(y.shape) else None
             if nx is None or ny is None or nx != ny:
                 raise ValueError(
-                    "x and y must share their leading (example) axis, got x.shape="
+                    "x and y: must share their leading (example) axis, got x.shape="
                     f"{tuple(x.shape)} and y.shape={tuple(y.shape)}"
                 )
+            if nx == 0:
+                raise ValueError(f"x and y: hold no examples (x.shape={tuple(x.shape)})")
         return super().__new__(cls, x, y)
+
+
+def float_dtype(dtype: Any, name: str = "dtype") -> np.dtype:
+    """Return ``np.dtype(dtype)`` if it is a float dtype; raise ValueError naming ``name``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise ValueError(f"{name}: must be a float dtype (float32, float64, ...), got {dtype!r}")
+    return dt
+
+
+def check_labels(labels: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """Return ``labels`` if they are integers in ``[0, num_classes)``; raise naming ``name``."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{name}: labels must lie in [0, {num_classes}), "
+            f"got range [{labels.min()}, {labels.max()}]"
+        )
+    return labels
 
 
 def to_one_hot(labels: np.ndarray, num_classes: int, dtype: Any = np.float32) -> np.ndarray:
     """Return the one-hot encoding ``(n, num_classes)`` of int labels ``(n,)``.
 
     Raises:
-      ValueError: when a label lies outside ``[0, num_classes)``.
+      ValueError: naming the argument, for labels that are not integers in
+        ``[0, num_classes)`` or ``num_classes`` not an int >= 1.
     """
-    labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
-        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise ValueError(f"num_classes: must be an int >= 1, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes: must be an int >= 1, got {num_classes!r}")
+    labels = check_labels(labels, num_classes, "labels")
     return np.eye(num_classes, dtype=dtype)[labels]
 
 
@@ -98,21 +126,34 @@ def preprocess(
       A new `Dataset`; ``ds`` is not modified.
 
     Raises:
-      ValueError: naming the argument, for ``first_n`` outside ``[1, n]``, an unknown
-        ``standardize``, a non-finite ``scale``, or labels that cannot be encoded as asked.
+      ValueError: naming the argument, for a ``ds`` with no examples or non-finite inputs,
+        ``first_n`` outside ``[1, n]``, an unknown ``standardize``, a non-finite ``scale``, a
+        non-float ``dtype``, or labels that cannot be encoded as asked.
     """
     x, y = np.asarray(ds.x), np.asarray(ds.y)
+    if x.ndim == 0 or x.shape[0] == 0 or y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"ds: must hold n >= 1 examples in x and y, got x.shape={x.shape} y.shape={y.shape}"
+        )
     n = x.shape[0]
+    if x.dtype.kind not in "biuf" or not np.all(np.isfinite(x)):
+        raise ValueError(f"ds: inputs x must be finite numbers, got dtype {x.dtype} with NaN/inf")
     if first_n is not None:
         if isinstance(first_n, bool) or not isinstance(first_n, int) or not 1 <= first_n <= n:
-            raise ValueError(f"first_n must be an integer in [1, {n}] or None, got {first_n!r}")
+            raise ValueError(f"first_n: must be an integer in [1, {n}] or None, got {first_n!r}")
         x, y = x[:first_n], y[:first_n]
     if standardize is not None and standardize not in STANDARDIZE:
-        raise ValueError(f"standardize must be one of {[*STANDARDIZE, None]}, got {standardize!r}")
-    if scale is not None and not np.isfinite(scale):
-        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+        raise ValueError(f"standardize: must be one of {[*STANDARDIZE, None]}, got {standardize!r}")
+    if scale is not None and (
+        isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not np.isfinite(scale)
+    ):
+        raise ValueError(f"scale: must be a finite number or None, got {scale!r}")
+    if one_hot not in (None, True, False):
+        raise ValueError(f"one_hot: must be True, False or None, got {one_hot!r}")
     dtype = (
-        np.dtype(dtype) if dtype is not None else (x.dtype if x.dtype.kind == "f" else np.float32)
+        float_dtype(dtype)
+        if dtype is not None
+        else (x.dtype if x.dtype.kind == "f" else np.float32)
     )
     x = x.astype(np.float64)
     if center or standardize == "feature":
@@ -127,11 +168,23 @@ def preprocess(
         x = x * scale
     x = x.astype(dtype)
     if one_hot is True and np.issubdtype(y.dtype, np.integer):
+        if y.min() < 0:
+            raise ValueError(f"ds: labels must be >= 0 to be one-hot encoded, got min {y.min()}")
         k = int(y.max()) + 1 if num_classes is None else num_classes
+        if num_classes is not None and (
+            isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= y.max()
+        ):
+            raise ValueError(
+                f"num_classes: must be an int > the largest label {y.max()}, got {num_classes!r}"
+            )
         y = to_one_hot(y, k, dtype)
     elif one_hot is False and not np.issubdtype(y.dtype, np.integer):
-        if y.ndim != 2:
-            raise ValueError(f"one_hot=False needs one-hot targets (n, k), got y.shape={y.shape}")
+        one = (y == 1).sum(axis=-1) == 1 if y.ndim == 2 else None
+        if one is None or not (np.all(one) and np.all((y == 0) | (y == 1))):
+            raise ValueError(
+                f"one_hot: False needs one-hot targets (n, k) of 0s and a single 1 per row, "
+                f"got y of shape {y.shape} that is not"
+            )
         y = y.argmax(axis=-1)
     return Dataset(x, y)
 
@@ -153,6 +206,8 @@ def random_subset(ds: Dataset, n: int, *, seed: int = 0) -> Dataset:
     Raises:
       ValueError: naming the argument, for ``n`` outside ``[1, len(ds.x)]`` or a bad ``seed``.
     """
+    if not (isinstance(ds, tuple) and len(ds) == 2):
+        raise ValueError(f"ds: must be a Dataset (x, y), got {type(ds).__name__}")
     idx = subset_indices(np.shape(ds.x)[0], n, seed=seed)
     return Dataset(np.asarray(ds.x)[idx], np.asarray(ds.y)[idx])
 

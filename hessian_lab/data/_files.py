@@ -7,6 +7,7 @@ user brings. Pixels are scaled to ``[0, 1]``; images are NHWC when not flattened
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zlib
 from os import PathLike
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dataset import Dataset, preprocess, to_one_hot
+from ._dataset import Dataset, check_labels, float_dtype, preprocess, to_one_hot
 
 SPLITS = ("train", "test")
 
@@ -24,18 +25,39 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _check_split(split: str) -> str:
+def _check_options(split: str, n: Any, flatten: Any, one_hot: Any, dtype: Any) -> np.dtype:
+    """Check a loader's options before any file is read; return the float dtype."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    return split
+        raise ValueError(f"split: must be one of {list(SPLITS)}, got {split!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n: must be a positive integer or None, got {n!r}")
+    for name, v in (("flatten", flatten), ("one_hot", one_hot)):
+        if not isinstance(v, bool | np.bool_):
+            raise ValueError(f"{name}: must be True or False, got {v!r}")
+    return float_dtype(dtype)
 
 
 def _check_n(n: int | None, available: int) -> int:
     if n is None:
         return available
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= available:
-        raise ValueError(f"n must be an integer in [1, {available}] or None, got {n!r}")
+        raise ValueError(f"n: must be an integer in [1, {available}] or None, got {n!r}")
     return n
+
+
+def _check_images(images: np.ndarray, labels: np.ndarray, max_value: float, where: str) -> None:
+    """Refuse empty sets, pixels that are not finite numbers in ``[0, max_value]``, bad labels."""
+    if images.shape[0] == 0:
+        raise ValueError(f"path: {where} holds no examples")
+    if images.dtype != np.uint8:  # uint8 pixels are in range by construction
+        if images.dtype.kind not in "iuf" or not np.all(np.isfinite(images)):
+            raise ValueError(f"path: {where} has non-finite or non-numeric pixels ({images.dtype})")
+        lo, hi = images.min(), images.max()
+        if lo < 0 or hi > max_value:
+            raise ValueError(
+                f"path: {where} has pixels in [{lo:g}, {hi:g}], expected [0, {max_value:g}]"
+            )
+    check_labels(labels, 10, f"path: {where}")
 
 
 def _images_dataset(
@@ -63,30 +85,33 @@ def read_idx(path: str | PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError: when ``path`` is not a file.
-      ValueError: for corrupt gzip data, a bad magic number or type code, or a data size that does
-        not match the header (a truncated file).
+      ValueError: starting "path:", for an unreadable file, corrupt gzip data, a bad magic
+        number or type code, or a data size that does not match the header (a truncated file).
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"IDX file not found: {p}")
-    raw = p.read_bytes()
+        raise FileNotFoundError(f"path: IDX file not found: {p}")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ValueError(f"path: cannot read {p} ({type(e).__name__}: {e.strerror})") from None
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{p}: corrupt gzip data ({e})") from None
+            raise ValueError(f"path: {p}: corrupt gzip data ({e})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{p}: bad IDX magic number {raw[:4].hex() or '(empty file)'}")
+        raise ValueError(f"path: {p}: bad IDX magic number {raw[:4].hex() or '(empty file)'}")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
-        raise ValueError(f"{p}: bad IDX header ({ndim} dimensions, {len(raw)} bytes)")
+        raise ValueError(f"path: {p}: bad IDX header ({ndim} dimensions, {len(raw)} bytes)")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on forged sizes
     if len(raw) - header != expected:
         raise ValueError(
-            f"{p}: IDX header says shape {shape} ({expected} data bytes) but the file has "
+            f"path: {p}: IDX header says shape {shape} ({expected} data bytes) but the file has "
             f"{len(raw) - header} data bytes (truncated or corrupt)"
         )
     data = np.frombuffer(raw, dtype, offset=header).reshape(shape)
@@ -98,7 +123,7 @@ def _find(directory: Path, names: list[str]) -> Path:
         for candidate in (directory / name, directory / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(f"none of {names} (optionally .gz) found in {directory}")
+    raise FileNotFoundError(f"path: none of {names} (optionally .gz) found in {directory}")
 
 
 def mnist(
@@ -125,30 +150,37 @@ def mnist(
     Returns:
       A `Dataset`.
 
+    Note:
+      The default split is "test" (10,000 images, the t10k files), not "train": pass
+      ``split="train"`` for the 60,000 training images.
+
     Raises:
       FileNotFoundError: naming the path, when a directory or file is missing.
-      ValueError: for an unknown split, corrupt files, or images and labels that do not match.
+      ValueError: naming the argument, for an unknown split, bad ``n``/``dtype``, corrupt files,
+        images and labels that do not match, no examples, float pixels that are not finite or
+        outside ``[0, 255]``, or labels outside ``[0, 10)``.
     """
-    _check_split(split)
+    dtype = _check_options(split, n, flatten, one_hot, dtype)
     if isinstance(path, tuple | list):
         if len(path) != 2:
             raise ValueError(
-                f"path must be a directory or (images_file, labels_file), got {path!r}"
+                f"path: must be a directory or (images_file, labels_file), got {path!r}"
             )
         img_file, lbl_file = Path(path[0]), Path(path[1])
     else:
         d = Path(path)
         if not d.is_dir():
-            raise FileNotFoundError(f"MNIST directory not found: {d}")
+            raise FileNotFoundError(f"path: MNIST directory not found: {d}")
         prefix = "t10k" if split == "test" else "train"
         img_file = _find(d, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"])
         lbl_file = _find(d, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"])
     images, labels = read_idx(img_file), read_idx(lbl_file)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"images {img_file} must be (n, h, w) and labels {lbl_file} (n,), got "
+            f"path: images {img_file} must be (n, h, w) and labels {lbl_file} (n,), got "
             f"{images.shape} and {labels.shape}"
         )
+    _check_images(images, labels, 255.0, f"{img_file} / {lbl_file}")
     k = _check_n(n, images.shape[0])
     return _images_dataset(
         images[:k, :, :, None],
@@ -194,29 +226,33 @@ class _SafeUnpickler(pickle.Unpickler):
 def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images NHWC uint8, labels)`` of one CIFAR-10 python batch file."""
     if not file.is_file():
-        raise FileNotFoundError(f"CIFAR-10 batch not found: {file}")
+        raise FileNotFoundError(f"path: CIFAR-10 batch not found: {file}")
     try:
         with file.open("rb") as f:
             batch = _SafeUnpickler(f, encoding="bytes").load()
     except Exception as e:  # a corrupt pickle can raise almost anything
+        msg = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(
-            f"{file}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})"
+            f"path: {file}: not a readable CIFAR-10 batch ({type(e).__name__}: {msg})"
         ) from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{file}: expected a pickled dict, got {type(batch).__name__}")
+        raise ValueError(f"path: {file}: expected a pickled dict, got {type(batch).__name__}")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise ValueError(
-            f"{file}: missing 'data' or 'labels' entry, keys {sorted(map(str, batch))}"
+            f"path: {file}: missing 'data' or 'labels' entry, keys {sorted(map(str, batch))}"
         )
     data, labels = np.asarray(data), np.asarray(labels)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{file}: data must be uint8 (n, 3072), got {data.dtype} {data.shape}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or not len(data):
+        raise ValueError(
+            f"path: {file}: data must be uint8 (n, 3072) with n >= 1, got {data.dtype} {data.shape}"
+        )
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or labels.dtype.kind not in "iu":
         raise ValueError(
-            f"{file}: labels must be {data.shape[0]} integers, got {labels.dtype} {labels.shape}"
+            f"path: {file}: labels must be {data.shape[0]} integers, got {labels.dtype} {labels.shape}"
         )
+    check_labels(labels, 10, f"path: {file}")
     # Rows hold the red, green and blue 32x32 planes one after another.
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
@@ -250,17 +286,16 @@ def cifar10(
 
     Raises:
       FileNotFoundError: naming the path, when the directory or a batch file is missing.
-      ValueError: for an unknown split, a corrupt or unexpected pickle, or bad ``n``.
+      ValueError: naming the argument, for an unknown split, bad ``n`` or ``dtype``, a corrupt
+        or unexpected pickle, an empty batch, or labels outside ``[0, 10)``.
     """
-    _check_split(split)
+    dtype = _check_options(split, n, flatten, one_hot, dtype)
     d = Path(path)
     if not d.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 directory not found: {d}")
+        raise FileNotFoundError(f"path: CIFAR-10 directory not found: {d}")
     if (d / "cifar-10-batches-py").is_dir():
         d = d / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
     images, labels = [], []
     for name in names:
         img, lbl = _read_cifar_batch(d / name)
@@ -304,9 +339,13 @@ def digits(
       A `Dataset`.
 
     Raises:
-      ValueError: for bad ``n`` or ``standardize``.
+      ValueError: for bad ``n``, ``standardize``, ``dtype``, ``flatten`` or ``one_hot``.
     """
     from sklearn.datasets import load_digits
+
+    dtype = _check_options("train", n, flatten, one_hot, dtype)
+    if standardize is not None and standardize not in ("feature", "sample"):
+        raise ValueError(f"standardize: must be 'feature', 'sample' or None, got {standardize!r}")
 
     raw = load_digits()
     k = _check_n(n, raw.images.shape[0])

@@ -10,13 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import mlp
-from ._dataset import Dataset, to_one_hot
+from ._dataset import Dataset, float_dtype, to_one_hot
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _check_scale(name: str, value: Any) -> float:
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _as_key(key: Any) -> jax.Array:
@@ -25,7 +32,7 @@ def _as_key(key: Any) -> jax.Array:
         return jax.random.key(int(key))
     if isinstance(key, jax.Array):
         return key
-    raise ValueError(f"key must be a jax PRNG key or an int seed, got {type(key).__name__}")
+    raise ValueError(f"key: must be a jax PRNG key or an int seed, got {type(key).__name__}")
 
 
 def _rng(key: jax.Array) -> np.random.Generator:
@@ -69,10 +76,9 @@ def teacher(
       ValueError: naming the argument, for sizes below 1, a negative noise or a bad key.
     """
     n = _check_int("n", n, 1)
-    if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
-    mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)  # validates, cheaply
-    net = mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)
+    noise = _check_scale("noise", noise)
+    dtype = float_dtype(dtype)
+    net = mlp(in_dim, out_dim, depth=depth, width=width, activation=activation)  # validates
     init, apply = net.init, net.apply
     k_net, k_data = jax.random.split(_as_key(key))
     rng = _rng(k_data)
@@ -118,9 +124,8 @@ def gaussian_mixture(
     n = _check_int("n", n, 1)
     in_dim = _check_int("in_dim", in_dim, 1)
     num_classes = _check_int("num_classes", num_classes, 2)
-    for name, v in (("separation", separation), ("std", std)):
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+    separation, std = _check_scale("separation", separation), _check_scale("std", std)
+    dtype = float_dtype(dtype)
     rng = _rng(_as_key(key))
     means = rng.standard_normal((num_classes, in_dim)) * separation / math.sqrt(2 * in_dim)
     labels = rng.permutation(np.arange(n) % num_classes)
@@ -162,7 +167,7 @@ def graph_walks(
     length = _check_int("length", length, 1)
     degree = _check_int("degree", degree, 1)
     if degree > num_nodes:
-        raise ValueError(f"degree={degree} must not exceed num_nodes={num_nodes}")
+        raise ValueError(f"degree: {degree} must not exceed num_nodes={num_nodes}")
     rng = _rng(_as_key(key))
     neighbours = np.stack([rng.choice(num_nodes, degree, replace=False) for _ in range(num_nodes)])
     walks = np.empty((n, length + 1), np.int32)
