@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from . import tree as tu
-from ._operators import Operator, ggn, hvp, shape_struct
+from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
 
 __all__ = ["chunked_mean", "chunked_operator", "full_data_ggn", "full_data_hvp", "num_examples"]
 
@@ -162,6 +162,10 @@ def full_data_hvp(
       chunk_size: examples per chunk (memory knob); the result does not depend on it.
       linearize: linearise the gradient once and reuse it for every product (see above).
 
+    Products are NaN wherever the loss or its gradient at ``params`` is NaN or inf (a NaN label
+    under MSE leaves the Hessian ``X^T X`` finite, but the point is not a number), so the
+    estimators raise or flag it rather than report a finite sharpness.
+
     Raises:
       ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n],
         ``linearize`` not a bool.
@@ -186,13 +190,22 @@ def full_data_hvp(
             name="full_data_hvp",
         )
     c = _check_chunk_size(chunk_size, num_examples(data), data)
-    grad = jax.grad(loss_fn)
+    value_and_grad = jax.value_and_grad(loss_fn)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    like_vg = (jax.ShapeDtypeStruct((), dtype), like)
 
-    def full_grad(p: PyTree) -> PyTree:
-        return chunked_mean(lambda chunk: grad(p, chunk), data, chunk_size=c, like=like)
+    def chunk_value_and_grad(p: PyTree, chunk: PyTree) -> tuple:
+        loss, g = value_and_grad(p, chunk)
+        return jnp.asarray(loss, dtype), g
 
-    _, lin = jax.linearize(full_grad, params)
-    return Operator(lin, like, "full_data_hvp")
+    def full_value_and_grad(p: PyTree) -> tuple:
+        return chunked_mean(
+            lambda chunk: chunk_value_and_grad(p, chunk), data, chunk_size=c, like=like_vg
+        )
+
+    (loss, g), lin = jax.linearize(full_value_and_grad, params)
+    ok = jnp.isfinite(loss) & all_finite(g)
+    return Operator(lambda v: poison(lin(v)[1], ok), like, "full_data_hvp")
 
 
 def full_data_ggn(

@@ -52,10 +52,31 @@ def shape_struct(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+    """A scalar bool: every floating leaf of ``tree`` is finite (traceable)."""
+    oks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
+
+
+def poison(product: PyTree, ok: jax.Array) -> PyTree:
+    """Turn ``product`` into NaN unless ``ok``: a curvature product at a point where the loss
+    (or its gradient, or the model's outputs) is not finite is not a number, and must not look
+    like one (a NaN loss with MSE has a finite ``X^T X`` Hessian). Estimators then flag or
+    raise on the non-finite product."""
+    scale = jnp.where(ok, 1.0, jnp.nan)
+    return jax.tree.map(lambda x: x * scale.astype(x.dtype), product)
+
+
 def hvp(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batch: Any) -> Operator:
     """Return the Hessian-vector product ``v -> H v`` of ``loss_fn(params, batch)`` at ``params``.
 
-    Forward-over-reverse: ``jvp(grad(loss))``, one product costing about two gradients.
+    Forward-over-reverse: ``jvp(grad(loss))``, one product costing about two gradients. Where
+    the loss or its gradient at ``params`` is NaN or inf, every product is NaN (estimators then
+    raise or flag it), never a finite number.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, e.g. the mean loss over the batch.
@@ -72,10 +93,11 @@ def hvp(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batch: Any)
       [12.0, 0.0]
     """
     tu.check_finite(params, "params")
-    grad_fn = jax.grad(lambda p: loss_fn(p, batch))
+    value_and_grad = jax.value_and_grad(lambda p: loss_fn(p, batch))
 
     def matvec(v: PyTree) -> PyTree:
-        return jax.jvp(grad_fn, (params,), (v,))[1]
+        (loss, g), (_, hv) = jax.jvp(value_and_grad, (params,), (v,))
+        return poison(hv, jnp.isfinite(loss) & all_finite(g))
 
     return Operator(matvec, shape_struct(params), "hvp")
 
@@ -87,11 +109,13 @@ def linearized_hvp(
 
     ``jax.linearize`` evaluates the forward pass once and stores the linear map's residuals, so
     each further product is a pure linear evaluation: cheaper per product than :func:`hvp`, at
-    the cost of memory for the stored intermediates. Same arguments as :func:`hvp`.
+    the cost of memory for the stored intermediates. Same arguments as :func:`hvp`; products
+    are NaN where the loss or its gradient is not finite, as for :func:`hvp`.
     """
     tu.check_finite(params, "params")
-    _, lin = jax.linearize(jax.grad(lambda p: loss_fn(p, batch)), params)
-    return Operator(lin, shape_struct(params), "linearized_hvp")
+    (loss, g), lin = jax.linearize(jax.value_and_grad(lambda p: loss_fn(p, batch)), params)
+    ok = jnp.isfinite(loss) & all_finite(g)
+    return Operator(lambda v: poison(lin(v)[1], ok), shape_struct(params), "linearized_hvp")
 
 
 def ggn(
@@ -116,12 +140,12 @@ def ggn(
     tu.check_finite(params, "params")
     f = lambda p: apply_fn(p, x)  # noqa: E731
     out, vjp_fn = jax.vjp(f, params)
-    out_grad = jax.grad(lambda o: output_loss(o, y))
+    out_value_and_grad = jax.value_and_grad(lambda o: output_loss(o, y))
 
     def matvec(v: PyTree) -> PyTree:
         jv = jax.jvp(f, (params,), (v,))[1]
-        hjv = jax.jvp(out_grad, (out,), (jv,))[1]
-        return vjp_fn(hjv)[0]
+        (loss, _), (_, hjv) = jax.jvp(out_value_and_grad, (out,), (jv,))
+        return poison(vjp_fn(hjv)[0], jnp.isfinite(loss) & all_finite(out))
 
     return Operator(matvec, shape_struct(params), "ggn")
 
@@ -130,14 +154,15 @@ def ntk(apply_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, x: Any) ->
     """Return the NTK product in output space, ``u -> J J^T u`` (not divided by n).
 
     ``u`` has the shape of ``apply_fn(params, x)``. A VJP (``J^T u``) followed by a JVP, as in
-    neural-tangents' ``ntk_vector_products``. Cost: one VJP and one JVP.
+    neural-tangents' ``ntk_vector_products``. Cost: one VJP and one JVP. Products are NaN where
+    the outputs are not finite.
     """
     tu.check_finite(params, "params")
     f = lambda p: apply_fn(p, x)  # noqa: E731
     out, vjp_fn = jax.vjp(f, params)
 
     def matvec(u: jax.Array) -> jax.Array:
-        return jax.jvp(f, (params,), vjp_fn(u))[1]
+        return poison(jax.jvp(f, (params,), vjp_fn(u))[1], all_finite(out))
 
     return Operator(matvec, shape_struct(out), "ntk")
 

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import tree as tu
 from ._full_data import chunked_operator, num_examples
-from ._operators import Operator, ggn, hvp, shape_struct
+from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
 
 __all__ = [
     "chunk_size_for_memory",
@@ -202,8 +202,9 @@ def sharded_full_data_hvp(
         )
         return op(p)
 
-    _, lin = jax.linearize(full_grad, params)
-    return Operator(lin, shape_struct(params), "sharded_full_data_hvp")
+    g, lin = jax.linearize(full_grad, params)
+    ok = all_finite(g)  # a non-finite gradient makes every product NaN, as in full_data_hvp
+    return Operator(lambda v: poison(lin(v), ok), shape_struct(params), "sharded_full_data_hvp")
 
 
 def sharded_full_data_ggn(

@@ -182,3 +182,29 @@ def test_full_data_rejects_mismatched_data(getkey):
     params, _, _, loss_fn, (x, y) = make_problem(getkey(), n=10)
     with pytest.raises(ValueError, match="leading"):
         hl.full_data_hvp(loss_fn, params, (x, y[:9]), chunk_size=2)
+
+
+def test_products_at_a_non_finite_loss_are_nan_not_a_finite_number():
+    # A NaN label under MSE leaves the Hessian X^T X finite, but the loss at the point is NaN:
+    # every operator must say so (NaN products), never report the finite X^T X v.
+    x = jax.random.normal(jax.random.key(0), (8, 3))
+    y = jnp.zeros(8).at[2].set(jnp.nan)
+    loss = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)  # noqa: E731
+    out_loss = lambda o, t: 0.5 * jnp.mean((o - t) ** 2)  # noqa: E731
+    p, v = jnp.ones(3), jnp.ones(3)
+    ops = {
+        "hvp": hl.hvp(loss, p, (x, y)),
+        "linearized_hvp": hl.linearized_hvp(loss, p, (x, y)),
+        "full_data_hvp": hl.full_data_hvp(loss, p, (x, y), chunk_size=3),
+        "full_data_hvp(linearize)": hl.full_data_hvp(loss, p, (x, y), chunk_size=3, linearize=True),
+        "ggn": hl.ggn(lambda q, xx: xx @ q, out_loss, p, x, y),
+        "full_data_ggn": hl.full_data_ggn(lambda q, xx: xx @ q, out_loss, p, x, y, chunk_size=3),
+    }
+    for name, op in ops.items():
+        assert np.all(np.isnan(np.asarray(op(v)))), name
+    # The same operators at a finite point give the closed form X^T X v / n.
+    y = jnp.zeros(8)
+    want = np.asarray(x.T @ (x @ v)) / 8
+    np.testing.assert_allclose(np.asarray(hl.hvp(loss, p, (x, y))(v)), want, rtol=1e-5)
+    lin = hl.full_data_hvp(loss, p, (x, y), chunk_size=3, linearize=True)
+    np.testing.assert_allclose(np.asarray(lin(v)), want, rtol=1e-5)
