@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hessian_lab.studies import measure, sweep
+from hessian_lab.studies import measure, rundir, sweep
 from hessian_lab.studies.kit import describe
 from hessian_lab.studies.report import write_report
 
@@ -45,16 +45,19 @@ def _opt(field: str, *names: str) -> Any:
 def _options(**values) -> measure.Options:
     """Build the Options; a rejected value is reported under the option's command-line name."""
     try:
-        return measure.Options(**values)
+        options = measure.Options(**values)
+        measure.check_inputs(options)  # the Krylov budgets against the parameter count
     except ValueError as e:
         raise sweep.SweepError(_as_option(str(e))) from e
+    return options
 
 
 def _as_option(message: str) -> str:
     """``"in_dim: must be ..."`` -> ``"--in-dim: must be ..."`` (the name the user typed)."""
     field = re.match(r"(\w+):", message)
     if field and field.group(1) in HELP:
-        return "--" + field.group(1).replace("_", "-") + message[field.end() - 1 :]
+        flag = "-k" if field.group(1) == "k" else "--" + field.group(1).replace("_", "-")
+        return flag + message[field.end() - 1 :]
     return message
 
 
@@ -112,6 +115,7 @@ def sharpness_cmd(
         if out is not None:
             stored = sweep.normalize(dataclasses.asdict(options))
             sweep.check_run_dir(out, measure.KIND, stored)
+            rundir.check_writable(out)  # before the work, whose results would be lost
         with progress_bars(quiet or json_, "sharpness") as bars:
             try:
                 m = measure.measure(options, progress=bars.steps)

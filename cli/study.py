@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hessian_lab.io import read_json
+from hessian_lab.io import CorruptRunError, read_json
 from hessian_lab.studies import registry, sweep
 from hessian_lab.studies.kit import describe
 from hessian_lab.studies.report import write_report
@@ -131,7 +131,12 @@ def _build_config(
     """The preset, then the --config file, then each --set, then the phase-diagram axes."""
     config = module.TINY if preset is Preset.tiny else module.DEFAULT
     if config_file is not None:
-        data = read_json(config_file)
+        if config_file.is_dir():
+            raise sweep.SweepError(f"--config: {config_file} is a directory, not a JSON file")
+        try:
+            data = read_json(config_file)
+        except CorruptRunError as e:
+            raise sweep.SweepError(f"--config: {e}") from e
         if isinstance(data, dict) and isinstance(data.get("config"), dict):
             other = data.get("study") or data.get("kind")
             if other and other != name:
@@ -143,6 +148,7 @@ def _build_config(
             config = sweep.with_overrides(config, data)
         except sweep.SweepError as e:
             raise sweep.SweepError(f"--config {config_file}: {e}") from e
+    _check_once(sets, axes)
     for item in sets:
         try:
             config = sweep.with_overrides(config, [item])
@@ -154,6 +160,18 @@ def _build_config(
         except sweep.SweepError as e:
             raise sweep.SweepError(f"{option} {item}: {e}") from e
     return config
+
+
+def _check_once(sets: list[str], axes: list[tuple[str, str]]) -> None:
+    """Each field is set at most once on the command line (a second value would silently win)."""
+    seen: dict[str, str] = {}
+    for option, item in [("--set", s) for s in sets] + axes:
+        key = item.partition("=")[0].strip()
+        if key and key in seen:
+            raise sweep.SweepError(
+                f"{option} {item}: {key} is already set by {seen[key]}; set each field once"
+            )
+        seen[key] = f"{option} {item}"
 
 
 def run(

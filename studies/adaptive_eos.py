@@ -37,6 +37,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab import models
+
 from . import adaptive_eos_core as core
 from . import adaptive_eos_plots as plots
 from . import kit, problems, stats
@@ -47,7 +49,7 @@ from .adaptive_eos_core import threshold as threshold
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "FrozenState"]
-__all__ += ["Results", "figures", "frozen_momentum", "frozen_state", "late", "load"]
+__all__ += ["Results", "check_inputs", "figures", "frozen_momentum", "frozen_state", "late", "load"]
 __all__ += ["plateau_record", "run", "save", "summary", "threshold", "verdict"]
 
 NAME = "adaptive_eos"
@@ -84,10 +86,12 @@ class Config:
     plateau_fraction: float = knob(0.9, "plateau onset: eta lambda(P^-1 H) >= this x threshold")
 
     def __post_init__(self):
+        kit.check_finite(self)
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_choice(self, "activation", ACTIVATIONS)
         kit.check_ints(self, "n", "width", "num_steps", "every", "num_iters")
-        kit.check_ints(self, "depth", "seed", minimum=0)
+        kit.check_ints(self, "depth", minimum=0)
+        kit.check_seeds(self, "seed")
         need(self.n <= 1797, self, "n", "<= 1797 (the digits dataset)")
         kit.check_rates(self, "adam_lrs")
         kit.check_rates(self, "rmsprop_lrs", allow_empty=True)
@@ -139,6 +143,17 @@ class Results:
     rms_loss: np.ndarray  # (R, T)
     rms_diverged: np.ndarray  # (R,)
     elapsed: np.ndarray  # ()
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: ``num_iters`` is at most the number of parameters (``jax.eval_shape``).
+
+    Raises:
+      ValueError: naming the field.
+    """
+    c = config
+    model = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
+    kit.check_budget(c, "num_iters", kit.num_params(model), "the number of parameters")
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:

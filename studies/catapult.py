@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab import models
 from hessian_lab.models import ACTIVATIONS
 
 from . import catapult_plots as plots
@@ -47,21 +48,14 @@ from . import kit, problems, stats
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
-__all__ += ["assemble", "c_grid", "catapult_time_slope", "critical", "family_label", "figures"]
-__all__ += ["load", "points", "run", "run_point", "save", "summary", "verdict"]
+__all__ += ["assemble", "c_grid", "catapult_time_slope", "check_inputs", "critical"]
+__all__ += ["family_label", "figures", "load", "points", "run", "run_point", "save", "summary"]
+__all__ += ["verdict"]
 
 NAME = "catapult"
 PAPER = "Lewkowycz et al. 2020, arXiv 2003.02218"
 DOCS = "docs/studies/catapult.md"
 FAMILIES = ("uv", "mlp")
-
-
-def _check_int_tuple(config, field: str, *, minimum: int, allow_empty: bool = False) -> None:
-    v = getattr(config, field)
-    ok = isinstance(v, tuple | list) and (allow_empty or len(v) >= 1) and len(set(v)) == len(v)
-    ok = ok and all(kit.is_int(x) and x >= minimum for x in v)
-    empty = "" if allow_empty else "non-empty "
-    need(ok, config, field, f"a {empty}tuple of distinct ints >= {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +87,10 @@ class Config:
     divergence_loss: float = knob(1e6, "a loss above it marks a run diverged")
 
     def __post_init__(self):
-        _check_int_tuple(self, "seeds", minimum=0)
-        _check_int_tuple(self, "mlp_seeds", minimum=0)
-        _check_int_tuple(self, "uv_widths", minimum=1)
-        _check_int_tuple(self, "mlp_widths", minimum=1, allow_empty=True)
+        kit.check_finite(self)
+        kit.check_seeds(self, "seeds", "mlp_seeds")
+        kit.check_int_tuple(self, "uv_widths")
+        kit.check_int_tuple(self, "mlp_widths", allow_empty=True)
         kit.check_ints(self, "uv_num_c", "mlp_num_c", "mlp_n", "lanczos_iters", "lambda0_iters",
                        minimum=2)  # fmt: skip
         kit.check_ints(self, "mlp_depth", "sharpness_every")
@@ -113,6 +107,21 @@ class Config:
         need(self.mlp_n <= 1797, self, "mlp_n", "<= 1797 (the size of digits)")
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_positive(self, "divergence_loss")
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: both Lanczos budgets fit the smallest net (``jax.eval_shape``).
+
+    Raises:
+      ValueError: ``lanczos_iters`` or ``lambda0_iters`` above the smallest parameter count.
+    """
+    c = config
+    nets = [models.uv(1, w, param="ntp") for w in c.uv_widths]
+    nets += [models.mlp(64, 10, depth=c.mlp_depth, width=w, activation=c.mlp_activation,
+                        param=c.mlp_param) for w in c.mlp_widths]  # fmt: skip
+    limit = min(kit.num_params(net) for net in nets)
+    for f in ("lanczos_iters", "lambda0_iters"):
+        kit.check_budget(c, f, limit, "the parameter count of the smallest net")
 
 
 DEFAULT = Config()

@@ -67,6 +67,15 @@ def _message(key: str, error: ValidationError, value: Any) -> str:
     return f"{where}: {msg}, got {value!r}"
 
 
+def _bool_as_number(value: Any, out: Any) -> bool:
+    """Whether a boolean in ``value`` came out of validation as a number in ``out``."""
+    if isinstance(value, bool):
+        return not isinstance(out, bool)
+    if isinstance(value, list | tuple) and isinstance(out, list | tuple) and len(value) == len(out):
+        return any(_bool_as_number(v, o) for v, o in zip(value, out, strict=True))
+    return False
+
+
 def _read(tp: Any, value: Any, key: str) -> Any:
     """Read ``value`` (a command-line string or a JSON value) as type ``tp`` with pydantic.
 
@@ -77,9 +86,12 @@ def _read(tp: Any, value: Any, key: str) -> Any:
     adapter = TypeAdapter(tp)
     if not isinstance(value, str):
         try:
-            return adapter.validate_python(value)
+            out = adapter.validate_python(value)
         except ValidationError as e:
             raise ValueError(_message(key, e, value)) from None
+        if _bool_as_number(value, out):  # pydantic's lax mode reads a JSON true as the int 1
+            raise ValueError(f"{key}: must be a number, not a boolean, got {value!r}")
+        return out
     options = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(options) < len(
         typing.get_args(tp)
@@ -123,6 +135,8 @@ def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) ->
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise SweepError(f"--set: expected key=value, got {item!r}")
+            if key.strip() in dict(pairs):
+                raise SweepError(f"--set: {key.strip()} is given twice; set each field once")
             pairs.append((key.strip(), value))
     unknown = [k for k, _ in pairs if k not in types_]
     if unknown:

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab import models
 from hessian_lab.models import ACTIVATIONS
 
 from . import early_phase_diagram_plots as plots
@@ -46,22 +47,15 @@ from . import kit, problems, stats
 from .kit import knob, need
 
 __all__ = ["CRITICAL", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
-__all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "critical", "figures"]
-__all__ += ["load", "points", "problem", "run", "run_point", "runner", "save", "summary"]
-__all__ += ["verdict"]
+__all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "check_inputs", "critical"]
+__all__ += ["figures", "load", "points", "problem", "run", "run_point", "runner", "save"]
+__all__ += ["summary", "verdict"]
 
 NAME = "early_phase_diagram"
 PAPER = "Kalra & Barkeshli 2023, arXiv 2302.12250"
 DOCS = "docs/studies/early_phase_diagram.md"
 PHASE_AXES = ("widths", "depths")  # phase-diagram's --x and --y
 CRITICAL = ("c_loss", "c_sharp", "c_barrier", "c_max")
-
-
-def _check_int_tuple(config, field: str, minimum: int) -> None:
-    v = getattr(config, field)
-    ok = isinstance(v, tuple | list) and len(v) >= 1 and len(set(v)) == len(v)
-    ok = ok and all(kit.is_int(x) and x >= minimum for x in v)
-    need(ok, config, field, f"a non-empty tuple of distinct ints >= {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +86,15 @@ class Config:
     divergence_loss: float = knob(1e4, "a loss above it marks a run diverged")
 
     def __post_init__(self):
+        kit.check_finite(self)
         kit.check_choice(self, "arch", ("mlp", "cnn"))
-        _check_int_tuple(self, "depths", 1)
-        _check_int_tuple(self, "widths", 1)
+        kit.check_int_tuple(self, "depths")
+        kit.check_int_tuple(self, "widths")
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "activation", ACTIVATIONS)
         need(kit.is_int(self.n) and 2 <= self.n <= 1797, self, "n", "an int in [2, 1797]")
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
-        _check_int_tuple(self, "seeds", 0)
+        kit.check_seeds(self, "seeds")
         need(np.isfinite(self.log2_c_min), self, "log2_c_min", "a finite number")
         need(self.log2_c_max > self.log2_c_min, self, "log2_c_max", "> log2_c_min")
         kit.check_ints(self, "num_c", "lanczos_iters", "lambda0_iters", "barrier_points",
@@ -111,6 +106,19 @@ class Config:
         ok = isinstance(self.sharp_threshold, int | float) and self.sharp_threshold >= 1.0
         need(ok and np.isfinite(self.sharp_threshold), self, "sharp_threshold", "a number >= 1")
         kit.check_positive(self, "divergence_loss")
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: both Lanczos budgets fit the smallest cell's net (``jax.eval_shape``).
+
+    Raises:
+      ValueError: ``lanczos_iters`` or ``lambda0_iters`` above the smallest parameter count.
+    """
+    c = config
+    kw = dict(depth=min(c.depths), width=min(c.widths), activation=c.activation, param=c.param)
+    net = models.mlp(64, 10, **kw) if c.arch == "mlp" else models.cnn((8, 8, 1), 10, **kw)
+    for f in ("lanczos_iters", "lambda0_iters"):
+        kit.check_budget(c, f, kit.num_params(net), "the parameter count of the smallest cell")
 
 
 DEFAULT = Config()

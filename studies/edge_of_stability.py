@@ -39,13 +39,16 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab import data as hd
+from hessian_lab import models
+
 from . import edge_of_stability_plots as plots
 from . import kit, problems, stats
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
-__all__ += ["cifar_config", "figures", "load", "run", "run_label", "save", "simulate"]
-__all__ += ["summary", "verdict"]
+__all__ += ["check_inputs", "cifar_config", "figures", "load", "run", "run_label", "save"]
+__all__ += ["simulate", "summary", "verdict"]
 
 NAME = "edge_of_stability"
 PAPER = "Cohen et al. 2021, arXiv 2103.00065"
@@ -80,40 +83,25 @@ class Config:
     divergence_threshold: float = knob(100.0, "a loss above it marks a run diverged")
 
     def __post_init__(self):
-        need(
-            self.cifar_path is None or (isinstance(self.cifar_path, str) and self.cifar_path),
-            self,
-            "cifar_path",
-            "None or a non-empty path",
-        )
+        kit.check_finite(self)
+        need(self.cifar_path is None or (isinstance(self.cifar_path, str) and self.cifar_path),
+             self, "cifar_path", "None or a non-empty path")  # fmt: skip
         kit.check_ints(self, "n_train", "depth", "width", "num_steps", "sharpness_every")
         kit.check_ints(self, "lanczos_iters", minimum=2)
-        kit.check_ints(self, "seed", minimum=0)
-        need(
-            self.cifar_path is not None or self.n_train <= 1797,
-            self,
-            "n_train",
-            "<= 1797 (the size of digits)",
-        )
+        kit.check_seeds(self, "seed")
+        need(self.cifar_path is not None or self.n_train <= 1797, self, "n_train",
+             "<= 1797 (the size of digits)")  # fmt: skip
         kit.check_choice(self, "activation", ACTIVATIONS)
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_rates(self, "lrs")
         kit.check_positive(self, "flow_step", "divergence_threshold")
         kit.check_positive(self, "flow_time", allow_zero=True)
-        need(
-            self.flow_time == 0 or self.flow_time >= self.flow_step,
-            self,
-            "flow_time",
-            "0 (no baseline) or >= flow_step",
-        )
+        need(self.flow_time == 0 or self.flow_time >= self.flow_step, self, "flow_time",
+             "0 (no baseline) or >= flow_step")  # fmt: skip
         kit.check_ints(self, "long_window", minimum=2)
-        need(
-            kit.is_int(self.short_window) and 2 <= self.short_window <= self.long_window,
-            self,
-            "short_window",
-            "an int in [2, long_window]",
-        )
+        need(kit.is_int(self.short_window) and 2 <= self.short_window <= self.long_window,
+             self, "short_window", "an int in [2, long_window]")  # fmt: skip
 
 
 DEFAULT = Config()
@@ -126,6 +114,20 @@ TINY = Config(
     flow_time=50.0,
     long_window=100,
 )
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: CIFAR-10 loads from ``cifar_path``; ``lanczos_iters`` <= the parameters.
+
+    The parameters are counted by ``jax.eval_shape`` (milliseconds). Raises ValueError naming
+    the field.
+    """
+    c = config
+    if c.cifar_path is not None:
+        kit.check_loads(c, "cifar_path", lambda path: hd.cifar10(path, n=c.n_train))
+    net = models.mlp(64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
+                     activation=c.activation, param=c.param)  # fmt: skip
+    kit.check_budget(c, "lanczos_iters", kit.num_params(net), "the number of parameters")
 
 
 def cifar_config(path: str, **overrides) -> Config:

@@ -8,7 +8,11 @@ A study is a module ``hessian_lab.studies.<name>`` (file ``studies/<name>.py``) 
 ``PAPER``          the paper it reproduces ("Cohen et al. 2021, arXiv 2103.00065")
 ``DOCS``           its docs page, relative to the repository root
 ``Config``         frozen dataclass; every field made with :func:`knob` (value + one line
-                   of description), checked in ``__post_init__`` with :func:`need`
+                   of description), checked in ``__post_init__`` with :func:`need` and the
+                   ``check_*`` helpers (:func:`check_finite` first: no NaN or inf anywhere)
+``check_inputs``   optional ``check_inputs(config)``: what the Config alone cannot know,
+                   checked before a run writes anything (data files load, Lanczos budgets
+                   <= the model's parameter count, :func:`num_params`); ValueError names the field
 ``TINY/DEFAULT``   presets: seconds for the tests, minutes for the docs figures
 ``Results``        dataclass: ``config`` plus numpy arrays (saved as ``arrays.npz``)
 ``run``            ``run(config, *, progress=None) -> Results``, no I/O; ``progress(done,
@@ -48,25 +52,39 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
-from hessian_lab.io import load_run, save_run
+from hessian_lab.io import CorruptRunError, load_run, read_json, save_run
 
 __all__ = [
+    "MAX_INT",
+    "MAX_SEED",
     "Metric",
     "StepCounter",
+    "check_budget",
     "check_choice",
+    "check_finite",
+    "check_int_tuple",
     "check_ints",
+    "check_loads",
     "check_positive",
     "check_rates",
+    "check_seeds",
     "compare",
     "describe",
     "fmt",
     "is_int",
     "knob",
     "need",
+    "num_params",
     "persistence",
 ]
+
+# Counts and sizes (steps, matvecs) are int32 inside JAX; larger ones would wrap or overflow.
+MAX_INT = 2**31 - 1
+# jax.random.key keeps the low 32 bits of a seed: 2**32 would silently be seed 0 again.
+MAX_SEED = 2**32 - 1
 
 Progress = Callable[[int, int], None]
 
@@ -109,11 +127,84 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool)
 
 
-def check_ints(config: Any, *fields: str, minimum: int = 1) -> None:
-    """Each named field is an int >= ``minimum``."""
+def check_ints(config: Any, *fields: str, minimum: int = 1, maximum: int = MAX_INT) -> None:
+    """Each named field is an int in ``[minimum, maximum]`` (at most :data:`MAX_INT`)."""
     for f in fields:
         v = getattr(config, f)
         need(is_int(v) and v >= minimum, config, f, f"an int >= {minimum}")
+        need(v <= maximum, config, f, f"an int <= {maximum}")
+
+
+def check_int_tuple(
+    config: Any,
+    field: str,
+    *,
+    minimum: int = 1,
+    maximum: int = MAX_INT,
+    allow_empty: bool = False,
+    distinct: bool = True,
+) -> None:
+    """The named field is a tuple of (distinct) ints in ``[minimum, maximum]``."""
+    v = getattr(config, field)
+    ok = isinstance(v, tuple | list) and (allow_empty or len(v) >= 1)
+    ok = ok and all(is_int(x) and minimum <= x <= maximum for x in v)
+    ok = ok and (not distinct or len(set(v)) == len(v))
+    kind = ("a" if allow_empty else "a non-empty") + (
+        " tuple of distinct" if distinct else " tuple of"
+    )
+    need(ok, config, field, f"{kind} ints in [{minimum}, {maximum}]")
+
+
+def check_seeds(config: Any, *fields: str) -> None:
+    """Each named field is a seed, or a non-empty tuple of distinct seeds, in [0, MAX_SEED]."""
+    for f in fields:
+        if isinstance(getattr(config, f), tuple | list):
+            check_int_tuple(config, f, minimum=0, maximum=MAX_SEED)
+        else:
+            check_ints(config, f, minimum=0, maximum=MAX_SEED)
+
+
+def check_finite(config: Any) -> None:
+    """Every float of the Config, alone or inside a tuple, is finite (no NaN or inf).
+
+    Called first in ``__post_init__``, so that a NaN is blamed on its own field and not on a
+    comparison with it further down (``nan > x`` is False).
+    """
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        items = v if isinstance(v, tuple | list) else (v,)
+        floats = [x for x in items if isinstance(x, float | np.floating)]
+        if any(not math.isfinite(x) for x in floats):
+            allowed = "finite numbers" if items is v else "a finite number"
+            need(False, config, f.name, allowed)
+
+
+def check_budget(config: Any, field: str, limit: int, what: str) -> None:
+    """The named field (an iteration or probe count) is at most ``limit`` (``what`` says why)."""
+    need(getattr(config, field) <= limit, config, field, f"at most {limit} ({what})")
+
+
+def check_loads(config: Any, field: str, load: Callable[[Any], Any]) -> None:
+    """``load(value)`` of the named field (a data path) succeeds; else name the field and why.
+
+    For the inputs that only reading them can check (the files exist, are readable and hold
+    what they should), before a run writes anything.
+    """
+    v = getattr(config, field)
+    try:
+        load(v)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{field}: cannot load {v!r}: {' '.join(str(e).split())}") from None
+
+
+def num_params(model: Any) -> int:
+    """The number of parameters of ``model`` (``init(key)``), without allocating or computing them.
+
+    ``jax.eval_shape`` traces ``init`` abstractly; it costs milliseconds and no memory, so budgets
+    can be checked against it before any data is loaded or anything is compiled.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
 
 
 def check_positive(config: Any, *fields: str, allow_zero: bool = False) -> None:
@@ -193,15 +284,27 @@ def persistence(
         )
 
     def load(run_dir: str | Path) -> Any:
-        """Read back what ``save`` wrote; ``load(save(r))`` round-trips exactly."""
+        """Read back what ``save`` wrote; ``load(save(r))`` round-trips exactly.
+
+        Raises:
+          CorruptRunError: the directory holds another study's run, a config this study's
+            Config refuses, or arrays that are missing or unreadable (each named).
+        """
         cfg, arrays, _ = load_run(run_dir)
+        kind = read_json(Path(run_dir) / "config.json").get("kind")
+        if kind not in (None, name):
+            raise CorruptRunError(f"{run_dir}: holds a run of {kind!r}, not of {name!r}")
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+        try:
+            config = config_cls(**cfg)
+        except (TypeError, ValueError) as e:
+            raise CorruptRunError(f"{run_dir}: config.json is not a {name} config: {e}") from None
         missing = [k for k in fields if k not in arrays]
         if missing:
-            raise ValueError(
+            raise CorruptRunError(
                 f"{run_dir}: arrays.npz lacks {', '.join(missing)} (not a {name} run?)"
             )
-        return results_cls(config=config_cls(**cfg), **{k: arrays[k] for k in fields})
+        return results_cls(config=config, **{k: arrays[k] for k in fields})
 
     return save, load
 

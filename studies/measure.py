@@ -42,10 +42,10 @@ import hessian_lab as hl
 from hessian_lab import data, losses, models, trainer
 from hessian_lab.io import atomic_write_bytes, save_run
 
-from .kit import check_ints, knob, need
+from .kit import check_budget, check_ints, check_seeds, knob, need, num_params
 from .report import figure_bytes
 
-__all__ = ["KIND", "Measurement", "Options", "figures", "measure", "save"]
+__all__ = ["KIND", "Measurement", "Options", "check_inputs", "figures", "measure", "save"]
 
 KIND = "sharpness"
 _DIGITS = 1797  # examples in sklearn's digits
@@ -79,9 +79,15 @@ class Options:
     x64: bool = knob(False, "compute in float64")
 
     def __post_init__(self):
-        check_ints(self, "n", "in_dim", "width", "k", "num_iters", "trace_matvecs")
+        check_ints(self, "n", "in_dim", "width", "k", "num_iters")
         check_ints(self, "density_iters", "density_probes", "chunk_size")
         check_ints(self, "depth", minimum=0)
+        check_seeds(self, "seed")
+        need(self.trace_method in ("hutchinson", "hutchpp"), self, "trace_method",
+             "hutchinson or hutchpp")  # fmt: skip
+        # Hutchinson needs two probes for a standard error; Hutch++ two of each of its 3 parts.
+        check_ints(self, "trace_matvecs", minimum=2 if self.trace_method == "hutchinson" else 6)
+        need(self.num_iters >= self.k, self, "num_iters", f">= k ({self.k})")
         need(self.dataset in ("digits", "teacher"), self, "dataset", "digits or teacher")
         need(self.dataset != "digits" or self.n <= _DIGITS, self, "n", f"<= {_DIGITS} for digits")
         need(self.activation in models.ACTIVATIONS, self, "activation",
@@ -92,8 +98,6 @@ class Options:
              "mse for the teacher dataset (xent needs class labels; use dataset digits)")  # fmt: skip
         need(self.normalization in losses.MSE_NORMALIZATIONS, self, "normalization",
              "one of " + ", ".join(losses.MSE_NORMALIZATIONS))  # fmt: skip
-        need(self.trace_method in ("hutchinson", "hutchpp"), self, "trace_method",
-             "hutchinson or hutchpp")  # fmt: skip
         need(self.checkpoint is None or Path(self.checkpoint).is_file(), self, "checkpoint",
              "an existing file")  # fmt: skip
 
@@ -110,12 +114,9 @@ def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
     """``(loss_fn, params, batch)``; raises ValueError naming the option, before any compile."""
     if o.dataset == "digits":
         ds = data.digits(n=o.n, one_hot=o.loss == "mse")
-        in_dim, out_dim = 64, 10
     else:
         ds = data.teacher(o.seed, o.n, o.in_dim, 1)
-        in_dim, out_dim = o.in_dim, 1
-    net = models.mlp(in_dim, out_dim, depth=o.depth, width=o.width, activation=o.activation,
-                     param=o.param)  # fmt: skip
+    net = _net(o)
     params = net.init(jax.random.split(jax.random.key(o.seed), 4)[0])
     if o.checkpoint is not None:
         try:
@@ -125,6 +126,26 @@ def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
     kw = {"normalization": o.normalization} if o.loss == "mse" else {}
     loss_fn = losses.make_loss_fn(net.apply, o.loss, **kw)
     return loss_fn, params, (jnp.asarray(ds.x), jnp.asarray(ds.y))
+
+
+def _net(o: Options) -> models.Model:
+    in_dim, out_dim = (64, 10) if o.dataset == "digits" else (o.in_dim, 1)
+    return models.mlp(in_dim, out_dim, depth=o.depth, width=o.width, activation=o.activation,
+                      param=o.param)  # fmt: skip
+
+
+def check_inputs(options: Options) -> None:
+    """Check the Krylov budgets against the model's parameter count (``jax.eval_shape``).
+
+    ``k``, ``num_iters`` and ``density_iters`` are at most the number of parameters (a Krylov
+    basis holds no more orthonormal vectors). Milliseconds; :func:`measure` calls it first.
+
+    Raises:
+      ValueError: naming the option.
+    """
+    dim = num_params(_net(options))
+    for f in ("k", "num_iters") + (("density_iters",) if options.density else ()):
+        check_budget(options, f, dim, "the number of parameters")
 
 
 def measure(options: Options, *, progress: Callable[[int, int], None] | None = None) -> Measurement:
@@ -137,6 +158,7 @@ def measure(options: Options, *, progress: Callable[[int, int], None] | None = N
     Raises:
       ValueError: an option the model, data or checkpoint cannot use (named), before any work.
     """
+    check_inputs(options)
     report = progress if progress is not None else (lambda done, total: None)
     steps = 3 if options.density else 2
     with jax.enable_x64(True) if options.x64 else contextlib.nullcontext():

@@ -36,11 +36,12 @@ from matplotlib.figure import Figure
 from . import edge_of_stability as eos
 from . import edge_of_stability_plots as plots
 from . import kit, stats
-from .edge_of_stability import Results
+from .edge_of_stability import Results, check_inputs
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
-__all__ += ["figures", "load", "quadratic_orbit", "run", "save", "summary", "verdict"]
+__all__ += ["check_inputs", "figures", "load", "quadratic_orbit", "run", "save", "summary"]
+__all__ += ["verdict"]
 
 NAME = "momentum"
 PAPER = "Cohen et al. 2021, arXiv 2103.00065 (momentum appendix)"

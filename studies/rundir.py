@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from .configs import SweepError
 __all__ = [
     "MANIFEST",
     "check_run_dir",
+    "check_writable",
     "clean_stale",
     "clean_temporaries",
     "diff",
@@ -63,6 +65,13 @@ def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
     and so is one where a run started but failed before it finished a point (its manifest is
     replaced, so a corrected rerun is not refused).
     """
+    try:
+        return _check_run_dir(run_dir, study, config)
+    except CorruptRunError as e:
+        raise CorruptRunError(f"--out: {e}") from e
+
+
+def _check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
     if run_dir.exists() and not run_dir.is_dir():
         raise SweepError(f"--out: {run_dir} exists and is not a directory")
     if not run_dir.exists():
@@ -93,6 +102,28 @@ def check_run_dir(run_dir: Path, study: str, config: dict) -> dict | None:
             "; use a new --out or the same settings"
         )
     return manifest
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse a ``run_dir`` that cannot be created or written, leaving nothing behind.
+
+    For a command that works first and writes its results at the end (``hessian-lab sharpness
+    --out``): a temporary directory is made and removed in ``run_dir``, or in its nearest
+    existing parent, so the answer is the file system's own (root ignores permission bits, a
+    read-only mount does not).
+
+    Raises:
+      SweepError: naming --out.
+    """
+    target = run_dir.absolute()
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir():
+        raise SweepError(f"--out: {run_dir} cannot be created: {target} is not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=target, prefix=".probe-").cleanup()
+    except OSError as e:
+        raise SweepError(f"--out: cannot write to {run_dir}: {e.strerror or e}") from e
 
 
 def write_manifest(run_dir: Path, study: str, config: dict, num_points: int | None, **extra):

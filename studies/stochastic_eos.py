@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_lab import models
+
 from . import kit, stats
 from . import stochastic_eos_core as core
 from . import stochastic_eos_plots as plots
@@ -46,8 +48,9 @@ from .stochastic_eos_core import noise_kernel_threshold as noise_kernel_threshol
 from .stochastic_eos_core import second_moment_threshold as second_moment_threshold
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
-__all__ += ["assemble", "figures", "load", "mlp_curves", "noise_kernel_threshold", "points"]
-__all__ += ["run", "run_point", "save", "second_moment_threshold", "summary", "verdict"]
+__all__ += ["assemble", "check_inputs", "figures", "load", "mlp_curves"]
+__all__ += ["noise_kernel_threshold", "points", "run", "run_point", "save"]
+__all__ += ["second_moment_threshold", "summary", "verdict"]
 
 NAME = "stochastic_eos"
 PAPER = "Agarwala & Pennington 2024, arXiv 2404.19261"
@@ -90,10 +93,12 @@ class Config:
     num_iters: int = knob(20, "MLP: Lanczos iterations per sharpness measurement")
 
     def __post_init__(self):
+        kit.check_finite(self)
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_ints(self, "lin_n", "lin_dim", "lin_seeds", "lin_steps", "grid_per_octave")
         kit.check_ints(self, "mlp_n", "mlp_width", "mlp_seeds", "mlp_steps", "every", "num_iters")
-        kit.check_ints(self, "mlp_depth", "seed", minimum=0)
+        kit.check_ints(self, "mlp_depth", minimum=0)
+        kit.check_seeds(self, "seed")
         for f, n, empty in (
             ("lin_batch_sizes", self.lin_n, False),
             ("mlp_batch_sizes", self.mlp_n, True),
@@ -107,6 +112,19 @@ class Config:
         kit.check_positive(self, "mlp_lr")
         kit.check_choice(self, "mlp_activation", ACTIVATIONS)
         need(self.every <= self.mlp_steps, self, "every", "<= mlp_steps")
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: with an MLP part, ``num_iters`` is at most the MLP's parameter count.
+
+    Raises:
+      ValueError: naming the field.
+    """
+    c = config
+    if c.mlp_batch_sizes:
+        net = models.mlp(64, core.OUTPUTS, depth=c.mlp_depth, width=c.mlp_width,
+                         activation=c.mlp_activation)  # fmt: skip
+        kit.check_budget(c, "num_iters", kit.num_params(net), "the MLP's number of parameters")
 
 
 DEFAULT = Config()

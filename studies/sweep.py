@@ -56,6 +56,7 @@ __all__ = [
     "StudyError",
     "SweepError",
     "call",
+    "check_inputs",
     "check_run_dir",
     "config_from_dict",
     "config_to_dict",
@@ -138,6 +139,23 @@ def check_study(module: ModuleType) -> None:
     is_sweep(module)
 
 
+def check_inputs(study: str, module: ModuleType, config: Any) -> None:
+    """The study's optional ``check_inputs(config)`` (data paths, budgets), as a usage error.
+
+    Raises:
+      SweepError: the study refused an input (its ValueError names the field).
+    """
+    check = getattr(module, "check_inputs", None)
+    if check is None:
+        return
+    try:
+        check(config)
+    except ValueError as e:
+        raise SweepError(str(e)) from e
+    except Exception as e:
+        raise StudyError(f"{study}.check_inputs failed: {type(e).__name__}: {e}") from e
+
+
 def call(study: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, a study's own code: its failures become :class:`StudyError`."""
     try:
@@ -201,6 +219,8 @@ def execute(
     stored = config_to_dict(config)
     manifest = check_run_dir(run_dir, study, stored)
     complete = (run_dir / "config.json").exists()
+    if not complete:
+        check_inputs(study, module, config)
 
     if not is_sweep(module):
         if complete:
@@ -217,6 +237,11 @@ def execute(
     raw_points = call(study, "points", module.points, config)
     points = normalize(raw_points)
     n = len(points)
+    if shard.count > n:
+        raise SweepError(
+            f"--shard: {study} has {n} sweep point{'s' * (n != 1)}, so N in I/N must be at "
+            f"most {n}, got {shard.index}/{shard.count}"
+        )
     done = rundir.finished(run_dir, points)
     if complete:
         results = call(study, "load", module.load, run_dir)
@@ -326,6 +351,7 @@ def merge(
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
         raise SweepError(f"merge: {len(missing)} of {n} points missing ({shown}); run their shards")
     manifest = check_run_dir(out, study, stored)
+    rundir.check_writable(out)
     existing = rundir.finished(out, points) if manifest is not None else set()
 
     if manifest is None:

@@ -88,16 +88,13 @@ class Config:
     trajectory_steps: int = knob(150, "trajectories: GD steps recorded")
 
     def __post_init__(self):
+        kit.check_finite(self)
         kit.check_choice(self, "param", ("ntp", "mup"))
         kit.check_ints(self, "width", "in_dim", "num_kappa", "num_kappa_params", "phase_num_kappa")
         kit.check_ints(self, "phase_num_scale", "num_steps", "bisect_iters", "lyapunov_steps")
         kit.check_ints(self, "phase_steps", "trajectory_steps", "window", "max_period")
-        kit.check_ints(self, "seed", minimum=0)
-        need(
-            isinstance(self.widths, tuple) and len(self.widths) >= 1
-            and all(kit.is_int(w) and w >= 1 for w in self.widths),
-            self, "widths", "a non-empty tuple of ints >= 1",
-        )  # fmt: skip
+        kit.check_seeds(self, "seed")
+        kit.check_int_tuple(self, "widths", distinct=False)
         kit.check_positive(self, "x_norm", "init_scale", "kappa_min", "phase_kappa_min")
         kit.check_positive(self, "phase_scale_min")
         need(np.isfinite(self.y) and self.y != 0, self, "y", "a non-zero number")

@@ -41,7 +41,7 @@ from . import warmup_plots as plots
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results", "figures"]
-__all__ += ["load", "run", "save", "summary", "verdict"]
+__all__ += ["check_inputs", "load", "run", "save", "summary", "verdict"]
 
 NAME = "warmup"
 PAPER = "Kalra & Barkeshli 2024, arXiv 2406.09405"
@@ -95,6 +95,7 @@ class Config:
     chunk_size: int = knob(32, "steps per compiled chunk (> every catapult test length)")
 
     def __post_init__(self):
+        kit.check_finite(self)
         kit.check_ints(self, "n", "depth", "width", "lanczos_iters", "sharpness_every")
         kit.check_ints(self, "traj_steps", "num_c", "post_steps", "init_search_steps")
         kit.check_ints(self, "adam_num_eta", "adam_steps", "chunk_size", "adam_warmup_steps")
@@ -105,10 +106,9 @@ class Config:
              and len(set(self.params)) == len(self.params), self, "params",
              "distinct values from ('sp', 'mup')")  # fmt: skip
         need(isinstance(self.mup_bias, bool), self, "mup_bias", "a bool")
-        for f, lo in (("seeds", 0), ("warmup_grid", 0), ("search_steps", 1)):
-            v = getattr(self, f)
-            ok = isinstance(v, tuple) and len(v) >= 1 and all(kit.is_int(i) and i >= lo for i in v)
-            need(ok, self, f, f"a non-empty tuple of ints >= {lo}")
+        kit.check_seeds(self, "seeds")
+        kit.check_int_tuple(self, "warmup_grid", minimum=0, distinct=False)
+        kit.check_int_tuple(self, "search_steps", distinct=False)
         kit.check_rates(self, "traj_c_trgt")
         kit.check_positive(self, "c_min", "c_max", "search_eta_min", "adam_eta_min", "adam_eta_max")
         need(self.c_min < self.c_max, self, "c_max", "> c_min")
@@ -121,6 +121,16 @@ class Config:
         need(0 <= self.b1 < 1, self, "b1", "in [0, 1)")
         need(0 <= self.b2 < 1, self, "b2", "in [0, 1)")
         kit.check_positive(self, "eps", allow_zero=True)
+
+
+def check_inputs(config: Config) -> None:
+    """Before any work: ``lanczos_iters`` fits each trained net (``jax.eval_shape``).
+
+    Raises:
+      ValueError: naming the field.
+    """
+    limit = min(kit.num_params(core.model(config, p)[0]) for p in config.params)
+    kit.check_budget(config, "lanczos_iters", limit, "the parameter count of the smallest net")
 
 
 DEFAULT = Config()
