@@ -55,10 +55,16 @@ def _options(**values) -> measure.Options:
 def _as_option(message: str) -> str:
     """``"in_dim: must be ..."`` -> ``"--in-dim: must be ..."`` (the name the user typed)."""
     field = re.match(r"(\w+):", message)
-    if field and field.group(1) in HELP:
-        flag = "-k" if field.group(1) == "k" else "--" + field.group(1).replace("_", "-")
-        return flag + message[field.end() - 1 :]
-    return message
+    if not field or field.group(1) not in HELP:
+        return message
+    flag = "-k" if field.group(1) == "k" else "--" + field.group(1).replace("_", "-")
+    # Other options the message compares with ("<= num_iters (4)") by their flags too.
+    rest = re.sub(
+        r"\b([a-z]+_[a-z_]+)\b",
+        lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in HELP else m.group(1),
+        message[field.end() - 1 :],
+    )
+    return flag + rest
 
 
 def sharpness_cmd(

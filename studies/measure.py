@@ -87,7 +87,7 @@ class Options:
              "hutchinson or hutchpp")  # fmt: skip
         # Hutchinson needs two probes for a standard error; Hutch++ two of each of its 3 parts.
         check_ints(self, "trace_matvecs", minimum=2 if self.trace_method == "hutchinson" else 6)
-        need(self.num_iters >= self.k, self, "num_iters", f">= k ({self.k})")
+        need(self.k <= self.num_iters, self, "k", f"<= num_iters ({self.num_iters})")
         need(self.dataset in ("digits", "teacher"), self, "dataset", "digits or teacher")
         need(self.dataset != "digits" or self.n <= _DIGITS, self, "n", f"<= {_DIGITS} for digits")
         need(self.activation in models.ACTIVATIONS, self, "activation",
