@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as PS
 
 from . import progress as progress_lib
 from . import trainer
+from ._inputs import check_finite, check_hyperparams, check_initial_loss
 from .optim import set_hyperparams
 
 __all__ = ["PopulationResult", "PopulationStep", "make_step", "member_keys", "train_population"]
@@ -274,6 +275,7 @@ def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps,
         }
     metrics = {k: v[:, :num_steps] for k, v in metrics.items()}  # the last chunk may overrun
     codes = np.asarray(carry.reason)
+    check_initial_loss(codes, np.asarray(carry.stop_step), metrics["loss"])
     reasons = [trainer.STOP_REASONS[c or 1] for c in codes]
     stop_step = np.where(codes > 0, np.asarray(carry.stop_step), -1)
     return metrics, reasons, stop_step, carry.params, carry.opt_state
@@ -322,15 +324,22 @@ def train_population(
       :class:`PopulationResult`.
 
     Raises:
-      ValueError: ``learning_rates`` / ``seeds`` not 1-D of equal length, a learning rate <= 0,
-        ``params`` / ``opt_state`` whose leaves lack the leading member axis P, neither
-        ``init_fn`` nor ``params``, plus everything :func:`hessian_lab.trainer.train` rejects.
+      ValueError: before any work, ``learning_rates`` / ``seeds`` not 1-D of equal length, a
+        learning rate not finite and > 0, seeds outside ``[0, 2**32)``, ``params`` /
+        ``opt_state`` whose leaves lack the leading member axis P or hold NaN, neither
+        ``init_fn`` nor ``params``, plus everything :func:`hessian_lab.trainer.train` rejects
+        (empty or non-finite data, ``num_steps``, ``hyperparams``, goals); after the first
+        chunk, members whose loss is non-finite at their initial params (bad input, not
+        divergence; a diverged member never raises).
     """
     if not isinstance(pstep, PopulationStep):
         raise ValueError(
             f"pstep: expected a population.make_step result, got {type(pstep).__name__}"
         )
-    lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
+    try:
+        lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
+    except (TypeError, ValueError):
+        raise ValueError(f"learning_rates: must be real numbers, got {learning_rates!r}") from None
     if lrs.ndim != 1 or lrs.size == 0:
         raise ValueError(f"learning_rates: must be a non-empty 1-D array, got shape {lrs.shape}")
     if seeds.shape != lrs.shape or not np.issubdtype(seeds.dtype, np.integer):
@@ -339,6 +348,9 @@ def train_population(
         )
     if not np.all(np.isfinite(lrs) & (lrs > 0)):
         raise ValueError(f"learning_rates: must all be finite and > 0, got {lrs}")
+    # Outside [0, 2**32) a seed aliases another (2**32 gives seed 0's key without x64).
+    if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**32):
+        raise ValueError(f"seeds: must lie in [0, 2**32), got range [{seeds.min()}, {seeds.max()}]")
     P = lrs.size
     for name, tree in (("params", params), ("opt_state", opt_state)):
         bad = [jnp.shape(x) for x in jax.tree.leaves(tree) if jnp.shape(x)[:1] != (P,)]
@@ -349,11 +361,18 @@ def train_population(
             )
     if params is None and not callable(init_fn):
         raise ValueError("init_fn: must be callable when params is not given")
+    check_finite("params", params)
+    check_finite("opt_state", opt_state, allow_inf=True)
     goals = dict(
         loss_goal=loss_goal, accuracy_goal=accuracy_goal, divergence_threshold=divergence_threshold
     )
     trainer.run_args(pstep.step, data, num_steps=num_steps, **goals)  # fail before any work
-    hp = {k: np.broadcast_to(np.asarray(v), (P,)) for k, v in (hyperparams or {}).items()}
+    check_hyperparams(hyperparams)
+    hp = {}
+    for k, v in (hyperparams or {}).items():
+        if np.ndim(v) not in (0, 1) or np.size(v) not in (1, P):
+            raise ValueError(f"hyperparams: {k!r} must be a scalar or {P} values, got {v!r}")
+        hp[k] = np.broadcast_to(np.asarray(v), (P,))
     hp["learning_rate"] = lrs
     keys = [member_keys(int(s)) for s in seeds]
     fit = _train_loop if pstep.mode == "loop" else _train_batched

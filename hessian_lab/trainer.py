@@ -20,8 +20,14 @@ at the first step t where
 
 * the loss is non-finite, above ``divergence_threshold``, or update t makes params non-finite:
   the run is *diverged at step t* (no exception; theta_t is returned, update t is not applied);
+  "diverged" means only this: inputs that were finite and valid blew up during training;
 * ``loss <= loss_goal`` or ``accuracy >= accuracy_goal`` (theta_t reached the goal);
 * or after ``num_steps`` updates.
+
+Bad input is never reported as divergence: :func:`train` refuses it before any work with a
+one-line ``ValueError`` naming the argument (see its Raises), and a loss already non-finite at
+the initial params (step 0, no update applied: e.g. ``cross_entropy`` labels outside
+``[0, k)``, NaN under ``jit``) is raised after the first chunk, naming ``data``.
 
 Minibatches: epoch e uses the permutation ``jax.random.permutation(fold_in(key, e), n)`` and
 ``n // batch_size`` batches (the remainder is dropped).
@@ -42,6 +48,15 @@ import optax
 from jax import lax
 
 from . import progress as progress_lib
+from ._inputs import (
+    MAX_STEP,
+    check_data,
+    check_finite,
+    check_hyperparams,
+    check_initial_loss,
+    check_key,
+    check_real,
+)
 from .callbacks import Callback, StepInfo, run_callbacks
 from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint
@@ -235,25 +250,6 @@ def make_step(
     return Step(scan, run, loss_fn, optimizer, callbacks, accuracy_fn, batch_size, chunk_size)
 
 
-def _check_data(data, batch_size):
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError(
-            "data: must be a pytree of arrays with a leading example axis, got no arrays"
-        )
-    shapes = [np.shape(x) for x in leaves]
-    if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
-        raise ValueError(
-            f"data: every array needs the same leading (example) axis, got shapes {shapes}"
-        )
-    n = shapes[0][0]
-    if batch_size is not None and batch_size > n:
-        raise ValueError(
-            f"batch_size: the step's batch_size {batch_size} exceeds the {n} examples of data; "
-            f"use None (full batch) or an int in [1, {n}]"
-        )
-
-
 def run_args(
     step: Step,
     data,
@@ -266,22 +262,34 @@ def run_args(
     """Check a run's arguments against ``step`` and return them as the arrays its chunk takes.
 
     Raises:
-      ValueError: ``step`` not a :class:`Step`, mismatched data shapes, data smaller than the
-        step's ``batch_size``, ``num_steps`` not an int >= 1, ``accuracy_goal`` without the
-        step's ``accuracy_fn``.
+      ValueError: ``step`` not a :class:`Step`, mismatched data shapes, no examples, NaN/inf in
+        the data, data smaller than the step's ``batch_size``, ``num_steps`` not an int in
+        ``[1, 2**31 - 1 - chunk_size]``, a NaN or non-numeric goal or threshold,
+        ``accuracy_goal`` without the step's ``accuracy_fn``.
     """
     if not isinstance(step, Step):
         raise ValueError(f"step: expected a trainer.Step from make_step, got {type(step).__name__}")
-    _check_data(data, step.batch_size)
-    if not (isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1):
-        raise ValueError(f"num_steps: must be an int >= 1, got {num_steps!r}")
+    limit = MAX_STEP - step.chunk_size
+    if not (
+        isinstance(num_steps, int | np.integer)
+        and not isinstance(num_steps, bool)
+        and 1 <= num_steps <= limit
+    ):
+        raise ValueError(f"num_steps: must be an int in [1, {limit}], got {num_steps!r}")
+    for name, v in (
+        ("loss_goal", loss_goal),
+        ("accuracy_goal", accuracy_goal),
+        ("divergence_threshold", divergence_threshold),
+    ):
+        check_real(name, v)
+    check_data(data, step.batch_size)
     if accuracy_goal is not None and step.accuracy_fn is None:
         raise ValueError("accuracy_goal: needs a step made with accuracy_fn")
     fdt = jnp.result_type(float)
     f = lambda v, default: jnp.asarray(default if v is None else v, fdt)  # noqa: E731
     return RunArgs(
         jax.tree.map(jnp.asarray, data),
-        jnp.asarray(num_steps, jnp.int32),
+        jnp.asarray(int(num_steps), jnp.int32),
         f(loss_goal, -jnp.inf),
         f(accuracy_goal, jnp.inf),
         f(divergence_threshold, jnp.inf),
@@ -338,8 +346,13 @@ def train(
       :class:`TrainResult`.
 
     Raises:
-      ValueError: everything :func:`run_args` rejects, unknown hyperparameter names, a bad
-        ``progress``.
+      ValueError: one line naming the argument, before any work: everything :func:`run_args`
+        rejects (empty or non-finite data, ``num_steps``, goals), params with NaN/inf, an
+        ``opt_state`` with NaN or non-finite injected hyperparameters, ``hyperparams`` that
+        are unknown, not finite or out of range (``learning_rate <= 0``), a ``key`` that is not
+        a PRNG key, a bad ``progress``. After the first chunk: a loss that is non-finite at the
+        initial params (step 0, before any update), naming ``data`` -- bad input, not a
+        divergence.
     """
     args = run_args(
         step,
@@ -350,8 +363,15 @@ def train(
         divergence_threshold=divergence_threshold,
     )
     progress_lib.check(progress)
+    check_finite("params", params)
+    check_hyperparams(hyperparams)
+    if opt_state is not None:
+        check_finite("opt_state", opt_state, allow_inf=True)
     opt_state = step.optimizer.init(params) if opt_state is None else opt_state
     opt_state = set_hyperparams(opt_state, hyperparams or {})
+    check_hyperparams(getattr(opt_state, "hyperparams", None))
+    if key is not None:
+        check_key(key)
     key = jax.random.key(0) if key is None else key
     carry = init_carry(step, params, opt_state)
     length = min(step.chunk_size, num_steps)
@@ -367,6 +387,7 @@ def train(
     reason, stop_step = int(carry.reason), int(carry.stop_step)
     kept = stop_step + 1 if reason else num_steps
     metrics = {k: np.concatenate([c[k] for c in chunks])[:kept] for k in chunks[0]}
+    check_initial_loss(np.asarray(reason), np.asarray(stop_step), metrics["loss"][None])
     history = History(
         metrics,
         STOP_REASONS[reason or 1],

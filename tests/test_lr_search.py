@@ -84,7 +84,7 @@ def test_bad_options_raise_naming_them(kw, name):
 def test_non_finite_initial_loss_and_no_bracket_raise():
     params, data, _ = _regression()
     x, y = data
-    with pytest.raises(ValueError, match="initial loss"):
+    with pytest.raises(ValueError, match="data: leaf"):
         catapult_search(_STEP, params, (x, np.full_like(y, np.nan)), num_steps=5)
     with pytest.raises(ValueError, match="max_trials"):
         catapult_search(_STEP, params, data, num_steps=5, eta_min=1e-9, max_trials=3)

@@ -341,11 +341,10 @@ def digits(
     Raises:
       ValueError: for bad ``n``, ``standardize``, ``dtype``, ``flatten`` or ``one_hot``.
     """
-    from sklearn.datasets import load_digits
-
     dtype = _check_options("train", n, flatten, one_hot, dtype)
     if standardize is not None and standardize not in ("feature", "sample"):
         raise ValueError(f"standardize: must be 'feature', 'sample' or None, got {standardize!r}")
+    from sklearn.datasets import load_digits  # slow to import: only once the options are good
 
     raw = load_digits()
     k = _check_n(n, raw.images.shape[0])
