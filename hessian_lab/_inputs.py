@@ -7,6 +7,7 @@ keeps one meaning: finite, valid inputs whose loss or params blew up during trai
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +43,16 @@ def check_finite(name: str, tree, *, allow_inf: bool = False) -> None:
             raise ValueError(f"{name}: leaf {where} holds {count} {what} value(s)")
 
 
-def check_hyperparams(values) -> None:
+def check_hyperparams(values, *, members: int | None = None) -> dict:
     """Raise ``ValueError`` naming ``hyperparams`` for values that are not finite numbers in range.
 
     ``learning_rate`` > 0; schedule lengths and values, ``eps``, ``weight_decay`` >= 0;
-    ``momentum``, ``b1``, ``b2``, ``decay`` in [0, 1); any other name: finite. Scalars or
-    arrays (one value per population member).
+    ``momentum``, ``b1``, ``b2``, ``decay`` in [0, 1); any other name: finite. With
+    ``members=P`` each value is a scalar or P values, and is returned broadcast to ``(P,)``.
     """
+    out = {}
+    if values is not None and not isinstance(values, Mapping):
+        raise ValueError(f"hyperparams: must be a dict name -> value, got {type(values).__name__}")
     for k, v in (values or {}).items():
         kind = np.asarray(v).dtype.kind if not isinstance(v, str) else "U"
         if kind not in "biuf" or isinstance(v, bool):
@@ -64,6 +68,32 @@ def check_hyperparams(values) -> None:
             ok, allowed = True, "finite"
         if not np.all(ok & np.isfinite(a)):
             raise ValueError(f"hyperparams: {k!r} must be {allowed}, got {v!r}")
+        if members is not None:
+            if a.ndim > 1 or a.size not in (1, members):
+                raise ValueError(f"hyperparams: {k!r} must be a scalar or {members} values")
+            out[k] = np.broadcast_to(np.asarray(v), (members,))
+    return out
+
+
+def check_members(learning_rates, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """A population's ``learning_rates`` (finite, > 0) and ``seeds`` (ints in [0, 2**32)), 1-D."""
+    try:
+        lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
+    except (TypeError, ValueError):
+        raise ValueError(f"learning_rates: must be real numbers, got {learning_rates!r}") from None
+    if lrs.ndim != 1 or lrs.size == 0:
+        raise ValueError(f"learning_rates: must be a non-empty 1-D array, got shape {lrs.shape}")
+    if seeds.shape != lrs.shape or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(
+            f"seeds: must be 1-D ints of the learning_rates' shape {lrs.shape}, "
+            f"got {seeds.shape} {seeds.dtype}"
+        )
+    if not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise ValueError(f"learning_rates: must all be finite and > 0, got {lrs}")
+    # Outside [0, 2**32) a seed aliases another (2**32 gives seed 0's key without x64).
+    if seeds.min() < 0 or seeds.max() >= 2**32:
+        raise ValueError(f"seeds: must lie in [0, 2**32), got range [{seeds.min()}, {seeds.max()}]")
+    return lrs, seeds
 
 
 def check_real(name: str, v) -> None:
@@ -130,3 +160,32 @@ def check_data(data, batch_size) -> None:
             f"batch_size: the step's batch_size {batch_size} exceeds the {n} examples of data; "
             f"use None (full batch) or an int in [1, {n}]"
         )
+
+
+def check_params(params) -> None:
+    """Raise naming ``params`` when they hold no arrays or a float leaf holds NaN/inf."""
+    if not jax.tree.leaves(params):
+        raise ValueError(f"params: must hold at least one array, got {params!r}")
+    check_finite("params", params)
+
+
+def check_opt_state(optimizer, params, opt_state) -> None:
+    """Raise naming ``opt_state`` when it is not shaped like ``optimizer.init(params)`` or holds NaN.
+
+    The reference is traced (``jax.eval_shape``), not computed. A state of another optimizer, or
+    of params of other shapes, would otherwise train silently or fail deep inside the step.
+    """
+    want = jax.eval_shape(optimizer.init, params)
+    if jax.tree.structure(want) != jax.tree.structure(opt_state):
+        raise ValueError(
+            f"opt_state: structure differs from optimizer.init(params)'s: "
+            f"got {jax.tree.structure(opt_state)}, expected {jax.tree.structure(want)}"
+        )
+    flat = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    for (path, got), ref in zip(flat, jax.tree.leaves(want), strict=True):
+        if np.shape(got) != ref.shape:
+            raise ValueError(
+                f"opt_state: leaf {jax.tree_util.keystr(path)} has shape {np.shape(got)}, "
+                f"optimizer.init(params) gives {ref.shape}"
+            )
+    check_finite("opt_state", opt_state, allow_inf=True)

@@ -28,8 +28,8 @@ def save_checkpoint(path: str | os.PathLike, tree) -> None:
     """Save a pytree (e.g. ``(params, opt_state)``) as an npz of its leaves plus its structure text.
 
     Raises:
-      ValueError: ``path`` is a directory, or a leaf of ``tree`` is not a numeric array
-        (the message names the leaf's key path).
+      ValueError: ``path`` is a directory or cannot be written, or a leaf of ``tree`` is not a
+        numeric array (the message names the leaf's key path).
     """
     if Path(path).is_dir():
         raise ValueError(f"path: {path} is a directory; give a file name such as ckpt.npz")
@@ -37,13 +37,22 @@ def save_checkpoint(path: str | os.PathLike, tree) -> None:
     paths = _paths(tree)
     arrays = {}
     for i, (p, x) in enumerate(zip(paths, leaves, strict=True)):
-        a = np.asarray(x)
+        try:  # PRNG keys refuse, with advice: store jax.random.key_data(key) instead
+            a = np.asarray(x)
+        except TypeError:
+            a = np.asarray(None)
         if a.dtype.hasobject or a.dtype.kind not in "biufcSU":
-            raise ValueError(f"tree: leaf {p or '(root)'} is not a numeric array, got {type(x)}")
+            raise ValueError(
+                f"tree: leaf {p or '(root)'} is not a numeric array, got {type(x).__name__}"
+                f"{' (store jax.random.key_data(key))' if hasattr(x, 'dtype') else ''}"
+            )
         arrays[f"leaf_{i:05d}"] = a
     arrays["treedef"] = np.asarray(str(treedef))
     arrays["paths"] = np.asarray(paths, dtype=str)
-    io.write_npz(path, arrays)
+    try:
+        io.write_npz(path, arrays)
+    except OSError as e:
+        raise ValueError(f"path: cannot write {path}: {e.strerror or e}") from None
 
 
 def _structure_error(z: dict, like) -> ValueError:

@@ -57,7 +57,8 @@ def _valid_labels(labels: jax.Array, k: int, name: str) -> jax.Array:
 
 def _valid_probabilities(y: jax.Array, name: str) -> jax.Array:
     """Per-example mask of rows that are probability vectors (one-hot, smoothed: >= 0, sum 1)."""
-    tol = 1e-3 if jnp.finfo(y.dtype).bits < 64 else 1e-9
+    # Loose enough for smoothed or distilled targets rounded in any float dtype (bfloat16 too).
+    tol = max(1e-3, 4 * float(jnp.finfo(y.dtype).eps))
     valid = jnp.all(y >= 0, axis=-1) & (jnp.abs(jnp.sum(y, axis=-1) - 1) <= tol)
     if _concrete(y) and y.size and not bool(jnp.all(valid)):
         bad = int(jnp.sum(~valid))
@@ -66,6 +67,11 @@ def _valid_probabilities(y: jax.Array, name: str) -> jax.Array:
             f"(finite, >= 0, summing to 1); {bad} of {valid.size} rows are not"
         )
     return valid
+
+
+def _as_float(targets: jax.Array) -> jax.Array:
+    """Targets in their own float dtype (ints and bools as the default float) for the checks."""
+    return targets if jnp.issubdtype(targets.dtype, jnp.floating) else targets.astype(float)
 
 
 def _is_labels(outputs: jax.Array, targets: jax.Array) -> bool:
@@ -150,8 +156,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         picked = jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
         return -jnp.mean(_nan_where(valid, picked))
     _check_shape(logits, labels, "labels")
+    valid = _valid_probabilities(_as_float(labels), "labels")
     y = labels.astype(logits.dtype)
-    valid = _valid_probabilities(y, "labels")
     return -jnp.mean(_nan_where(valid, jnp.sum(y * logp, axis=-1)))
 
 
@@ -177,7 +183,7 @@ def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
         valid = _valid_labels(labels, outputs.shape[-1], "labels")
     else:
         _check_shape(outputs, labels, "labels")
-        valid = _valid_probabilities(labels.astype(outputs.dtype), "labels")
+        valid = _valid_probabilities(_as_float(labels), "labels")
         labels = jnp.argmax(labels, axis=-1)
     hit = (jnp.argmax(outputs, axis=-1) == labels).astype(outputs.dtype)
     return jnp.mean(_nan_where(valid, hit))

@@ -39,7 +39,14 @@ from jax.sharding import PartitionSpec as PS
 
 from . import progress as progress_lib
 from . import trainer
-from ._inputs import check_finite, check_hyperparams, check_initial_loss
+from ._inputs import (
+    check_finite,
+    check_hyperparams,
+    check_initial_loss,
+    check_members,
+    check_opt_state,
+    check_params,
+)
 from .optim import set_hyperparams
 
 __all__ = ["PopulationResult", "PopulationStep", "make_step", "member_keys", "train_population"]
@@ -336,21 +343,7 @@ def train_population(
         raise ValueError(
             f"pstep: expected a population.make_step result, got {type(pstep).__name__}"
         )
-    try:
-        lrs, seeds = np.asarray(learning_rates, float), np.asarray(seeds)
-    except (TypeError, ValueError):
-        raise ValueError(f"learning_rates: must be real numbers, got {learning_rates!r}") from None
-    if lrs.ndim != 1 or lrs.size == 0:
-        raise ValueError(f"learning_rates: must be a non-empty 1-D array, got shape {lrs.shape}")
-    if seeds.shape != lrs.shape or not np.issubdtype(seeds.dtype, np.integer):
-        raise ValueError(
-            f"seeds: must be 1-D ints of the learning_rates' shape {lrs.shape}, got {seeds.shape} {seeds.dtype}"
-        )
-    if not np.all(np.isfinite(lrs) & (lrs > 0)):
-        raise ValueError(f"learning_rates: must all be finite and > 0, got {lrs}")
-    # Outside [0, 2**32) a seed aliases another (2**32 gives seed 0's key without x64).
-    if seeds.size and (seeds.min() < 0 or seeds.max() >= 2**32):
-        raise ValueError(f"seeds: must lie in [0, 2**32), got range [{seeds.min()}, {seeds.max()}]")
+    lrs, seeds = check_members(learning_rates, seeds)
     P = lrs.size
     for name, tree in (("params", params), ("opt_state", opt_state)):
         bad = [jnp.shape(x) for x in jax.tree.leaves(tree) if jnp.shape(x)[:1] != (P,)]
@@ -361,19 +354,17 @@ def train_population(
             )
     if params is None and not callable(init_fn):
         raise ValueError("init_fn: must be callable when params is not given")
-    check_finite("params", params)
-    check_finite("opt_state", opt_state, allow_inf=True)
+    if params is not None:
+        check_params(params)
+    if opt_state is not None:  # one member's state against optimizer.init of its params
+        p0 = _member(params, 0) if params is not None else init_fn(member_keys(int(seeds[0]))[0])
+        check_opt_state(pstep.step.optimizer, p0, _member(opt_state, 0))
+        check_finite("opt_state", opt_state, allow_inf=True)
     goals = dict(
         loss_goal=loss_goal, accuracy_goal=accuracy_goal, divergence_threshold=divergence_threshold
     )
     trainer.run_args(pstep.step, data, num_steps=num_steps, **goals)  # fail before any work
-    check_hyperparams(hyperparams)
-    hp = {}
-    for k, v in (hyperparams or {}).items():
-        if np.ndim(v) not in (0, 1) or np.size(v) not in (1, P):
-            raise ValueError(f"hyperparams: {k!r} must be a scalar or {P} values, got {v!r}")
-        hp[k] = np.broadcast_to(np.asarray(v), (P,))
-    hp["learning_rate"] = lrs
+    hp = check_hyperparams(hyperparams, members=P) | {"learning_rate": lrs}
     keys = [member_keys(int(s)) for s in seeds]
     fit = _train_loop if pstep.mode == "loop" else _train_batched
     with progress_lib.reporter(progress, P * num_steps) as report:

@@ -51,10 +51,11 @@ from . import progress as progress_lib
 from ._inputs import (
     MAX_STEP,
     check_data,
-    check_finite,
     check_hyperparams,
     check_initial_loss,
     check_key,
+    check_opt_state,
+    check_params,
     check_real,
 )
 from .callbacks import Callback, StepInfo, run_callbacks
@@ -363,10 +364,10 @@ def train(
         divergence_threshold=divergence_threshold,
     )
     progress_lib.check(progress)
-    check_finite("params", params)
+    check_params(params)
     check_hyperparams(hyperparams)
     if opt_state is not None:
-        check_finite("opt_state", opt_state, allow_inf=True)
+        check_opt_state(step.optimizer, params, opt_state)
     opt_state = step.optimizer.init(params) if opt_state is None else opt_state
     opt_state = set_hyperparams(opt_state, hyperparams or {})
     check_hyperparams(getattr(opt_state, "hyperparams", None))

@@ -97,6 +97,9 @@ def test_valid_targets_still_give_the_closed_forms():
     np.testing.assert_allclose(jax.jit(xent)(jnp.zeros((4, 3)), jnp.full((4, 3), 1 / 3)), c)
     assert float(acc(ONE_HOT, LABELS)) == 1.0 == float(jax.jit(acc)(ONE_HOT, ONE_HOT))
     np.testing.assert_allclose(jax.jit(mse)(ONE_HOT, LABELS), 0.0)
+    smooth = (0.9 * ONE_HOT + 0.1 / 3).astype(jnp.bfloat16)  # sums to 1 only to bf16 rounding
+    assert np.isfinite(xent(LOGITS, smooth)) and np.isfinite(xent(LOGITS, smooth.astype(float)))
+    assert len(data.preprocess(DS, first_n=np.int64(2)).x) == 2
 
 
 # --- loaders ---------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def _w(tmp, payload):
     return tmp / "f"
 
 
-DS = data.Dataset(np.ones((4, 2), np.float32), np.array([0, 1, 1, 0]))
+DS, pre = data.Dataset(np.ones((4, 2), np.float32), np.array([0, 1, 1, 0])), data.preprocess
 LOADER_CASES = {
     "idx_truncated": (lambda t: data.read_idx(_w(t, _idx(IMG)[:-3])), "path"),
     "idx_garbage": (lambda t: data.read_idx(_w(t, b"garbage file")), "path"),
@@ -168,22 +171,15 @@ LOADER_CASES = {
     "dataset_empty": (lambda t: data.Dataset(np.ones((0, 2)), np.ones(0)), "x"),
     "preprocess_nan": (lambda t: data.preprocess(DS._replace(x=DS.x * np.nan)), "ds"),
     "preprocess_inf": (lambda t: data.preprocess(DS._replace(x=DS.x * np.inf)), "ds"),
+    "preprocess_nan_y": (lambda t: data.preprocess(DS._replace(y=DS.y * np.nan)), "ds"),
     "preprocess_first_n": (lambda t: data.preprocess(DS, first_n=0), "first_n"),
     "preprocess_scale_nan": (lambda t: data.preprocess(DS, scale=float("nan")), "scale"),
     "preprocess_scale_str": (lambda t: data.preprocess(DS, scale="2"), "scale"),
     "preprocess_int_dtype": (lambda t: data.preprocess(DS, dtype=np.int8), "dtype"),
-    "preprocess_num_classes": (
-        lambda t: data.preprocess(DS, one_hot=True, num_classes=1),
-        "num_classes",
-    ),
-    "preprocess_negative_label": (
-        lambda t: data.preprocess(DS._replace(y=-DS.y), one_hot=True),
-        "ds",
-    ),
-    "preprocess_not_one_hot": (
-        lambda t: data.preprocess(DS._replace(y=np.ones((4, 2))), one_hot=False),
-        "one_hot",
-    ),
+    "preprocess_num_classes": (lambda t: pre(DS, one_hot=True, num_classes=1), "num_classes"),
+    "preprocess_one_hot_int": (lambda t: pre(DS, one_hot=1), "one_hot"),
+    "preprocess_negative_label": (lambda t: pre(DS._replace(y=-DS.y), one_hot=True), "ds"),
+    "preprocess_not_one_hot": (lambda t: pre(DS._replace(y=DS.x), one_hot=False), "one_hot"),
     "random_subset_n0": (lambda t: data.random_subset(DS, 0), "n"),
     "random_subset_float": (lambda t: data.random_subset(DS, 1.5), "n"),
     "random_subset_too_many": (lambda t: data.random_subset(DS, 5), "n"),
@@ -255,6 +251,8 @@ CKPT_CASES = {
     "dtype": (lambda t: _load(t, like=TREE | {"w": np.ones((2, 3), np.int32)}), "like"),
     "save_object_leaf": (lambda t: save_checkpoint(t / "o.npz", {"a": object()}), "tree"),
     "save_to_directory": (lambda t: save_checkpoint(t, TREE), "path"),
+    "save_prng_key": (lambda t: save_checkpoint(t / "k.npz", {"k": jax.random.key(0)}), "tree"),
+    "save_under_a_file": (lambda t: save_checkpoint(_w(t, b"") / "c.npz", TREE), "path"),
 }
 
 
@@ -276,12 +274,12 @@ def quad(params, batch):
     return 0.5 * jnp.mean((x @ params["w"] + params["b"][0] - y) ** 2)
 
 
-GD = optim.make_optimizer("gd", learning_rate=0.1)
+GD, ADAM = (optim.make_optimizer(o, learning_rate=0.1) for o in ("gd", "adam"))
 nan = float("nan")
 
 
-def _train(data=(X, Y), params=PARAMS, step_kw=None, loss=quad, **kw):
-    step = trainer.make_step(loss, GD, **({"chunk_size": 4} | (step_kw or {})))
+def _train(data=(X, Y), params=PARAMS, step_kw=None, loss=quad, opt=GD, **kw):
+    step = trainer.make_step(loss, opt, **({"chunk_size": 4} | (step_kw or {})))
     return trainer.train(step, params, data, **({"num_steps": 8} | kw))
 
 
@@ -305,6 +303,10 @@ TRAIN_CASES = {
         "opt_state",
     ),
     "params_nan": (lambda: _train(params=PARAMS | {"w": jnp.full(3, nan)}), "params"),
+    "params_empty": (lambda: _train(params={}, loss=lambda p, b: jnp.mean(b[1])), "params"),
+    "hyperparams_list": (lambda: _train(hyperparams=[0.1]), "hyperparams"),
+    "opt_state_of_adam": (lambda: _train(opt_state=ADAM.init(PARAMS)), "opt_state"),
+    "opt_state_shapes": (lambda: _train(opt=ADAM, opt_state=ADAM.init({"w": X})), "opt_state"),
     "num_steps_bool": (lambda: _train(num_steps=True), "num_steps"),
     "num_steps_float": (lambda: _train(num_steps=1e30), "num_steps"),
     "num_steps_2.0": (lambda: _train(num_steps=2.0), "num_steps"),
@@ -358,7 +360,7 @@ POP_CASES = {
         "opt_state",
     ),
     "label_out_of_range_vmap": (
-        lambda: _pop(data=(X, BAD_Y), mode="vmap", p0=W4, loss=XENT),
+        lambda: _pop((0.1,), data=(X, BAD_Y), mode="vmap", p0=W4, loss=XENT),
         "data",
     ),
     "label_out_of_range_loop": (lambda: _pop(data=(X, BAD_Y), p0=W4, loss=XENT), "data"),

@@ -138,17 +138,20 @@ def preprocess(
     n = x.shape[0]
     if x.dtype.kind not in "biuf" or not np.all(np.isfinite(x)):
         raise ValueError(f"ds: inputs x must be finite numbers, got dtype {x.dtype} with NaN/inf")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
+        raise ValueError(f"ds: targets y must be finite numbers, got dtype {y.dtype} with NaN/inf")
     if first_n is not None:
-        if isinstance(first_n, bool) or not isinstance(first_n, int) or not 1 <= first_n <= n:
+        ok = isinstance(first_n, int | np.integer) and not isinstance(first_n, bool)
+        if not (ok and 1 <= first_n <= n):
             raise ValueError(f"first_n: must be an integer in [1, {n}] or None, got {first_n!r}")
-        x, y = x[:first_n], y[:first_n]
+        x, y = x[: int(first_n)], y[: int(first_n)]
     if standardize is not None and standardize not in STANDARDIZE:
         raise ValueError(f"standardize: must be one of {[*STANDARDIZE, None]}, got {standardize!r}")
     if scale is not None and (
         isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not np.isfinite(scale)
     ):
         raise ValueError(f"scale: must be a finite number or None, got {scale!r}")
-    if one_hot not in (None, True, False):
+    if one_hot is not None and not isinstance(one_hot, bool | np.bool_):
         raise ValueError(f"one_hot: must be True, False or None, got {one_hot!r}")
     dtype = (
         float_dtype(dtype)
@@ -167,7 +170,7 @@ def preprocess(
     if scale is not None:
         x = x * scale
     x = x.astype(dtype)
-    if one_hot is True and np.issubdtype(y.dtype, np.integer):
+    if one_hot and np.issubdtype(y.dtype, np.integer):
         if y.min() < 0:
             raise ValueError(f"ds: labels must be >= 0 to be one-hot encoded, got min {y.min()}")
         k = int(y.max()) + 1 if num_classes is None else num_classes
@@ -178,7 +181,7 @@ def preprocess(
                 f"num_classes: must be an int > the largest label {y.max()}, got {num_classes!r}"
             )
         y = to_one_hot(y, k, dtype)
-    elif one_hot is False and not np.issubdtype(y.dtype, np.integer):
+    elif one_hot is not None and not one_hot and not np.issubdtype(y.dtype, np.integer):
         one = (y == 1).sum(axis=-1) == 1 if y.ndim == 2 else None
         if one is None or not (np.all(one) and np.all((y == 0) | (y == 1))):
             raise ValueError(

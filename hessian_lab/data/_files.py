@@ -29,7 +29,7 @@ def _check_options(split: str, n: Any, flatten: Any, one_hot: Any, dtype: Any) -
     """Check a loader's options before any file is read; return the float dtype."""
     if split not in SPLITS:
         raise ValueError(f"split: must be one of {list(SPLITS)}, got {split!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1):
         raise ValueError(f"n: must be a positive integer or None, got {n!r}")
     for name, v in (("flatten", flatten), ("one_hot", one_hot)):
         if not isinstance(v, bool | np.bool_):
@@ -40,9 +40,9 @@ def _check_options(split: str, n: Any, flatten: Any, one_hot: Any, dtype: Any) -
 def _check_n(n: int | None, available: int) -> int:
     if n is None:
         return available
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= available:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= available:
         raise ValueError(f"n: must be an integer in [1, {available}] or None, got {n!r}")
-    return n
+    return int(n)
 
 
 def _check_images(images: np.ndarray, labels: np.ndarray, max_value: float, where: str) -> None:
