@@ -161,6 +161,7 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
 
     ``progress(done, total)`` counts training steps over all runs.
     """
+    check_inputs(config)  # what the Config alone cannot know, before any work
     t0 = time.perf_counter()
     c = config
     prob = problems.make_problem(

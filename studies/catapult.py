@@ -230,6 +230,7 @@ def assemble(config: Config, outs: list[dict]) -> Results:
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run every point (no I/O); ``progress(done, total)`` counts member-steps of all of them."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     pts = points(config)
     counter = kit.StepCounter(sum(_work(config, p) for p in pts), progress)
     outs = [run_point(config, p, progress=counter.part(_work(config, p))) for p in pts]

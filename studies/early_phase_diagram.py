@@ -231,6 +231,7 @@ def assemble(config: Config, outs: list[dict]) -> Results:
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run every cell (no I/O); ``progress(done, total)`` counts member-steps of all cells."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     pts = points(config)
     counter = kit.StepCounter(len(pts) * _work(config), progress)
     return assemble(

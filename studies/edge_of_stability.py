@@ -281,6 +281,7 @@ def simulate(config, groups, *, progress: Callable[[int, int], None] | None = No
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run full-batch GD at every ``config.lrs`` and the gradient-flow baseline (no I/O)."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     return simulate(config, [("gd", config.lrs, 0.0)], progress=progress)
 
 

@@ -85,6 +85,7 @@ TINY = Config(
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Train heavy-ball (``lrs``) and Nesterov (``nesterov_lrs``) runs at ``momentum`` (no I/O)."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     groups = [
         ("momentum", config.lrs, config.momentum),
         ("nesterov", config.nesterov_lrs, config.momentum),

@@ -219,6 +219,7 @@ def assemble(config: Config, point_results: list[dict]) -> Results:
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run the whole study (no I/O); ``progress(done, total)`` counts member-steps."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     pts = points(config)
     counter = kit.StepCounter(sum(core.point_steps(config, p) for p in pts), progress)
     out = [run_point(config, p, progress=counter.part(core.point_steps(config, p))) for p in pts]

@@ -198,6 +198,7 @@ class Results:
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run the whole study (no I/O); ``progress(done, total)`` counts training steps."""
+    check_inputs(config)  # what the Config alone cannot know, before any work
     t0 = time.perf_counter()
     counter = kit.StepCounter(core.total_steps(config), progress)
     with jax.enable_x64(True):
