@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .history import STOP_REASONS
+from .optim import set_hyperparams
 
 # Steps are counted in int32 inside the compiled chunk.
 MAX_STEP = 2**31 - 1
@@ -73,6 +74,18 @@ def check_hyperparams(values, *, members: int | None = None) -> dict:
                 raise ValueError(f"hyperparams: {k!r} must be a scalar or {members} values")
             out[k] = np.broadcast_to(np.asarray(v), (members,))
     return out
+
+
+def with_hyperparams(opt_state, hyperparams):
+    """``opt_state`` with ``hyperparams`` set, refusing values that do not fit the stored ones."""
+    try:
+        opt_state = set_hyperparams(opt_state, hyperparams or {})
+    except ValueError as e:
+        if str(e).startswith(("hyperparams", "opt_state")):
+            raise
+        raise ValueError(f"hyperparams: must fit the optimizer's stored shapes ({e})") from None
+    check_hyperparams(getattr(opt_state, "hyperparams", None))  # a state's own, e.g. loaded
+    return opt_state
 
 
 def check_members(learning_rates, seeds) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ class History:
 
     @property
     def diverged(self) -> bool:
+        """Whether finite, valid inputs blew up in training (bad input raises, never lands here)."""
         return self.stop_reason == "diverged"
 
     @property
@@ -72,8 +73,19 @@ def save_history(
 
 
 def load_history(run_dir: str | os.PathLike) -> History:
-    """Load a history saved by :func:`save_history`."""
+    """Load a history saved by :func:`save_history`.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` holds no ``config.json``.
+      CorruptRunError: a file is unreadable, or the summary lacks a stop reason, stop step or
+        update count (or holds an unknown stop reason).
+    """
     _, arrays, summary = io.load_run(run_dir)
-    return History(
-        arrays, summary["stop_reason"], int(summary["stop_step"]), int(summary["num_updates"])
-    )
+    try:
+        reason = summary["stop_reason"]
+        stop_step, num_updates = int(summary["stop_step"]), int(summary["num_updates"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise io.CorruptRunError(f"cannot read {run_dir}: not a saved history ({e!r})") from None
+    if reason not in STOP_REASONS:
+        raise io.CorruptRunError(f"cannot read {run_dir}: unknown stop_reason {reason!r}")
+    return History(arrays, reason, stop_step, num_updates)

@@ -57,6 +57,7 @@ from ._inputs import (
     check_opt_state,
     check_params,
     check_real,
+    with_hyperparams,
 )
 from .callbacks import Callback, StepInfo, run_callbacks
 from .checkpoint import load_checkpoint as load_checkpoint
@@ -64,7 +65,7 @@ from .checkpoint import save_checkpoint as save_checkpoint
 from .history import STOP_REASONS, History
 from .history import load_history as load_history
 from .history import save_history as save_history
-from .optim import current_learning_rate, set_hyperparams
+from .optim import current_learning_rate
 
 __all__ = [
     "STOP_REASONS",
@@ -369,8 +370,7 @@ def train(
     if opt_state is not None:
         check_opt_state(step.optimizer, params, opt_state)
     opt_state = step.optimizer.init(params) if opt_state is None else opt_state
-    opt_state = set_hyperparams(opt_state, hyperparams or {})
-    check_hyperparams(getattr(opt_state, "hyperparams", None))
+    opt_state = with_hyperparams(opt_state, hyperparams)
     if key is not None:
         check_key(key)
     key = jax.random.key(0) if key is None else key

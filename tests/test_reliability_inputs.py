@@ -297,6 +297,7 @@ TRAIN_CASES = {
     "lr_zero": (lambda: _train(hyperparams={"learning_rate": 0.0}), "hyperparams"),
     "lr_str": (lambda: _train(hyperparams={"learning_rate": "0.1"}), "hyperparams"),
     "warmup_nan": (lambda: _train(hyperparams={"warmup_steps": nan}), "hyperparams"),
+    "lr_shape": (lambda: _train(hyperparams={"learning_rate": np.ones(2)}), "hyperparams"),
     "make_opt_lr_nan": (lambda: optim.make_optimizer("gd", learning_rate=nan), "learning_rate"),
     "opt_state_nan_lr": (
         lambda: _train(opt_state=optim.set_hyperparams(GD.init(PARAMS), {"learning_rate": nan})),
