@@ -133,22 +133,41 @@ def check_key(key) -> None:
         )
 
 
-def check_initial_loss(reasons, stop_steps, losses) -> None:
-    """Raise when a run "diverged" at step 0 because its loss was non-finite at the initial params.
+def check_initial_loss(reasons, stop_steps, losses, threshold=None) -> None:
+    """Raise when a run "diverged" at step 0: bad input, not divergence.
 
-    Params, data and hyperparameters were checked finite, and no update was applied, so this is
-    bad input (e.g. labels outside a loss's range, which give NaN under ``jit``), not divergence.
+    Params, data and hyperparameters were checked finite, so a run that stops at step 0 had a
+    non-finite loss at its initial params (e.g. labels outside a loss's range, which give NaN
+    under ``jit``: named ``data``), or an initial loss already above ``divergence_threshold``
+    (named so), or a first update that is NaN or inf from finite params and gradients: a NaN or
+    inf constant inside the optimizer (``optax.sgd(nan)``), named ``optimizer``. The last is
+    raised only when every member stops so (one shared optimizer), so that in a sweep a member
+    whose learning rate overflows in one step is still recorded as diverged.
     ``reasons``/``stop_steps``: (P,) stop codes and steps; ``losses``: (P, T) loss histories.
     """
     reasons, stop_steps = np.atleast_1d(reasons), np.atleast_1d(stop_steps)
     first = np.asarray(losses)[:, 0]
-    bad = (reasons == STOP_REASONS.index("diverged")) & (stop_steps == 0) & ~np.isfinite(first)
+    at_start = (reasons == STOP_REASONS.index("diverged")) & (stop_steps == 0)
+    bad = at_start & ~np.isfinite(first)
     if np.any(bad):
         members = "" if bad.size == 1 else f" of members {np.flatnonzero(bad).tolist()}"
         raise ValueError(
             f"data: the loss{members} is {first[bad][0]} at the initial params (step 0, before "
             "any update) although params, data and hyperparameters are finite: bad input, not "
             "a divergence (labels outside the loss's range, e.g. cross_entropy's [0, k), give NaN)"
+        )
+    if threshold is not None and np.any(at_start & (first > threshold)):
+        raise ValueError(
+            f"divergence_threshold: {threshold} is below the initial loss "
+            f"{float(np.max(first[at_start])):.6g} (step 0), so every run would count as diverged "
+            "before any update; raise it or leave it None (only non-finite losses diverge)"
+        )
+    if np.all(at_start):
+        raise ValueError(
+            "optimizer: its first update is NaN or inf although the params, the data and the "
+            "loss and gradient at step 0 are finite: a NaN or inf constant inside the optimizer "
+            "(e.g. optax.sgd(float('nan'))); pass the learning rate as hyperparams= to have it "
+            "checked by name"
         )
 
 

@@ -282,7 +282,8 @@ def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps,
         }
     metrics = {k: v[:, :num_steps] for k, v in metrics.items()}  # the last chunk may overrun
     codes = np.asarray(carry.reason)
-    check_initial_loss(codes, np.asarray(carry.stop_step), metrics["loss"])
+    threshold = goals.get("divergence_threshold")
+    check_initial_loss(codes, np.asarray(carry.stop_step), metrics["loss"], threshold)
     reasons = [trainer.STOP_REASONS[c or 1] for c in codes]
     stop_step = np.where(codes > 0, np.asarray(carry.stop_step), -1)
     return metrics, reasons, stop_step, carry.params, carry.opt_state

@@ -352,9 +352,9 @@ def train(
         rejects (empty or non-finite data, ``num_steps``, goals), params with NaN/inf, an
         ``opt_state`` with NaN or non-finite injected hyperparameters, ``hyperparams`` that
         are unknown, not finite or out of range (``learning_rate <= 0``), a ``key`` that is not
-        a PRNG key, a bad ``progress``. After the first chunk: a loss that is non-finite at the
-        initial params (step 0, before any update), naming ``data`` -- bad input, not a
-        divergence.
+        a PRNG key, a bad ``progress``. After the first chunk, a stop at step 0 is bad input,
+        not divergence: a non-finite initial loss (``data``), one above the threshold
+        (``divergence_threshold``), a NaN first update (``optimizer``; see ``_inputs``).
     """
     args = run_args(
         step,
@@ -388,7 +388,7 @@ def train(
     reason, stop_step = int(carry.reason), int(carry.stop_step)
     kept = stop_step + 1 if reason else num_steps
     metrics = {k: np.concatenate([c[k] for c in chunks])[:kept] for k in chunks[0]}
-    check_initial_loss(np.asarray(reason), np.asarray(stop_step), metrics["loss"][None])
+    check_initial_loss(reason, stop_step, metrics["loss"][None], divergence_threshold)
     history = History(
         metrics,
         STOP_REASONS[reason or 1],

@@ -14,6 +14,7 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hessian_lab import data, losses, optim, population, trainer
@@ -324,6 +325,14 @@ TRAIN_CASES = {
     "threshold_str": (lambda: _train(divergence_threshold="1"), "divergence_threshold"),
     "key_str": (lambda: _train(step_kw={"batch_size": 2}, key="k"), "key"),
     "xent_label_out_of_range": (lambda: _train((X, BAD_Y), W4, loss=XENT), "data"),
+    # a NaN or inf hidden inside a plain optax optimizer: the first update is NaN from finite
+    # params and gradients -> named, not "diverged at step 0"
+    "optax_sgd_nan": (lambda: _train(opt=optax.sgd(nan)), "optimizer"),
+    "optax_adam_inf": (lambda: _train(opt=optax.adam(np.inf)), "optimizer"),
+    "threshold_below_initial_loss": (
+        lambda: _train(divergence_threshold=1e-12),
+        "divergence_threshold",
+    ),
 }
 
 
