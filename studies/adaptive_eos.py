@@ -90,7 +90,7 @@ class Config:
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_choice(self, "activation", ACTIVATIONS)
         kit.check_ints(self, "n", "width", "num_steps", "every", "num_iters")
-        kit.check_ints(self, "depth", minimum=0)
+        kit.check_ints(self, "depth", minimum=0, maximum=kit.MAX_DEPTH)
         kit.check_seeds(self, "seed")
         need(self.n <= 1797, self, "n", "<= 1797 (the digits dataset)")
         kit.check_rates(self, "adam_lrs")
@@ -153,7 +153,9 @@ def check_inputs(config: Config) -> None:
     """
     c = config
     model = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
-    kit.check_budget(c, "num_iters", kit.num_params(model), "the number of parameters")
+    dim = kit.num_params(model)
+    kit.check_budget(c, "num_iters", dim, "the number of parameters")
+    kit.check_memory(c, "width", dim, 4 + c.num_iters)
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:

@@ -93,7 +93,8 @@ class Config:
         kit.check_int_tuple(self, "mlp_widths", allow_empty=True)
         kit.check_ints(self, "uv_num_c", "mlp_num_c", "mlp_n", "lanczos_iters", "lambda0_iters",
                        minimum=2)  # fmt: skip
-        kit.check_ints(self, "mlp_depth", "sharpness_every")
+        kit.check_ints(self, "sharpness_every")
+        kit.check_ints(self, "mlp_depth", maximum=kit.MAX_DEPTH)
         for fam in FAMILIES:
             lo, hi = f"{fam}_log2_c_min", f"{fam}_log2_c_max"
             need(np.isfinite(getattr(self, lo)), self, lo, "a finite number")

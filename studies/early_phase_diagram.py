@@ -88,7 +88,7 @@ class Config:
     def __post_init__(self):
         kit.check_finite(self)
         kit.check_choice(self, "arch", ("mlp", "cnn"))
-        kit.check_int_tuple(self, "depths")
+        kit.check_int_tuple(self, "depths", maximum=kit.MAX_DEPTH)
         kit.check_int_tuple(self, "widths")
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "activation", ACTIVATIONS)

@@ -86,7 +86,8 @@ class Config:
         kit.check_finite(self)
         need(self.cifar_path is None or (isinstance(self.cifar_path, str) and self.cifar_path),
              self, "cifar_path", "None or a non-empty path")  # fmt: skip
-        kit.check_ints(self, "n_train", "depth", "width", "num_steps", "sharpness_every")
+        kit.check_ints(self, "n_train", "width", "num_steps", "sharpness_every")
+        kit.check_ints(self, "depth", maximum=kit.MAX_DEPTH)
         kit.check_ints(self, "lanczos_iters", minimum=2)
         kit.check_seeds(self, "seed")
         need(self.cifar_path is not None or self.n_train <= 1797, self, "n_train",
@@ -127,7 +128,9 @@ def check_inputs(config: Config) -> None:
         kit.check_loads(c, "cifar_path", lambda path: hd.cifar10(path, n=c.n_train))
     net = models.mlp(64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
                      activation=c.activation, param=c.param)  # fmt: skip
-    kit.check_budget(c, "lanczos_iters", kit.num_params(net), "the number of parameters")
+    dim = kit.num_params(net)
+    kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
+    kit.check_memory(c, "width", dim * len(c.lrs), 3 + c.lanczos_iters)
 
 
 def cifar_config(path: str, **overrides) -> Config:

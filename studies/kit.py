@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,6 +86,9 @@ __all__ = [
 MAX_INT = 2**31 - 1
 # jax.random.key keeps the low 32 bits of a seed: 2**32 would silently be seed 0 again.
 MAX_SEED = 2**32 - 1
+# Hidden layers: a deeper MLP takes minutes just to trace (a million layers ran past 40 s in
+# jax.eval_shape before any work); the studies' papers use at most a few dozen.
+MAX_DEPTH = 1000
 
 Progress = Callable[[int, int], None]
 
@@ -205,6 +209,29 @@ def num_params(model: Any) -> int:
     """
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
+
+
+def check_memory(config: Any, field: str, num_params: int, vectors: int) -> None:
+    """The model's ``num_params`` times ``vectors`` float32 copies fits in this machine's memory.
+
+    ``vectors`` counts what a run holds at once (params, gradient, optimizer state, a Lanczos
+    basis of ``num_iters`` rows). Only gross mistakes are caught (a width that makes terabytes):
+    the estimate is a floor, so passing it does not promise the run fits. Names ``field`` (the
+    size knob, e.g. ``width``).
+    """
+    need_bytes = 4 * int(num_params) * int(vectors)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare against
+        return
+    gb = 1024**3
+    need(
+        need_bytes <= have,
+        config,
+        field,
+        f"a size whose {num_params:,} parameters x {vectors} vectors "
+        f"({need_bytes / gb:.3g} GiB) fit in this machine's {have / gb:.3g} GiB",
+    )
 
 
 def check_positive(config: Any, *fields: str, allow_zero: bool = False) -> None:

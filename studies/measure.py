@@ -42,7 +42,16 @@ import hessian_lab as hl
 from hessian_lab import data, losses, models, trainer
 from hessian_lab.io import atomic_write_bytes, save_run
 
-from .kit import check_budget, check_ints, check_seeds, knob, need, num_params
+from .kit import (
+    MAX_DEPTH,
+    check_budget,
+    check_ints,
+    check_memory,
+    check_seeds,
+    knob,
+    need,
+    num_params,
+)
 from .report import figure_bytes
 
 __all__ = ["KIND", "Measurement", "Options", "check_inputs", "figures", "measure", "save"]
@@ -81,7 +90,7 @@ class Options:
     def __post_init__(self):
         check_ints(self, "n", "in_dim", "width", "k", "num_iters")
         check_ints(self, "density_iters", "density_probes", "chunk_size")
-        check_ints(self, "depth", minimum=0)
+        check_ints(self, "depth", minimum=0, maximum=MAX_DEPTH)
         check_seeds(self, "seed")
         need(self.trace_method in ("hutchinson", "hutchpp"), self, "trace_method",
              "hutchinson or hutchpp")  # fmt: skip
@@ -144,6 +153,7 @@ def check_inputs(options: Options) -> None:
       ValueError: naming the option.
     """
     dim = num_params(_net(options))
+    check_memory(options, "width", dim, 2 + options.num_iters)
     for f in ("k", "num_iters") + (("density_iters",) if options.density else ()):
         check_budget(options, f, dim, "the number of parameters")
 

@@ -97,7 +97,7 @@ class Config:
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_ints(self, "lin_n", "lin_dim", "lin_seeds", "lin_steps", "grid_per_octave")
         kit.check_ints(self, "mlp_n", "mlp_width", "mlp_seeds", "mlp_steps", "every", "num_iters")
-        kit.check_ints(self, "mlp_depth", minimum=0)
+        kit.check_ints(self, "mlp_depth", minimum=0, maximum=kit.MAX_DEPTH)
         kit.check_seeds(self, "seed")
         for f, n, empty in (
             ("lin_batch_sizes", self.lin_n, False),
@@ -124,7 +124,9 @@ def check_inputs(config: Config) -> None:
     if c.mlp_batch_sizes:
         net = models.mlp(64, core.OUTPUTS, depth=c.mlp_depth, width=c.mlp_width,
                          activation=c.mlp_activation)  # fmt: skip
-        kit.check_budget(c, "num_iters", kit.num_params(net), "the MLP's number of parameters")
+        dim = kit.num_params(net)
+        kit.check_budget(c, "num_iters", dim, "the MLP's number of parameters")
+        kit.check_memory(c, "mlp_width", dim, 3 + c.num_iters)
 
 
 DEFAULT = Config()

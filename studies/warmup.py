@@ -96,7 +96,8 @@ class Config:
 
     def __post_init__(self):
         kit.check_finite(self)
-        kit.check_ints(self, "n", "depth", "width", "lanczos_iters", "sharpness_every")
+        kit.check_ints(self, "n", "width", "lanczos_iters", "sharpness_every")
+        kit.check_ints(self, "depth", maximum=kit.MAX_DEPTH)
         kit.check_ints(self, "traj_steps", "num_c", "post_steps", "init_search_steps")
         kit.check_ints(self, "adam_num_eta", "adam_steps", "chunk_size", "adam_warmup_steps")
         kit.check_ints(self, "traj_warmup_steps", "search_bisect_iters", minimum=0)

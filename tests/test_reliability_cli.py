@@ -52,6 +52,13 @@ CASES = [
     ("set", run(EOS, "--set", "num_steps="), "num_steps"),
     ("set", run(EOS, "--set", "num_steps=1e30"), "num_steps"),
     ("set", run(EOS, "--set", "num_steps=99999999999999999999"), "num_steps"),
+    # sizes: a depth that takes minutes to trace, widths whose parameters exceed the memory
+    ("set", run(EOS, "--set", "depth=1000000"), "depth"),
+    ("set", run(EPD, "--set", "depths=1,100000"), "depths"),
+    ("set", run(EOS, "--set", "width=10000000"), "width"),
+    ("set", run("adaptive_eos", "--set", "width=3000000"), "width"),
+    ("sharpness", [*SHARP, "--width", "100000000"], "--width"),
+    ("sharpness", [*SHARP, "--depth", "5000"], "--depth"),
     ("set", run(EOS, "--set", "seed=-1"), "seed"),
     ("set", run(EOS, "--set", "seed=4294967296"), "seed"),  # jax.random.key would alias it to 0
     ("set", run(EOS, "--set", "seed=none"), "seed"),
