@@ -155,7 +155,7 @@ def check_inputs(config: Config) -> None:
     model = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
     dim = kit.num_params(model)
     kit.check_budget(c, "num_iters", dim, "the number of parameters")
-    kit.check_memory(c, "width", dim, 4 + c.num_iters)
+    kit.check_memory(c, "width", dim, 8 + c.num_iters)
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:

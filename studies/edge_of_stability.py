@@ -130,7 +130,7 @@ def check_inputs(config: Config) -> None:
                      activation=c.activation, param=c.param)  # fmt: skip
     dim = kit.num_params(net)
     kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
-    kit.check_memory(c, "width", dim * len(c.lrs), 3 + c.lanczos_iters)
+    kit.check_memory(c, "width", dim * len(c.lrs), 8 + c.lanczos_iters)
 
 
 def cifar_config(path: str, **overrides) -> Config:

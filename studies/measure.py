@@ -153,7 +153,7 @@ def check_inputs(options: Options) -> None:
       ValueError: naming the option.
     """
     dim = num_params(_net(options))
-    check_memory(options, "width", dim, 2 + options.num_iters)
+    check_memory(options, "width", dim, 8 + options.num_iters)  # + products, intermediates
     for f in ("k", "num_iters") + (("density_iters",) if options.density else ()):
         check_budget(options, f, dim, "the number of parameters")
 

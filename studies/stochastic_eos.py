@@ -126,7 +126,7 @@ def check_inputs(config: Config) -> None:
                          activation=c.mlp_activation)  # fmt: skip
         dim = kit.num_params(net)
         kit.check_budget(c, "num_iters", dim, "the MLP's number of parameters")
-        kit.check_memory(c, "mlp_width", dim, 3 + c.num_iters)
+        kit.check_memory(c, "mlp_width", dim, 8 + c.num_iters)
 
 
 DEFAULT = Config()

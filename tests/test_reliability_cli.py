@@ -57,7 +57,7 @@ CASES = [
     ("set", run(EPD, "--set", "depths=1,100000"), "depths"),
     ("set", run(EOS, "--set", "width=10000000"), "width"),
     ("set", run("adaptive_eos", "--set", "width=3000000"), "width"),
-    ("sharpness", [*SHARP, "--width", "100000000"], "--width"),
+    ("sharpness", [*SHARP, "--width", "1000000000"], "--width"),
     ("sharpness", [*SHARP, "--depth", "5000"], "--depth"),
     ("set", run(EOS, "--set", "seed=-1"), "seed"),
     ("set", run(EOS, "--set", "seed=4294967296"), "seed"),  # jax.random.key would alias it to 0
