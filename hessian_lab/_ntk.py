@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from . import tree as tu
 from ._full_data import num_examples
 from ._lanczos import EigResult, top_eigs
-from ._matvec import check_int
+from ._matvec import check_finite_products, check_int, check_k_iters, nan_unless
 from ._operators import Operator, ntk
 
 __all__ = ["ntk_top_eig", "ntk_trace"]
@@ -63,10 +63,12 @@ def ntk_trace(
         ``"none"``.
 
     Raises:
-      ValueError: bad ``normalization`` or ``chunk_size``, non-finite ``params``.
+      ValueError: bad ``normalization`` or ``chunk_size``, non-finite ``params`` or ``x``.
+        Called eagerly, also when the trace comes out NaN or inf (under ``jit`` it is NaN).
     """
     _scale(normalization, 1, 1)  # validate before any work
     tu.check_finite(params, "params")
+    tu.check_finite(x, "x")
     n = num_examples(x, "x")
     chunk_size = min(n, 16) if chunk_size is None else check_int(chunk_size, "chunk_size", 1, n)
     out_shape = jax.eval_shape(lambda p: apply_fn(p, jax.tree.map(lambda a: a[:1], x)), params)
@@ -90,7 +92,11 @@ def ntk_trace(
     total = jnp.sum(jax.lax.map(chunk_sum, head))
     if rem:
         total = total + chunk_sum(jax.tree.map(lambda a: a[num_full * chunk_size :], x))
-    return total * scale
+    total = total * scale
+    finite = jnp.isfinite(total)
+    if check_finite_products(finite, lambda: "ntk_trace", name="apply_fn"):
+        total = nan_unless(finite, total)  # inf as well: not a number we can stand behind
+    return total
 
 
 def ntk_top_eig(
@@ -114,7 +120,15 @@ def ntk_top_eig(
       v0: start vector shaped like the outputs; default a fixed normal draw (key 0).
       k, num_iters: as in :func:`hessian_lab.top_eigs` (``num_iters <= n o``).
       normalization: as in :func:`ntk_trace`.
+
+    Raises:
+      ValueError: as :func:`ntk_trace` and :func:`hessian_lab.top_eigs` (``k``, ``num_iters``
+        against ``n o``), before any forward pass.
     """
+    _scale(normalization, 1, 1)
+    tu.check_finite(x, "x")
+    out = jax.eval_shape(lambda p: apply_fn(p, x), params)
+    check_k_iters(k, num_iters, math.prod(out.shape))
     op = ntk(apply_fn, params, x)
     shape = op.like.shape
     n = shape[0]

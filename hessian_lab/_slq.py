@@ -16,8 +16,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import tree as tu
 from ._lanczos import tridiagonal_eigh, tridiagonalize
-from ._matvec import check_int, flat_problem, like_for
+from ._matvec import (
+    MAX_COUNT,
+    check_finite_products,
+    check_int,
+    check_key,
+    flat_problem,
+    like_for,
+    nan_unless,
+)
 
 __all__ = ["DensityResult", "spectral_density"]
 
@@ -31,6 +40,8 @@ class DensityResult(NamedTuple):
       nodes: ``(num_probes, num_iters)`` quadrature nodes (Ritz values) per probe.
       weights: ``(num_probes, num_iters)`` quadrature weights per probe; each row sums to 1.
       num_matvecs: operator products used.
+      finite: bool, True when every product was finite. Eagerly a non-finite product raises
+        instead; under ``jit`` density, nodes and weights are then NaN.
     """
 
     grid: jax.Array
@@ -38,6 +49,7 @@ class DensityResult(NamedTuple):
     nodes: jax.Array
     weights: jax.Array
     num_matvecs: jax.Array
+    finite: jax.Array = True
 
 
 def spectral_density(
@@ -65,18 +77,23 @@ def spectral_density(
       sigma: Gaussian width; default 1% of the node range (at least a tiny positive floor).
 
     Returns:
-      :class:`DensityResult`.
+      :class:`DensityResult`, with ``finite``.
 
     Raises:
-      ValueError: a budget out of range or ``sigma`` <= 0.
+      ValueError: a budget out of range, ``sigma`` not a positive finite number, ``grid`` not a
+        1-D finite array, ``key`` not a PRNG key, ``like`` or ``matvec`` unusable (as in
+        :func:`hessian_lab.top_eigs`). Called eagerly, also when a product is NaN or inf
+        (under ``jit``: ``finite=False`` and NaN results).
     """
+    check_key(key)
     like = like_for(matvec, like)
     prob = flat_problem(matvec, like, name="like")
     check_int(num_iters, "num_iters", 1, prob.dim)
-    check_int(num_probes, "num_probes", 1)
+    check_int(num_probes, "num_probes", 1, MAX_COUNT // num_iters)
     check_int(num_points, "num_points", 2)
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma: must be positive, got {sigma}")
+    _check_sigma(sigma)
+    if grid is not None:
+        _check_grid(grid)
 
     def one_probe(k):
         v = jax.random.normal(k, (prob.dim,), prob.dtype)
@@ -84,6 +101,10 @@ def spectral_density(
         return theta, S[0, :] ** 2
 
     nodes, weights = jax.lax.map(one_probe, jax.random.split(key, num_probes))
+    # NaN or inf in a product reaches the tridiagonal, hence its eigenvalues: no extra reduction
+    finite = jnp.all(jnp.isfinite(nodes)) & jnp.all(jnp.isfinite(weights))
+    if check_finite_products(finite, lambda: "spectral_density"):
+        nodes, weights = nan_unless(finite, nodes), nan_unless(finite, weights)
     lo, hi = jnp.min(nodes), jnp.max(nodes)
     width = jnp.maximum(hi - lo, jnp.maximum(jnp.abs(hi), 1.0) * 1e-6)
     sig = width * 0.01 if sigma is None else jnp.asarray(sigma, prob.dtype)
@@ -92,6 +113,27 @@ def spectral_density(
     z = (grid[:, None, None] - nodes[None]) / sig
     kernel = jnp.exp(-0.5 * z**2) / (sig * jnp.sqrt(2 * jnp.pi))
     density = jnp.sum(kernel * weights[None], axis=(1, 2)) / num_probes
-    return DensityResult(
-        grid, density, nodes, weights, jnp.asarray(num_iters * num_probes, jnp.int32)
-    )
+    count = jnp.asarray(num_iters * num_probes, jnp.int32)
+    return DensityResult(grid, density, nodes, weights, count, finite)
+
+
+def _is_real(x) -> bool:
+    dtype = jnp.result_type(x)
+    return jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+
+
+def _check_sigma(sigma) -> None:
+    if sigma is None or not tu.is_concrete(sigma):
+        return  # a traced sigma cannot be inspected
+    ok = not isinstance(sigma, bool | str) and jnp.ndim(sigma) == 0 and _is_real(sigma)
+    if not (ok and 0 < float(sigma) < float("inf")):
+        raise ValueError(f"sigma: must be a positive finite number, got {sigma!r}")
+
+
+def _check_grid(grid) -> None:
+    if jnp.ndim(grid) != 1 or jnp.shape(grid)[0] < 1 or not _is_real(grid):
+        raise ValueError(
+            f"grid: must be a non-empty 1-D array of real points, got shape {jnp.shape(grid)} "
+            f"and dtype {jnp.result_type(grid)}"
+        )
+    tu.check_finite(grid, "grid")

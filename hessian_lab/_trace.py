@@ -14,7 +14,15 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._matvec import check_int, flat_problem, like_for
+from ._matvec import (
+    MAX_COUNT,
+    check_finite_products,
+    check_int,
+    check_key,
+    flat_problem,
+    like_for,
+    nan_unless,
+)
 
 __all__ = ["TraceResult", "trace"]
 
@@ -27,11 +35,14 @@ class TraceResult(NamedTuple):
       stderr: its standard error, from the spread of the Hutchinson samples (for Hutch++, of
         the deflated remainder; the sketched part is exact given the sketch).
       num_matvecs: operator products used.
+      finite: bool, True when every product was finite. Eagerly a non-finite product raises
+        instead; under ``jit`` value and stderr are then NaN.
     """
 
     value: jax.Array
     stderr: jax.Array
     num_matvecs: jax.Array
+    finite: jax.Array = True
 
 
 def _hutchinson(mv, key, m, dim, dtype):
@@ -43,10 +54,11 @@ def _hutchinson(mv, key, m, dim, dtype):
 
     def sample(i):
         z = jax.random.rademacher(jax.random.fold_in(key, i), (dim,), dtype)
-        return jnp.vdot(z, mv(z))
+        return jnp.vdot(z, mv(z))  # NaN or inf in the product reaches the sample
 
     samples = jax.lax.map(sample, jnp.arange(m))
-    return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(m)
+    finite = jnp.all(jnp.isfinite(samples))
+    return jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(m), finite
 
 
 def trace(
@@ -69,19 +81,22 @@ def trace(
       method: ``"hutchinson"`` (default) or ``"hutchpp"``.
 
     Returns:
-      :class:`TraceResult`.
+      :class:`TraceResult`, with ``finite``.
 
     Raises:
-      ValueError: unknown ``method`` or a budget out of range.
+      ValueError: unknown ``method``, a budget out of range, ``key`` not a PRNG key, ``like``
+        or ``matvec`` unusable (as in :func:`hessian_lab.top_eigs`). Called eagerly, also when a
+        product is NaN or inf (under ``jit``: ``finite=False`` and a NaN value).
     """
     if method not in ("hutchinson", "hutchpp"):
         raise ValueError(f"method: must be 'hutchinson' or 'hutchpp', got {method!r}")
+    check_key(key)
     like = like_for(matvec, like)
     prob = flat_problem(matvec, like, name="like")
-    check_int(num_matvecs, "num_matvecs", 2 if method == "hutchinson" else 6)
+    check_int(num_matvecs, "num_matvecs", 2 if method == "hutchinson" else 6, MAX_COUNT)
     if method == "hutchinson":
-        value, stderr = _hutchinson(prob.mv, key, num_matvecs, prob.dim, prob.dtype)
-        return TraceResult(value, stderr, jnp.asarray(num_matvecs, jnp.int32))
+        value, stderr, finite = _hutchinson(prob.mv, key, num_matvecs, prob.dim, prob.dtype)
+        return _result(value, stderr, num_matvecs, finite, method)
 
     s = min(num_matvecs // 3, prob.dim)
     g = num_matvecs - 2 * s
@@ -97,5 +112,12 @@ def trace(
         w = prob.mv(z)
         return w - Q @ (Q.T @ w)
 
-    rest, stderr = _hutchinson(deflated, k_probe, g, prob.dim, prob.dtype)
-    return TraceResult(exact + rest, stderr, jnp.asarray(2 * s + g, jnp.int32))
+    rest, stderr, finite = _hutchinson(deflated, k_probe, g, prob.dim, prob.dtype)
+    finite &= jnp.all(jnp.isfinite(AS)) & jnp.all(jnp.isfinite(AQ))
+    return _result(exact + rest, stderr, 2 * s + g, finite, method)
+
+
+def _result(value, stderr, num_matvecs, finite, method) -> TraceResult:
+    if check_finite_products(finite, lambda: f"trace, method={method!r}"):
+        value, stderr = nan_unless(finite, value), nan_unless(finite, stderr)
+    return TraceResult(value, stderr, jnp.asarray(num_matvecs, jnp.int32), finite)
