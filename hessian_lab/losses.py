@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "LOSSES",
@@ -38,6 +39,22 @@ def _concrete(x: jax.Array) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _holds(check) -> bool:
+    """``bool(check())`` of a check on concrete arrays, evaluated now even inside a trace (an
+    eager ``lax.scan`` over a loss that closes over concrete data would stage every jnp op)."""
+    with jax.ensure_compile_time_eval():
+        return bool(check())
+
+
+def _holds_array(compute) -> np.ndarray:
+    with jax.ensure_compile_time_eval():
+        return np.asarray(compute())
+
+
+def _rows_ok(y: jax.Array, tol: float) -> jax.Array:
+    return jnp.all(y >= 0, axis=-1) & (jnp.abs(jnp.sum(y, axis=-1) - 1) <= tol)
+
+
 def _check_outputs(outputs: jax.Array, name: str, min_k: int = 1) -> None:
     if outputs.ndim < 1 or outputs.shape[-1] < min_k:
         raise ValueError(f"{name}: must have shape (..., k) with k >= {min_k}, got {outputs.shape}")
@@ -46,8 +63,12 @@ def _check_outputs(outputs: jax.Array, name: str, min_k: int = 1) -> None:
 def _valid_labels(labels: jax.Array, k: int, name: str) -> jax.Array:
     """Per-example mask of labels in ``[0, k)``; raises naming ``name`` when they are concrete."""
     valid = (labels >= 0) & (labels < k)
-    if _concrete(labels) and labels.size and not bool(jnp.all(valid)):
-        lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+    if (
+        _concrete(labels)
+        and labels.size
+        and not _holds(lambda: jnp.all((labels >= 0) & (labels < k)))
+    ):
+        lo, hi = int(np.asarray(labels).min()), int(np.asarray(labels).max())
         raise ValueError(
             f"{name}: class labels must lie in [0, {k}) for outputs with {k} classes, "
             f"got values in [{lo}, {hi}]"
@@ -59,9 +80,9 @@ def _valid_probabilities(y: jax.Array, name: str) -> jax.Array:
     """Per-example mask of rows that are probability vectors (one-hot, smoothed: >= 0, sum 1)."""
     # Loose enough for smoothed or distilled targets rounded in any float dtype (bfloat16 too).
     tol = max(1e-3, 4 * float(jnp.finfo(y.dtype).eps))
-    valid = jnp.all(y >= 0, axis=-1) & (jnp.abs(jnp.sum(y, axis=-1) - 1) <= tol)
-    if _concrete(y) and y.size and not bool(jnp.all(valid)):
-        bad = int(jnp.sum(~valid))
+    valid = _rows_ok(y, tol)
+    if _concrete(y) and y.size and not _holds(lambda: jnp.all(_rows_ok(y, tol))):
+        bad = int(np.sum(~_holds_array(lambda: _rows_ok(y, tol))))
         raise ValueError(
             f"{name}: targets of the outputs' shape must be one-hot or probability rows "
             f"(finite, >= 0, summing to 1); {bad} of {valid.size} rows are not"
@@ -119,7 +140,7 @@ def mse(outputs: jax.Array, targets: jax.Array, *, normalization: str = "per_exa
         y = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
     else:
         _check_shape(outputs, targets, "targets")
-        if _concrete(targets) and not bool(jnp.all(jnp.isfinite(targets))):
+        if _concrete(targets) and not _holds(lambda: jnp.all(jnp.isfinite(targets))):
             raise ValueError("targets: must be finite, got NaN or inf values")
         valid, y = None, targets.astype(outputs.dtype)
     sq = (outputs - y) ** 2

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hessian_lab as hl
 from hessian_lab import losses, models
 
 RNG = np.random.default_rng(0)
@@ -108,3 +109,18 @@ def test_bad_arguments_raise(call, match):
 
 def test_losses_keep_float64():
     assert losses.mse(jnp.asarray(OUT), LABELS).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("loss", ["mse", "xent"])
+def test_target_checks_work_inside_an_eager_lanczos_scan(loss):
+    # An eager top_eigs traces its matvec inside lax.scan: the loss closes over concrete labels,
+    # whose checks must still run (not fail on a staged jnp bool) and still refuse bad labels.
+    fn = losses.make_loss_fn(lambda p, x: x @ p, loss)
+    x = jax.random.normal(jax.random.key(0), (6, 3))
+    p, y = jnp.zeros((3, 4)), jnp.array([0, 1, 2, 3, 0, 1])
+    H = hl.hvp(fn, p, (x, y))
+    dense = jax.hessian(lambda q: fn(q, (x, y)))(p).reshape(12, 12)
+    top = hl.top_eigs(H, jnp.ones((3, 4)), k=1, num_iters=12).values[0]
+    np.testing.assert_allclose(float(top), float(np.linalg.eigvalsh(dense)[-1]), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"labels|targets"):
+        hl.top_eigs(hl.hvp(fn, p, (x, y.at[0].set(4))), jnp.ones((3, 4)), k=1, num_iters=3)
