@@ -16,6 +16,14 @@ Example:
 from . import tree as tree
 from ._batch_sharpness import BatchSharpnessResult as BatchSharpnessResult
 from ._batch_sharpness import batch_sharpness as batch_sharpness
+from ._blocks import AlignmentResult as AlignmentResult
+from ._blocks import BlockSpectra as BlockSpectra
+from ._blocks import alignment as alignment
+from ._blocks import alignment_callback as alignment_callback
+from ._blocks import block_operator as block_operator
+from ._blocks import block_spectra as block_spectra
+from ._blocks import js_distances as js_distances
+from ._blocks import leaf_paths as leaf_paths
 from ._critical import CriticalResult as CriticalResult
 from ._critical import critical_sharpness as critical_sharpness
 from ._critical import critical_sharpness_callback as critical_sharpness_callback
@@ -50,14 +58,20 @@ from ._trace import trace as trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignmentResult",
     "BatchSharpnessResult",
+    "BlockSpectra",
     "CriticalResult",
     "DensityResult",
     "EigResult",
     "Operator",
     "TraceResult",
     "adam_preconditioner",
+    "alignment",
+    "alignment_callback",
     "batch_sharpness",
+    "block_operator",
+    "block_spectra",
     "bottom_eigs",
     "check_deterministic",
     "chunk_size_for_memory",
@@ -67,6 +81,8 @@ __all__ = [
     "full_data_hvp",
     "ggn",
     "hvp",
+    "js_distances",
+    "leaf_paths",
     "linearized_hvp",
     "ntk",
     "ntk_top_eig",

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from . import adam_preconditioner, full_data_hvp, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
+from . import alignment_callback as alignment
 from . import critical_sharpness_callback as critical_sharpness
 from . import preconditioned_sharpness as preconditioned_top_eigs
 from . import spectral_density as slq_density
@@ -42,6 +43,7 @@ from .data import subset_indices
 __all__ = [
     "Callback",
     "StepInfo",
+    "alignment",
     "batch_sharpness",
     "critical_sharpness",
     "full_loss",
