@@ -42,6 +42,7 @@ _BUILTIN: dict[str, str] = {
         "catapult",
         "early_phase_diagram",
         "warmup",
+        "critical_sharpness",
     )
 }
 _registered: dict[str, str | ModuleType] = {}
