@@ -56,6 +56,13 @@ def _power_flat(mv, x0, basis, num_iters, j):
     small = jnp.linalg.norm(start) <= 100 * jnp.finfo(x0.dtype).eps * jnp.linalg.norm(x0)
     start = jnp.where(small, fallback, start)
     start = start / jnp.linalg.norm(start)
+    # A 1e-3 share of the fixed generic direction: power iteration can only find eigenvectors
+    # the start has a component along, and a v0 exactly orthogonal to the top one (a zero entry
+    # on a diagonal matrix) would converge, silently, to the second. The share decays like
+    # any other non-top component, so a warm start loses nothing measurable.
+    nudge = fallback / jnp.maximum(jnp.linalg.norm(fallback), jnp.finfo(x0.dtype).tiny)
+    start = start + 1e-3 * nudge
+    start = start / jnp.linalg.norm(start)
     n1 = max(num_iters // 4, 1)
     x, lam1, ok = phase(start, jnp.zeros((), start.dtype), n1, jnp.ones((), bool))
     rho = jnp.linalg.norm(op(x))  # spectral-radius estimate (one extra matvec)

@@ -415,3 +415,11 @@ def test_float32_residuals_are_the_true_ones():
     assert np.min(np.abs(np.linalg.eigvalsh(np.asarray(M, np.float64)) - value)) <= float(
         r.residuals[0]
     )
+
+
+def test_power_iteration_finds_a_top_eigenvector_the_start_is_orthogonal_to():
+    # v0 has an exact zero on the top eigenvector: without a generic component in the start,
+    # power iteration would converge, with a tiny residual, to the second eigenvalue (2).
+    A = jnp.diag(jnp.array([1.0, 2.0, 3.0, 0.5, 0.25]))
+    res = hl.power_iteration(A, jnp.array([1.0, 1.0, 0.0, 1.0, 1.0]), num_iters=60)
+    np.testing.assert_allclose(float(res.values[0]), float(np.linalg.eigvalsh(A)[-1]), rtol=1e-6)
