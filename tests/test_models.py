@@ -260,10 +260,10 @@ def test_bad_arguments_raise_in_constructor(build, match):
 def test_bad_input_shape_raises():
     # checked at trace time, before the params are touched
     net = models.mlp(3, 2, depth=1, width=4)
-    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\)"):
+    with pytest.raises(ValueError, match=r"x: must have shape \(\.\.\., 3\)"):
         jax.jit(net.apply)(None, np.ones((2, 4)))
     cnn = models.cnn((8, 8, 1), 2, depth=1, width=4)
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match="x: must have shape"):
         cnn.apply(None, np.ones((2, 8, 8, 3)))
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match="x: must have shape"):
         models.uv(2, 4).apply(None, np.ones((3, 1)))

@@ -51,7 +51,7 @@ class Model(NamedTuple):
 def check_int(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name`` unless it is an int >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -60,17 +60,17 @@ def check_float(name: str, value: Any, *, positive: bool = False) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+        raise ValueError(f"{name}: must be a real number, got {value!r}") from None
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
         bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+        raise ValueError(f"{name}: must be finite and {bound}, got {value!r}")
     return v
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...] | dict) -> str:
     """Return ``value``, or raise ValueError naming ``name`` and the allowed values."""
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+        raise ValueError(f"{name}: must be one of {sorted(allowed)}, got {value!r}")
     return value
 
 
@@ -147,4 +147,4 @@ def add_bias(h: jax.Array, b: jax.Array) -> jax.Array:
 def check_last_dim(name: str, x: jax.Array, size: int) -> None:
     """Raise ValueError unless ``x`` has at least one axis and its last axis has ``size`` entries."""
     if x.ndim < 1 or x.shape[-1] != size:
-        raise ValueError(f"{name} must have shape (..., {size}), got {x.shape}")
+        raise ValueError(f"{name}: must have shape (..., {size}), got {x.shape}")

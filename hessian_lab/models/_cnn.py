@@ -83,7 +83,7 @@ def cnn(
         and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in in_shape)
     ):
         raise ValueError(
-            f"in_shape must be (height, width, channels) of ints >= 1, got {in_shape!r}"
+            f"in_shape: must be (height, width, channels) of ints >= 1, got {in_shape!r}"
         )
     in_shape = tuple(in_shape)
     out_dim = check_int("out_dim", out_dim, 1)
@@ -119,7 +119,7 @@ def cnn(
             x = x[None]
         if x.ndim != 4 or x.shape[1:] != in_shape:
             raise ValueError(
-                f"x must have shape (batch, {', '.join(map(str, in_shape))}), got {x.shape}"
+                f"x: must have shape (batch, {', '.join(map(str, in_shape))}), got {x.shape}"
             )
         h = x
         for i, (layer, (_, _, mult)) in enumerate(zip(params["conv"], conv_specs, strict=True)):

@@ -123,13 +123,13 @@ def transformer(
     def apply(params: dict, x: jax.Array) -> jax.Array:
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.integer):
-            raise ValueError(f"x must hold integer tokens, got dtype {x.dtype}")
+            raise ValueError(f"x: must hold integer tokens, got dtype {x.dtype}")
         single = x.ndim == 1
         if single:
             x = x[None]
         if x.ndim != 2 or x.shape[1] > context:
             raise ValueError(
-                f"x must have shape (batch, T) with T <= context={context}, got {x.shape}"
+                f"x: must have shape (batch, T) with T <= context={context}, got {x.shape}"
             )
         h = params["embed"][x] + params["pos"][None, : x.shape[1]]
         for blk in params["blocks"]:
