@@ -1,9 +1,8 @@
 """Bad inputs to the estimators: each is refused by name, flagged, or answered correctly.
 
-Families: budgets and options, shapes and structures, dtypes, dense symmetry, non-finite inputs
-and products (eager: raise; jit: flag), degenerate spectra (zero operator, negative-dominant,
-repeated eigenvalues, unreachable directions), and honest residuals. References are dense
-``numpy.linalg.eigh`` and closed forms; matrices with prescribed spectra are built in numpy.
+Families: budgets, shapes and structures, dtypes, dense symmetry, non-finite inputs and products
+(eager: raise; jit: flag), degenerate spectra, missed eigenvalues, honest residuals. References:
+dense ``numpy.linalg.eigh`` and closed forms (prescribed spectra are built in numpy).
 """
 
 import jax
@@ -35,15 +34,25 @@ def tree_mv(v):
     return {"w": x[:4].reshape(2, 2), "b": (x[4:],)}
 
 
-def nan_mv(v):
-    return jax.tree.map(lambda a: a * jnp.nan, tree_mv(v))
+def bad_mv(value):
+    """``tree_mv`` with ``value`` (NaN or inf) added to every entry of every product."""
+    return lambda v: jax.tree.map(lambda a: a + value, tree_mv(v))
 
 
-def inf_mv(v):
-    return jax.tree.map(lambda a: a + jnp.inf, tree_mv(v))
+NAN_MV, INF_MV = bad_mv(jnp.nan), bad_mv(jnp.inf)
 
 
 NONSYM = jnp.asarray(np.triu(np.arange(36.0).reshape(6, 6)))
+X2 = jnp.ones((2, 1))
+PRODUCED = "matvec: produced"
+
+
+def slq(op=A, like=D, **kw):
+    return hl.spectral_density(op, KEY, like, **{"num_iters": 3, **kw})
+
+
+def lin(p, x):
+    return x * p
 
 
 # (call, the name the message must start with)
@@ -77,32 +86,14 @@ BAD = {
     "trace like=True": (lambda: hl.trace(A, KEY, True), "like:"),
     "trace like=D+1": (lambda: hl.trace(A, KEY, D + 1), "like:"),
     "trace like=int, callable": (lambda: hl.trace(tree_mv, KEY, D), "like:"),
-    "slq num_iters>D": (lambda: hl.spectral_density(A, KEY, D, num_iters=D + 1), "num_iters:"),
-    "slq num_probes=0": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, num_probes=0),
-        "num_probes:",
-    ),
-    "slq num_points=1": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, num_points=1),
-        "num_points:",
-    ),
-    "slq sigma=nan": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, sigma=float("nan")),
-        "sigma:",
-    ),
-    "slq sigma=inf": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, sigma=float("inf")),
-        "sigma:",
-    ),
-    "slq sigma='x'": (lambda: hl.spectral_density(A, KEY, D, num_iters=3, sigma="x"), "sigma:"),
-    "slq grid 2-D": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, grid=jnp.ones((2, 2))),
-        "grid:",
-    ),
-    "slq grid NaN": (
-        lambda: hl.spectral_density(A, KEY, D, num_iters=3, grid=jnp.array([0.0, jnp.nan])),
-        "grid:",
-    ),
+    "slq num_iters>D": (lambda: slq(num_iters=D + 1), "num_iters:"),
+    "slq num_probes=0": (lambda: slq(num_probes=0), "num_probes:"),
+    "slq num_points=1": (lambda: slq(num_points=1), "num_points:"),
+    "slq sigma=nan": (lambda: slq(sigma=float("nan")), "sigma:"),
+    "slq sigma=inf": (lambda: slq(sigma=float("inf")), "sigma:"),
+    "slq sigma='x'": (lambda: slq(sigma="x"), "sigma:"),
+    "slq grid 2-D": (lambda: slq(grid=jnp.ones((2, 2))), "grid:"),
+    "slq grid NaN": (lambda: slq(grid=jnp.array([0.0, jnp.nan])), "grid:"),
     "slq key=None": (lambda: hl.spectral_density(A, None, D, num_iters=3), "key:"),
     # shapes and structures
     "dense not square": (
@@ -129,24 +120,18 @@ BAD = {
         "matvec:",
     ),
     "matvec flat output": (lambda: hl.trace(lambda v: jnp.ones(6), KEY, TREE), "matvec:"),
-    "matvec complex output": (
-        lambda: hl.power_iteration(lambda v: v * 1j, jnp.ones(3)),
-        "matvec:",
-    ),
+    "matvec complex output": (lambda: hl.power_iteration(lambda v: v * 1j, jnp.ones(3)), "matvec:"),
     "matvec int output": (
         lambda: hl.spectral_density(lambda v: v.astype(jnp.int32), KEY, jnp.ones(3), num_iters=3),
         "matvec:",
     ),
-    "ntk_top_eig k > n o": (
-        lambda: hl.ntk_top_eig(lambda p, x: x * p, jnp.ones(()), jnp.ones((2, 1)), k=3),
-        "k:",
-    ),
+    "ntk_top_eig k > n o": (lambda: hl.ntk_top_eig(lin, jnp.ones(()), X2, k=3), "k:"),
     "ntk_top_eig normalization": (
-        lambda: hl.ntk_top_eig(lambda p, x: x * p, jnp.ones(()), jnp.ones((2, 1)), normalization=1),
+        lambda: hl.ntk_top_eig(lin, jnp.ones(()), X2, normalization=1),
         "normalization:",
     ),
     "ntk_trace chunk_size=0": (
-        lambda: hl.ntk_trace(lambda p, x: x * p, jnp.ones(()), jnp.ones((2, 1)), chunk_size=0),
+        lambda: hl.ntk_trace(lin, jnp.ones(()), X2, chunk_size=0),
         "chunk_size:",
     ),
     # dtypes
@@ -186,31 +171,19 @@ BAD = {
         "matvec:",
     ),
     "inf in dense matrix, trace": (lambda: hl.trace(A.at[1, 1].set(jnp.inf), KEY, D), "matvec:"),
-    "NaN in ntk x": (
-        lambda: hl.ntk_trace(lambda p, x: x * p, jnp.ones(()), jnp.full((2, 1), jnp.nan)),
-        "x:",
-    ),
+    "NaN in ntk x": (lambda: hl.ntk_trace(lin, jnp.ones(()), X2 * jnp.nan), "x:"),
     # non-finite products, eagerly
-    "NaN product, top_eigs": (lambda: hl.top_eigs(nan_mv, TREE, num_iters=3), "matvec: produced"),
-    "NaN product, power": (
-        lambda: hl.power_iteration(nan_mv, TREE, num_iters=4),
-        "matvec: produced",
+    "NaN product, top_eigs": (lambda: hl.top_eigs(NAN_MV, TREE, num_iters=3), PRODUCED),
+    "NaN product, power": (lambda: hl.power_iteration(NAN_MV, TREE, num_iters=4), PRODUCED),
+    "NaN product, hutchinson": (lambda: hl.trace(NAN_MV, KEY, TREE, num_matvecs=3), PRODUCED),
+    "inf, hutchpp": (
+        lambda: hl.trace(INF_MV, KEY, TREE, num_matvecs=6, method="hutchpp"),
+        PRODUCED,
     ),
-    "NaN product, hutchinson": (
-        lambda: hl.trace(nan_mv, KEY, TREE, num_matvecs=3),
-        "matvec: produced",
-    ),
-    "inf product, hutchpp": (
-        lambda: hl.trace(inf_mv, KEY, TREE, num_matvecs=6, method="hutchpp"),
-        "matvec: produced",
-    ),
-    "NaN product, slq": (
-        lambda: hl.spectral_density(nan_mv, KEY, TREE, num_iters=3, num_probes=1),
-        "matvec: produced",
-    ),
+    "NaN product, slq": (lambda: slq(NAN_MV, TREE, num_probes=1), PRODUCED),
     "NaN only for some inputs": (
         lambda: hl.top_eigs(lambda v: jnp.where(v[0] > 0.1, A @ v, jnp.nan), V0, num_iters=4),
-        "matvec: produced",
+        PRODUCED,
     ),
     "NaN ntk outputs": (
         lambda: hl.ntk_trace(lambda p, x: x * p * jnp.nan, jnp.ones(()), jnp.ones((2, 1))),
