@@ -140,9 +140,10 @@ def check_initial_loss(reasons, stop_steps, losses, threshold=None) -> None:
     non-finite loss at its initial params (e.g. labels outside a loss's range, which give NaN
     under ``jit``: named ``data``), or an initial loss already above ``divergence_threshold``
     (named so), or a first update that is NaN or inf from finite params and gradients: a NaN or
-    inf constant inside the optimizer (``optax.sgd(nan)``), named ``optimizer``. The last is
-    raised only when every member stops so (one shared optimizer), so that in a sweep a member
-    whose learning rate overflows in one step is still recorded as diverged.
+    inf constant inside the optimizer (``optax.sgd(nan)``), named ``optimizer``. The last two
+    are raised only when every member stops so (one shared threshold and optimizer), so that in
+    a sweep a member that starts above the threshold, or whose learning rate overflows in one
+    step, is still recorded as diverged.
     ``reasons``/``stop_steps``: (P,) stop codes and steps; ``losses``: (P, T) loss histories.
     """
     reasons, stop_steps = np.atleast_1d(reasons), np.atleast_1d(stop_steps)
@@ -156,7 +157,7 @@ def check_initial_loss(reasons, stop_steps, losses, threshold=None) -> None:
             "any update) although params, data and hyperparameters are finite: bad input, not "
             "a divergence (labels outside the loss's range, e.g. cross_entropy's [0, k), give NaN)"
         )
-    if threshold is not None and np.any(at_start & (first > threshold)):
+    if threshold is not None and np.all(at_start & (first > threshold)):
         raise ValueError(
             f"divergence_threshold: {threshold} is below the initial loss "
             f"{float(np.max(first[at_start])):.6g} (step 0), so every run would count as diverged "
