@@ -168,6 +168,22 @@ def _first_bad(steps_ok: jax.Array, k: int) -> str:
     return f"first at Lanczos product {int(np.argmin(ok)) + 1} of {ok.size}"
 
 
+def _nudged(x0: jax.Array) -> jax.Array:
+    """``v0`` (unit length) plus a 1e-3 share of a fixed generic direction; zero stays zero.
+
+    A Krylov method only sees eigenvectors its start has a component along: from a ``v0``
+    exactly orthogonal to the top eigenvector (a zero entry on a diagonal matrix, a symmetric
+    start on a symmetric problem) it would return the second eigenvalue with a tiny residual,
+    silently. The share makes exact orthogonality impossible; Krylov amplification lets even a
+    1e-3 component reach the top within the usual budget, and a warm start loses nothing
+    measurable.
+    """
+    norm0 = jnp.linalg.norm(x0)
+    r = _restart_vector(-1, x0.shape[0], x0.dtype)
+    r = r / jnp.linalg.norm(r)
+    return jnp.where(norm0 > 0, x0 / jnp.where(norm0 > 0, norm0, 1) + 1e-3 * r, x0)
+
+
 def _extreme_eigs(matvec, v0, k, num_iters, check_iters, top: bool) -> EigResult:
     prob = flat_problem(matvec, v0)
     k, num_iters = check_k_iters(k, num_iters, prob.dim)
@@ -179,7 +195,7 @@ def _extreme_eigs(matvec, v0, k, num_iters, check_iters, top: bool) -> EigResult
     # (a full-data HVP) would be compiled twice.
     m = num_iters
     tri = tridiagonalize(
-        prob.mv, prob.ravel(v0), m + check_iters, restart_after=m if check_iters else None
+        prob.mv, _nudged(prob.ravel(v0)), m + check_iters, restart_after=m if check_iters else None
     )
     steps_ok = jnp.isfinite(tri.alphas) & jnp.isfinite(tri.betas)  # NaN/inf products propagate
     finite = jnp.all(steps_ok)
