@@ -1,4 +1,4 @@
-"""Cost of a cadence-10, 20-iteration Lanczos sharpness callback relative to plain training.
+"""Cost of curvature callbacks relative to plain training: Lanczos sharpness, critical sharpness.
 
 MLP (64-128-10, relu) on sklearn digits (1797 examples), full-batch GD, MSE, float32. Times
 exclude compilation (each configuration is run once to warm up). Goal: ratio <= 2. The ratio
@@ -16,6 +16,11 @@ and its floor. A fixed random subset of the training set (the issue's "full trai
 fixed subset") divides the product cost by the subset fraction; the script reports how far its
 sharpness is from the full-set value along the same trajectory.
 
+Critical sharpness (a forward-pass line search along the next update, ``data="batch"``) is
+timed at every 10 steps and at every step (goals <= 1.1x and <= 2.5x), and its measurement
+cost (time above plain training) set against Lanczos-20's at the same cadence (goal >= 5x
+cheaper).
+
 Run: ``python benchmarks/bench_callbacks.py [num_steps] [rounds]``.
 """
 
@@ -28,7 +33,7 @@ import numpy as np
 
 import hessian_lab as hl
 from hessian_lab import data, losses, models, optim, trainer
-from hessian_lab.callbacks import sharpness
+from hessian_lab.callbacks import critical_sharpness, sharpness
 
 
 def _round_robin(fns, rounds):
@@ -82,6 +87,15 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
         )
         for label, (every, iters, lin, m) in cases.items()
     }
+    # Critical sharpness (#16): a line search along the next GD update, on the step's own batch
+    # (here the full training set: its loss and gradient are free), at two cadences.
+    crit = {f"critical_sharpness(every={e})": e for e in (10, 1)}
+    steps |= {
+        label: trainer.make_step(
+            loss_fn, opt, callbacks=[critical_sharpness(loss_fn, "batch", optimizer=opt, every=e)]
+        )
+        for label, e in crit.items()
+    }
     plain = trainer.make_step(loss_fn, opt)
     fns = {"plain": lambda: run(plain)[0]}
     fns |= {label: (lambda s=s: run(s)[0]) for label, s in steps.items()}
@@ -107,6 +121,25 @@ def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
             f"ratio {statistics.median(ratios):.2f}x [range {ratios[0]:.2f}-{ratios[-1]:.2f}], "
             f"floor {floor:.2f}x" + ("   <- goal <= 2x" if (every, iters) == (10, 20) else "")
         )
+
+    lanczos = "full set, every=10, num_iters=20"
+    for label, every in crit.items():
+        ratios = sorted(a / b for a, b in zip(times[label], times["plain"], strict=True))
+        goal = 1.1 if every == 10 else 2.5
+        print(
+            f"+ {label}: {med[label] * 1e3 / num_steps:.3f} ms/step, ratio "
+            f"{statistics.median(ratios):.2f}x [range {ratios[0]:.2f}-{ratios[-1]:.2f}]"
+            f"   <- goal <= {goal}x"
+        )
+    # Cost of one measurement: time above plain training per measurement, from the medians.
+    # The critical one is read off the every=1 run (200 measurements: a robust difference; at
+    # every=10 its 20 measurements sit within the rounds' noise of plain training).
+    per_lanczos = (med[lanczos] - med["plain"]) / (num_steps / 10)
+    per_crit = (med["critical_sharpness(every=1)"] - med["plain"]) / num_steps
+    print(
+        f"one measurement: Lanczos-20 {per_lanczos * 1e3:.2f} ms, critical sharpness "
+        f"{per_crit * 1e3:.3f} ms: {per_lanczos / per_crit:.1f}x cheaper   <- goal >= 5x"
+    )
 
     full, part = (
         np.asarray(run(steps[label])[1]["sharpness"])

@@ -45,6 +45,7 @@ def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
     pytest.importorskip("sklearn")
     _load("bench_callbacks").main(num_steps=20, rounds=1, subset=100)
     out = capsys.readouterr().out
-    assert out.count("ratio") == 5 and out.count("floor") == 5
+    assert out.count("ratio") == 7 and out.count("floor") == 5
+    assert "critical_sharpness(every=1)" in out and "goal >= 5x" in out
     assert "sharpness(subset=100, every=10, num_iters=20)" in out
     assert "subset sharpness vs full-set sharpness over the 2 measurements" in out
