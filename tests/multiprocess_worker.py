@@ -1,0 +1,62 @@
+"""One process of tests/test_multiprocess.py: ``python multiprocess_worker.py PID N PORT OUT``.
+
+Joins a localhost ``jax.distributed`` job of N CPU processes (one device each, gloo collectives),
+holds only its own slice of the examples, and writes the sharded full-data HVP, the top
+eigenvalues and the Hutchinson trace of the problem in :func:`problem` to ``OUT`` (JSON).
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+
+def problem():
+    """A tiny tanh MLP and 24 examples, the same in every process and in the test (float64)."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 5)), rng.normal(size=(24, 3))
+    params = {"w1": rng.normal(size=(5, 6)) / np.sqrt(5), "w2": rng.normal(size=(6, 3)) / 3}
+
+    def loss(p, batch):
+        h = jnp.tanh(batch[0] @ p["w1"])
+        return 0.5 * jnp.mean(jnp.sum((h @ p["w2"] - batch[1]) ** 2, axis=-1))
+
+    v = {"w1": np.cos(np.arange(30.0)).reshape(5, 6), "w2": np.sin(np.arange(18.0)).reshape(6, 3)}
+    return loss, params, (x, y), v
+
+
+def main(pid: int, n: int, port: int, out: str) -> None:
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=n, process_id=pid)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    import hessian_lab as hl
+
+    loss, params, (x, y), v = problem()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    m = x.shape[0] // n  # this process holds examples [pid m, (pid + 1) m) only
+    local = slice(pid * m, (pid + 1) * m)
+    data = tuple(jax.make_array_from_process_local_data(sharding, a[local]) for a in (x, y))
+    H = hl.sharded_full_data_hvp(loss, params, data, mesh=mesh, chunk_size=4)
+    local_copy = lambda a: np.asarray(a.addressable_data(0))  # noqa: E731  (replicated results)
+    hv = jax.tree.map(local_copy, H(v))
+    eig = hl.top_eigs(H, v, k=2, num_iters=20)
+    tr = hl.trace(H, jax.random.key(3), v, num_matvecs=12)
+    result = {
+        "process_count": jax.process_count(),
+        "hv": {k: a.tolist() for k, a in hv.items()},
+        "eigs": local_copy(eig.values).tolist(),
+        "trace": float(local_copy(tr.value)),
+    }
+    with open(out, "w") as f:
+        json.dump(result, f)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

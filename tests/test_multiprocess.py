@@ -1,0 +1,65 @@
+"""Across processes (#16 item 5): a localhost ``jax.distributed`` job of two CPU processes, each
+holding half of the examples, gives the full-data HVP, the top eigenvalues and the Hutchinson
+trace of one process to 1e-10 (float64). The test starts the processes itself."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from multiprocess_worker import problem
+
+import hessian_lab as hl
+
+WORKER = Path(__file__).with_name("multiprocess_worker.py")
+# One CPU device per process (a GPU machine would otherwise hand its GPUs to gloo's CPU job).
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path):
+    n, port = 2, _free_port()
+    outs = [tmp_path / f"out{i}.json" for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(i), str(n), str(port), str(outs[i])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+        )
+        for i in range(n)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=120)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the distributed job did not finish in 120 s")
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-2000:]
+    got = [json.loads(o.read_text()) for o in outs]
+    # one process, the whole dataset: the reference
+    loss, params, data, v = problem()
+    H = hl.full_data_hvp(loss, params, data, chunk_size=4)
+    want_hv = jax.tree.map(np.asarray, H(v))
+    want_eigs = np.asarray(hl.top_eigs(H, v, k=2, num_iters=20).values)
+    want_trace = float(hl.trace(H, jax.random.key(3), v, num_matvecs=12).value)
+    for g in got:
+        assert g["process_count"] == n
+        for k, a in want_hv.items():
+            np.testing.assert_allclose(np.asarray(g["hv"][k]), a, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g["eigs"], want_eigs, rtol=1e-10)
+        np.testing.assert_allclose(g["trace"], want_trace, rtol=1e-10)
