@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -339,3 +341,36 @@ def chunk_size_for_memory(
                 f"{used} bytes of temporaries"
             )
         c = max(c // 2, 1)
+
+
+def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """``jax.device_put(tree, sharding)``, across processes too.
+
+    With several processes (``jax.distributed``) a mesh spans devices this process cannot
+    address, which ``device_put`` refuses; every process holds the whole tree (the same seeds,
+    the same data), so each one provides the slices of its own devices.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def leaf(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # typed keys
+            return jax.random.wrap_key_data(
+                leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(leaf, tree)
+
+
+def fetch(tree: PyTree) -> PyTree:
+    """``jax.device_get(tree)``, across processes too: a global array split over processes is
+    gathered (``process_allgather``) so that every process gets the whole value."""
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(leaf, tree)

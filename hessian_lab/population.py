@@ -47,6 +47,7 @@ from ._inputs import (
     check_opt_state,
     check_params,
 )
+from ._sharding import fetch, place
 from .optim import set_hyperparams
 
 __all__ = ["PopulationResult", "PopulationStep", "make_step", "member_keys", "train_population"]
@@ -259,20 +260,21 @@ def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps,
     data_keys = jnp.stack([keys[i][1] for i in idx])
     if pstep.mode == "sharded":
         split = NamedSharding(pstep.mesh, PS(pstep.axis))
-        carry, data_keys = jax.device_put((carry, data_keys), split)
-        args = jax.device_put(args, NamedSharding(pstep.mesh, PS()))
+        carry, data_keys = place((carry, data_keys), split)  # several processes too
+        args = place(args, NamedSharding(pstep.mesh, PS()))
     length, chunks = min(step.chunk_size, num_steps), []
     for start in range(0, num_steps, length):
         carry, m = pstep.run(carry, args, data_keys, jnp.asarray(start, jnp.int32), length)
-        m, done = jax.device_get((m, carry.done))  # one host sync per chunk
+        m, done = fetch((m, carry.done))  # one host sync per chunk
         chunks.append(m)
         report(P * (num_steps if np.all(done) else min(start + length, num_steps)))
         if np.all(done):
             break
     if len(idx) > P:  # drop the padding members (a split axis cannot be sliced unevenly)
         chunks = [{k: v[:P] for k, v in c.items()} for c in chunks]
-        carry = jax.device_put(carry, NamedSharding(pstep.mesh, PS()))
-        carry = jax.tree.map(lambda x: x[:P], carry)
+        rep = NamedSharding(pstep.mesh, PS())
+        cut = lambda x: jax.sharding.reshard(x, rep)[:P]  # noqa: E731  (replicate, then cut)
+        carry = jax.jit(lambda c: jax.tree.map(cut, c), out_shardings=rep)(carry)
     metrics = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     pad = num_steps - next(iter(metrics.values())).shape[1]
     if pad > 0:
@@ -281,11 +283,10 @@ def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps,
             for k, v in metrics.items()
         }
     metrics = {k: v[:, :num_steps] for k, v in metrics.items()}  # the last chunk may overrun
-    codes = np.asarray(carry.reason)
-    threshold = goals.get("divergence_threshold")
-    check_initial_loss(codes, np.asarray(carry.stop_step), metrics["loss"], threshold)
+    codes, stops = fetch((carry.reason, carry.stop_step))
+    check_initial_loss(codes, stops, metrics["loss"], goals.get("divergence_threshold"))
     reasons = [trainer.STOP_REASONS[c or 1] for c in codes]
-    stop_step = np.where(codes > 0, np.asarray(carry.stop_step), -1)
+    stop_step = np.where(codes > 0, stops, -1)
     return metrics, reasons, stop_step, carry.params, carry.opt_state
 
 

@@ -28,6 +28,25 @@ def problem():
     return loss, params, (x, y), v
 
 
+POP_LRS, POP_SEEDS = np.array([0.05, 30.0, 0.5, 0.2]), np.array([0, 1, 2, 0])  # one diverges
+
+
+def population_run(mode: str, members: int):
+    """A population of an MLP on 24 examples: ``members`` of :data:`POP_LRS`, 16 GD steps."""
+    from hessian_lab import losses, models, optim, population
+
+    net = models.mlp(4, 2, depth=1, width=8, activation="tanh")
+    loss = losses.make_loss_fn(net.apply, "mse")
+    rng = np.random.default_rng(1)
+    data = (rng.normal(size=(24, 4)), rng.normal(size=(24, 2)))
+    pstep = population.make_step(loss, optim.make_optimizer("gd", learning_rate=0.1), mode=mode,
+                                 chunk_size=8)  # fmt: skip
+    return population.train_population(
+        pstep, net.init, data, learning_rates=POP_LRS[:members], seeds=POP_SEEDS[:members],
+        num_steps=16, divergence_threshold=1e3,
+    )  # fmt: skip
+
+
 def main(pid: int, n: int, port: int, out: str) -> None:
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -53,6 +72,11 @@ def main(pid: int, n: int, port: int, out: str) -> None:
         "eigs": local_copy(eig.values).tolist(),
         "trace": float(local_copy(tr.value)),
     }
+    # members split over the processes' devices: 4 on 2 (even) and 3 (padded to 4)
+    for members in (4, 3):
+        pop = population_run("sharded", members)
+        result[f"pop{members}_loss"] = np.asarray(pop.metrics["loss"]).tolist()
+        result[f"pop{members}_diverged"] = np.asarray(pop.diverged).tolist()
     with open(out, "w") as f:
         json.dump(result, f)
     jax.distributed.shutdown()

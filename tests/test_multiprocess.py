@@ -1,6 +1,8 @@
 """Across processes (#16 item 5): a localhost ``jax.distributed`` job of two CPU processes, each
 holding half of the examples, gives the full-data HVP, the top eigenvalues and the Hutchinson
-trace of one process to 1e-10 (float64). The test starts the processes itself."""
+trace of one process to 1e-10 (float64), and a sharded population (members split over the
+processes, padded when uneven, one diverging) the vmapped one's losses and divergence. The test
+starts the processes itself."""
 
 import json
 import os
@@ -12,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from multiprocess_worker import problem
+from multiprocess_worker import population_run, problem
 
 import hessian_lab as hl
 
@@ -57,8 +59,13 @@ def test_two_processes_give_the_numbers_of_one(tmp_path):
     want_hv = jax.tree.map(np.asarray, H(v))
     want_eigs = np.asarray(hl.top_eigs(H, v, k=2, num_iters=20).values)
     want_trace = float(hl.trace(H, jax.random.key(3), v, num_matvecs=12).value)
+    pops = {m: population_run("vmap", m) for m in (4, 3)}
     for g in got:
         assert g["process_count"] == n
+        for m, ref in pops.items():
+            assert ref.diverged.any() and not ref.diverged.all()  # a real mix
+            np.testing.assert_array_equal(g[f"pop{m}_diverged"], ref.diverged)
+            np.testing.assert_allclose(g[f"pop{m}_loss"], ref.metrics["loss"], rtol=1e-10)
         for k, a in want_hv.items():
             np.testing.assert_allclose(np.asarray(g["hv"][k]), a, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(g["eigs"], want_eigs, rtol=1e-10)
