@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree as tu
-from ._full_data import full_data_hvp
 from ._lanczos import top_eigs
 from ._matvec import check_int
 from ._operators import Operator, shape_struct
 from ._slq import spectral_density
-from .callback_protocol import Callback, check_every
+from .callback_protocol import Callback, check_every, full_data_hessian
 
 __all__ = [
     "AlignmentResult",
@@ -137,13 +136,10 @@ def alignment_callback(
     def init(params):
         return tu.normalize(tu.random_like(key, params))
 
+    make = full_data_hessian(loss_fn, data, chunk_size)
+
     def update(v0, info):
-        d = info.data if data is None else data
-        if d is None:
-            raise ValueError("data: pass data= to the callback or provide StepInfo.data")
-        n = jax.tree.leaves(d)[0].shape[0]
-        H = full_data_hvp(loss_fn, info.params, d, chunk_size=chunk_size or n)
-        r = alignment(H, info.grads, v0, k=k, num_iters=num_iters)
+        r = alignment(make(info), info.grads, v0, k=k, num_iters=num_iters)
         f = jnp.result_type(float)
         metrics = {
             "alignment": jnp.asarray(r.fraction, f),

@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["Callback", "StepInfo", "check_every", "run_callbacks"]
+from ._full_data import full_data_hvp
+from .data import subset_indices
+
+__all__ = ["Callback", "StepInfo", "check_every", "full_data_hessian", "run_callbacks", "step_data"]
 
 
 class StepInfo(NamedTuple):
@@ -92,3 +95,36 @@ def run_callbacks(callbacks: Sequence[Callback], states: Sequence[Any], info: St
             metrics[k] = v
         new_states.append(state)
     return tuple(new_states), metrics
+
+
+def step_data(data, info: StepInfo):
+    """The data a measurement runs on: ``data`` when given, else the run's training set."""
+    if data is not None:
+        return data
+    if info.data is None:
+        raise ValueError("data: pass data= to the callback or provide StepInfo.data")
+    return info.data
+
+
+def full_data_hessian(loss_fn, data, chunk_size, linearize=False, subset=None):
+    """``info -> full_data_hvp`` at the step's params, over ``data`` or the run's training set,
+    or over a fixed random ``subset`` of it."""
+    if not isinstance(linearize, bool):
+        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    if subset is not None:  # checked here against data's size when it is given
+        total = jax.tree.leaves(data)[0].shape[0] if data is not None else subset
+        subset_indices(total, subset, name="subset")
+
+    def make(info):
+        d = step_data(data, info)
+        if subset is not None:
+            # The same examples at every measurement (and those of
+            # data.random_subset(train, subset, seed=0)); a gather of `subset` rows per run.
+            idx = subset_indices(jax.tree.leaves(d)[0].shape[0], subset, name="subset")
+            d = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d)
+        n = jax.tree.leaves(d)[0].shape[0]
+        return full_data_hvp(
+            loss_fn, info.params, d, chunk_size=chunk_size or n, linearize=linearize
+        )
+
+    return make

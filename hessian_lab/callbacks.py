@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import adam_preconditioner, full_data_hvp, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
+from . import adam_preconditioner, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
 from . import alignment_callback as alignment
 from . import critical_sharpness_callback as critical_sharpness
 from . import preconditioned_sharpness as preconditioned_top_eigs
@@ -36,9 +36,8 @@ from . import spectral_density as slq_density
 from . import tree as tu
 from .callback_protocol import Callback as Callback
 from .callback_protocol import StepInfo as StepInfo
-from .callback_protocol import check_every
+from .callback_protocol import check_every, full_data_hessian, step_data
 from .callback_protocol import run_callbacks as run_callbacks
-from .data import subset_indices
 
 __all__ = [
     "Callback",
@@ -95,41 +94,9 @@ def full_loss(loss_fn, data=None, *, every: int = 1, name: str = "full_loss") ->
     check_every(every)
 
     def update(state, info):
-        return state, {name: _float(loss_fn(info.params, _data(data, info)))}
+        return state, {name: _float(loss_fn(info.params, step_data(data, info)))}
 
     return Callback(lambda params: (), update, every)
-
-
-def _data(data, info):
-    if data is not None:
-        return data
-    if info.data is None:
-        raise ValueError("data: pass data= to the callback or provide StepInfo.data")
-    return info.data
-
-
-def _full_data_hessian(loss_fn, data, chunk_size, linearize, subset=None):
-    """``info -> full_data_hvp`` at the step's params, over ``data`` or the run's training set,
-    or over a fixed random ``subset`` of it."""
-    if not isinstance(linearize, bool):
-        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
-    if subset is not None:  # checked here against data's size when it is given
-        total = jax.tree.leaves(data)[0].shape[0] if data is not None else subset
-        subset_indices(total, subset, name="subset")
-
-    def make(info):
-        d = _data(data, info)
-        if subset is not None:
-            # The same examples at every measurement (and those of
-            # data.random_subset(train, subset, seed=0)); a gather of `subset` rows per run.
-            idx = subset_indices(jax.tree.leaves(d)[0].shape[0], subset, name="subset")
-            d = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d)
-        n = jax.tree.leaves(d)[0].shape[0]
-        return full_data_hvp(
-            loss_fn, info.params, d, chunk_size=chunk_size or n, linearize=linearize
-        )
-
-    return make
 
 
 def _lr_events(lam, info, name):
@@ -216,7 +183,7 @@ def sharpness(
         ``[1, n]``; with ``data=None`` checked against the training set when the step is traced).
     """
 
-    make = _full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
+    make = full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
     return _top_eig_callback(make, name="sharpness", every=every, k=k, num_iters=num_iters, key=key)
 
 
@@ -282,7 +249,7 @@ def preconditioned_sharpness(
     ``data``, ``chunk_size``, ``linearize`` and ``subset`` as in :func:`sharpness`.
     """
 
-    make = _full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
+    make = full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
 
     def precond(info):
         return adam_preconditioner(info.opt_state, info.grads, b1=b1, b2=b2, eps=eps)
@@ -329,10 +296,10 @@ def traces(
     if num_matvecs == 0 and apply_fn is None:
         raise ValueError("num_matvecs: 0 skips the Hessian trace, so apply_fn is needed")
     key = jax.random.key(1) if key is None else key
-    make = _full_data_hessian(loss_fn, data, chunk_size, linearize)
+    make = full_data_hessian(loss_fn, data, chunk_size, linearize)
 
     def update(k0, info):
-        d = _data(data, info)
+        d = step_data(data, info)
         n = jax.tree.leaves(d)[0].shape[0]
         k0, sub = jax.random.split(k0)
         out = {}
@@ -375,7 +342,7 @@ def spectral_density(
     check_every(every)
     key = jax.random.key(2) if key is None else key
     grid = jnp.asarray(grid)
-    make = _full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
+    make = full_data_hessian(loss_fn, data, chunk_size, linearize, subset)
 
     def update(k0, info):
         k0, sub = jax.random.split(k0)
