@@ -125,6 +125,8 @@ def sharpness_cmd(
         with progress_bars(quiet or json_, "sharpness") as bars:
             try:
                 m = measure.measure(options, progress=bars.steps)
+            except FloatingPointError as e:  # NaN/inf products: the numbers failed (exit 1)
+                raise sweep.StudyError(str(e)) from e
             except ValueError as e:  # raised before any work: an option the model cannot use
                 raise sweep.SweepError(_as_option(str(e))) from e
         if json_:

@@ -33,6 +33,7 @@ from ._full_data import full_data_hvp as full_data_hvp
 from ._lanczos import EigResult as EigResult
 from ._lanczos import bottom_eigs as bottom_eigs
 from ._lanczos import top_eigs as top_eigs
+from ._matvec import NonFiniteError as NonFiniteError
 from ._ntk import ntk_top_eig as ntk_top_eig
 from ._ntk import ntk_trace as ntk_trace
 from ._operators import Operator as Operator
@@ -64,6 +65,7 @@ __all__ = [
     "CriticalResult",
     "DensityResult",
     "EigResult",
+    "NonFiniteError",
     "Operator",
     "TraceResult",
     "adam_preconditioner",

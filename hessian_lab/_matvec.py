@@ -236,6 +236,14 @@ def check_k_iters(k: Any, num_iters: Any, dim: int) -> tuple[int, int]:
 MAX_COUNT = 2**31 - 1  # products are counted in int32 (``num_matvecs``)
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """An estimator's products came out NaN or inf (raised eagerly; under ``jit`` a flag).
+
+    A ``ValueError`` (the documented type, naming the operator) and a ``FloatingPointError``: a
+    failure of the numbers rather than of an argument, which the CLI reports with exit code 1.
+    """
+
+
 def check_finite_products(
     finite: jax.Array, detail: Callable[[], str], name: str = "matvec"
 ) -> bool:
@@ -249,7 +257,7 @@ def check_finite_products(
     if not tu.is_concrete(finite):
         return True
     if not bool(finite):
-        raise ValueError(
+        raise NonFiniteError(
             f"{name}: produced NaN or inf ({detail()}); check that the operator and its inputs "
             "(params, data) are finite"
         )

@@ -230,3 +230,17 @@ def test_the_families_are_all_covered():
     expected = {"set", "budget", "path", "config", "shard", "axis", "out", "rundir", "sharpness"}
     assert families == expected
     assert len(CASES) >= 60
+
+
+def test_nan_products_during_the_measurement_are_a_runtime_failure(monkeypatch):
+    # Not a usage error: the options were fine, the numbers failed (exit 1, one line).
+    from hessian_lab import NonFiniteError
+    from hessian_lab.studies import measure
+
+    def nan_products(options, progress=None):
+        raise NonFiniteError("matvec: produced NaN or inf (first at Lanczos product 3 of 4)")
+
+    monkeypatch.setattr(measure, "measure", nan_products)
+    r = CliRunner().invoke(app, SHARP)
+    assert r.exit_code == 1, r.output
+    assert "error: matvec: produced NaN or inf" in r.output and "Traceback" not in r.output
