@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from . import tree as tu
 from ._full_data import num_examples
 from ._lanczos import EigResult, top_eigs
-from ._matvec import check_finite_products, check_int, check_k_iters, nan_unless
+from ._matvec import NonFiniteError, check_finite_products, check_int, check_k_iters, nan_unless
 from ._operators import Operator, ntk
 
 __all__ = ["ntk_top_eig", "ntk_trace"]
@@ -137,4 +137,7 @@ def ntk_top_eig(
     if v0 is None:
         v0 = jax.random.normal(jax.random.key(0), shape, op.like.dtype)
     scaled = Operator(lambda u: scale * op(u), op.like, "ntk")
-    return top_eigs(scaled, v0, k=k, num_iters=num_iters)
+    try:
+        return top_eigs(scaled, v0, k=k, num_iters=num_iters)
+    except NonFiniteError as e:  # the user passed apply_fn, not a matvec: name what they passed
+        raise NonFiniteError(str(e).replace("matvec:", "apply_fn:", 1)) from None
