@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 
-def problem():
-    """A tiny tanh MLP and 24 examples, the same in every process and in the test (float64)."""
+def problem(dtype: str = "float64"):
+    """A tiny tanh MLP and 24 examples, the same in every process and in the test."""
     import jax.numpy as jnp
 
     rng = np.random.default_rng(0)
@@ -25,7 +25,8 @@ def problem():
         return 0.5 * jnp.mean(jnp.sum((h @ p["w2"] - batch[1]) ** 2, axis=-1))
 
     v = {"w1": np.cos(np.arange(30.0)).reshape(5, 6), "w2": np.sin(np.arange(18.0)).reshape(6, 3)}
-    return loss, params, (x, y), v
+    cast = lambda tree: jax.tree.map(lambda a: np.asarray(a, dtype), tree)  # noqa: E731
+    return loss, cast(params), cast((x, y)), cast(v)
 
 
 POP_LRS, POP_SEEDS = np.array([0.05, 30.0, 0.5, 0.2]), np.array([0, 1, 2, 0])  # one diverges
@@ -55,23 +56,24 @@ def main(pid: int, n: int, port: int, out: str) -> None:
 
     import hessian_lab as hl
 
-    loss, params, (x, y), v = problem()
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    m = x.shape[0] // n  # this process holds examples [pid m, (pid + 1) m) only
-    local = slice(pid * m, (pid + 1) * m)
-    data = tuple(jax.make_array_from_process_local_data(sharding, a[local]) for a in (x, y))
-    H = hl.sharded_full_data_hvp(loss, params, data, mesh=mesh, chunk_size=4)
     local_copy = lambda a: np.asarray(a.addressable_data(0))  # noqa: E731  (replicated results)
-    hv = jax.tree.map(local_copy, H(v))
-    eig = hl.top_eigs(H, v, k=2, num_iters=20)
-    tr = hl.trace(H, jax.random.key(3), v, num_matvecs=12)
-    result = {
-        "process_count": jax.process_count(),
-        "hv": {k: a.tolist() for k, a in hv.items()},
-        "eigs": local_copy(eig.values).tolist(),
-        "trace": float(local_copy(tr.value)),
-    }
+    result = {"process_count": jax.process_count()}
+    for dtype in ("float64", "float32"):
+        loss, params, (x, y), v = problem(dtype)
+        m = x.shape[0] // n  # this process holds examples [pid m, (pid + 1) m) only
+        local = slice(pid * m, (pid + 1) * m)
+        data = tuple(jax.make_array_from_process_local_data(sharding, a[local]) for a in (x, y))
+        H = hl.sharded_full_data_hvp(loss, params, data, mesh=mesh, chunk_size=4)
+        hv = jax.tree.map(local_copy, H(v))
+        eig = hl.top_eigs(H, v, k=2, num_iters=20)
+        tr = hl.trace(H, jax.random.key(3), v, num_matvecs=12)
+        result[dtype] = {
+            "hv": {k: a.tolist() for k, a in hv.items()},
+            "eigs": local_copy(eig.values).tolist(),
+            "trace": float(local_copy(tr.value)),
+        }
     # members split over the processes' devices: 4 on 2 (even) and 3 (padded to 4)
     for members in (4, 3):
         pop = population_run("sharded", members)
