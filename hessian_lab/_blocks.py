@@ -26,7 +26,7 @@ from ._lanczos import top_eigs
 from ._matvec import check_int
 from ._operators import Operator, shape_struct
 from ._slq import spectral_density
-from .callback_protocol import Callback, check_every, full_data_hessian
+from .callback_protocol import Callback, check_every, full_data_hessian, random_unit
 
 __all__ = [
     "AlignmentResult",
@@ -134,7 +134,7 @@ def alignment_callback(
     key = jax.random.key(0) if key is None else key
 
     def init(params):
-        return tu.normalize(tu.random_like(key, params))
+        return random_unit(key, params)
 
     make = full_data_hessian(loss_fn, data, chunk_size)
 

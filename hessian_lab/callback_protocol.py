@@ -20,10 +20,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import tree as tu
 from ._full_data import full_data_hvp
 from .data import subset_indices
 
-__all__ = ["Callback", "StepInfo", "check_every", "full_data_hessian", "run_callbacks", "step_data"]
+__all__ = [
+    "Callback",
+    "StepInfo",
+    "check_every",
+    "full_data_hessian",
+    "random_unit",
+    "run_callbacks",
+    "step_data",
+]
 
 
 class StepInfo(NamedTuple):
@@ -128,3 +137,9 @@ def full_data_hessian(loss_fn, data, chunk_size, linearize=False, subset=None):
         )
 
     return make
+
+
+@jax.jit
+def random_unit(key, params):
+    """A random unit vector shaped like ``params`` (jitted: one compile per params structure)."""
+    return tu.normalize(tu.random_like(key, params))

@@ -36,7 +36,7 @@ from . import spectral_density as slq_density
 from . import tree as tu
 from .callback_protocol import Callback as Callback
 from .callback_protocol import StepInfo as StepInfo
-from .callback_protocol import check_every, full_data_hessian, step_data
+from .callback_protocol import check_every, full_data_hessian, random_unit, step_data
 from .callback_protocol import run_callbacks as run_callbacks
 
 __all__ = [
@@ -113,12 +113,6 @@ def _eig_metrics(res, name, k):
     return out
 
 
-@jax.jit
-def _random_unit(key, params):
-    """A random unit vector shaped like ``params`` (jitted: one compile per params structure)."""
-    return tu.normalize(tu.random_like(key, params))
-
-
 def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=None):
     check_every(every)
     if not isinstance(k, int) or k < 1 or not isinstance(num_iters, int) or num_iters < k:
@@ -128,7 +122,7 @@ def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=No
     key = jax.random.key(0) if key is None else key
 
     def init(params):
-        return _random_unit(key, params)
+        return random_unit(key, params)
 
     def update(v0, info):
         matvec = make_matvec(info)
