@@ -8,6 +8,7 @@ every error is one line on stderr (``--traceback`` shows the full traceback inst
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -147,6 +148,45 @@ def _axis(module: Any, name: str, option: str, value: str) -> tuple[str, str]:
     return option, f"{field}={value.partition('=')[2]}"
 
 
+def _own_problem(
+    module: Any, name: str, problem: str | None, data: str | None, args: list[str]
+) -> list[tuple[str, str]]:
+    """``--problem``/``--data``/``--arg`` as settings of the study's problem fields.
+
+    A study takes the user's problem when its Config has the fields ``problem``, ``data`` and
+    ``problem_args``, and sweeps arguments of the user's function when it names, in
+    ``PROBLEM_AXES``, its fields ``(x_arg, x_values, y_arg, y_values)``.
+    """
+    given = [o for o, v in (("--problem", problem), ("--data", data), ("--arg", args)) if v]
+    if not given:
+        return []
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    if not {"problem", "data", "problem_args"} <= fields or not hasattr(module, "PROBLEM_AXES"):
+        raise sweep.SweepError(
+            f"{given[0]}: {name} does not take your own problem yet (it needs the Config fields "
+            "problem, data, problem_args and PROBLEM_AXES); use 'hessian-lab sharpness' or "
+            "'study run edge_of_stability' with it"
+        )
+    if problem is None:
+        raise sweep.SweepError(f"{given[0]}: give --problem FILE.py:FUNCTION with it")
+    out = [("--problem", f"problem={problem}")]
+    out += [("--data", f"data={data}")] if data is not None else []
+    return out + ([("--arg", f"problem_args={','.join(args)}")] if args else [])
+
+
+def _arg_axis(module: Any, option: str, value: str) -> list[tuple[str, str]]:
+    """``--x NAME=V1,V2`` with --problem: sweep the argument NAME of the user's function."""
+    arg_field, values_field = (
+        module.PROBLEM_AXES[:2] if option == "--x" else module.PROBLEM_AXES[2:]
+    )
+    key, sep, values = value.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise sweep.SweepError(
+            f"{option}: name an argument of your function, as in {option} width=16,32, got {value!r}"
+        )
+    return [(option, f"{arg_field}={key.strip()}"), (option, f"{values_field}={values}")]
+
+
 @app.command("phase-diagram")
 def phase_diagram(
     kind: Annotated[PhaseKind, typer.Argument(help="uv: UV model; early: early-training FCNs.")],
@@ -166,6 +206,17 @@ def phase_diagram(
             metavar="FIELD=V1,V2",
             help="Vertical axis as FIELD=V1,V2,...: early: depths (hidden layers).",
         ),
+    ] = None,
+    problem: Annotated[
+        str | None,
+        typer.Option(metavar="FILE.py:FUNCTION", help="Your own problem (docs/own_network.md)."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(metavar="SPEC", help="Data spec: digits, mnist:DIR, ...")
+    ] = None,
+    problem_args: Annotated[
+        list[str] | None,
+        typer.Option("--arg", metavar="NAME=VALUE", help="Argument of the --problem function."),
     ] = None,
     preset: Annotated[Preset, PRESET] = Preset.default,
     set_: Annotated[list[str] | None, SET] = None,
@@ -200,7 +251,12 @@ def phase_diagram(
     with errors():
         name = PHASE_STUDIES[kind]
         module = registry.get(name)
-        axes = [_axis(module, name, o, v) for o, v in (("--x", x), ("--y", y)) if v is not None]
+        own = _own_problem(module, name, problem, data, problem_args or [])
+        if problem is None:
+            axes = [_axis(module, name, o, v) for o, v in (("--x", x), ("--y", y)) if v is not None]
+        else:
+            picked = [(o, v) for o, v in (("--x", x), ("--y", y)) if v is not None]
+            axes = own + [a for o, v in picked for a in _arg_axis(module, o, v)]
     run(
         name, out=out, preset=preset, sets=set_ or [], config_file=config_file, shard=shard,
         quiet=quiet, report=not no_report, axes=axes,

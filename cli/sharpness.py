@@ -15,7 +15,7 @@ from hessian_lab.studies import measure, rundir, sweep
 from hessian_lab.studies.kit import describe
 from hessian_lab.studies.report import write_report
 
-from .ui import NO_REPORT, QUIET, errors, progress_bars, say
+from .ui import NO_REPORT, QUIET, errors, note_test_split, progress_bars, say
 
 HELP = {
     field: text[0].upper() + text[1:] + "." for field, text in describe(measure.Options).items()
@@ -38,6 +38,10 @@ class TraceMethod(StrEnum):
     hutchpp = "hutchpp"
 
 
+# Options whose flag is not --field-name.
+FLAGS = {"k": "-k", "problem_args": "--arg"}
+
+
 def _opt(field: str, *names: str) -> Any:
     return typer.Option(*names, help=HELP[field])
 
@@ -57,11 +61,15 @@ def _as_option(message: str) -> str:
     field = re.match(r"(\w+):", message)
     if not field or field.group(1) not in HELP:
         return message
-    flag = "-k" if field.group(1) == "k" else "--" + field.group(1).replace("_", "-")
+    flag = FLAGS.get(field.group(1), "--" + field.group(1).replace("_", "-"))
     # Other options the message compares with ("<= num_iters (4)") by their flags too.
     rest = re.sub(
         r"\b([a-z]+_[a-z_]+)\b",
-        lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in HELP else m.group(1),
+        lambda m: (
+            FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-"))
+            if m.group(1) in HELP
+            else m.group(1)
+        ),
         message[field.end() - 1 :],
     )
     return flag + rest
@@ -69,6 +77,16 @@ def _as_option(message: str) -> str:
 
 def sharpness_cmd(
     dataset: Annotated[DatasetName, _opt("dataset")] = DatasetName.digits,
+    problem: Annotated[str, typer.Option(metavar="FILE.py:FUNCTION", help=HELP["problem"])] = "",
+    data: Annotated[str | None, typer.Option(metavar="SPEC", help=HELP["data"])] = None,
+    problem_args: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            metavar="NAME=VALUE",
+            help="Argument of the --problem function; repeat for more.",
+        ),
+    ] = None,
     n: Annotated[int, _opt("n")] = DEFAULT.n,
     in_dim: Annotated[int, _opt("in_dim")] = DEFAULT.in_dim,
     depth: Annotated[int, _opt("depth")] = DEFAULT.depth,
@@ -95,11 +113,17 @@ def sharpness_cmd(
     quiet: Annotated[bool, QUIET] = False,
     no_report: Annotated[bool, NO_REPORT] = False,
 ) -> None:
-    """Top-k Hessian eigenvalues, trace and spectral density of an MLP on a built-in dataset.
+    """Top-k Hessian eigenvalues, trace and spectral density of a network on a dataset.
 
-    The Hessian is that of the mean training loss over all n examples (full_data_hvp); the
-    sharpness is its largest algebraic eigenvalue. Parameters are the seeded initialisation,
-    or a --checkpoint of the same model. The numbers come from hessian_lab.studies.measure.
+    The network is the built-in MLP, or your own: --problem FILE.py:FUNCTION (or
+    package.module:FUNCTION) returns (model, loss, data), see docs/own_network.md; --arg
+    NAME=VALUE passes it arguments. --data names the examples: digits, mnist:DIR,
+    cifar10:DIR or npz:FILE, with ?split=test for the test split (default: train).
+
+    The Hessian is that of the mean training loss over the first n examples (full_data_hvp);
+    the sharpness is its largest algebraic eigenvalue. Parameters are the seeded
+    initialisation, or a --checkpoint of the same model. The numbers come from
+    hessian_lab.studies.measure.
 
     Examples:
 
@@ -107,11 +131,14 @@ def sharpness_cmd(
     hessian-lab sharpness --n 128 --width 32 -k 3
     hessian-lab sharpness --dataset teacher --loss mse --no-density --json
     hessian-lab sharpness --n 64 --out runs/sharp
+    hessian-lab sharpness --problem hessian_lab.problem:example_mlp --arg width=16 -k 2
+    hessian-lab sharpness --problem my_problem.py:make --data mnist:data/mnist --n 1000
     ```
     """
     with errors():
         options = _options(
-            dataset=dataset.value, n=n, in_dim=in_dim, depth=depth, width=width,
+            dataset=dataset.value, problem=problem, data=data, problem_args=tuple(problem_args or ()),
+            n=n, in_dim=in_dim, depth=depth, width=width,
             activation=activation, param=param, loss=loss.value, normalization=normalization,
             seed=seed, checkpoint=None if checkpoint is None else str(checkpoint), k=k,
             num_iters=num_iters, trace_matvecs=trace_matvecs, trace_method=trace_method.value,
@@ -122,6 +149,7 @@ def sharpness_cmd(
             stored = sweep.normalize(dataclasses.asdict(options))
             sweep.check_run_dir(out, measure.KIND, stored)
             rundir.check_writable(out)  # before the work, whose results would be lost
+        note_test_split(quiet, options.data, "--data")
         with progress_bars(quiet or json_, "sharpness") as bars:
             try:
                 m = measure.measure(options, progress=bars.steps)

@@ -19,7 +19,15 @@ from hessian_lab.studies import registry, sweep
 from hessian_lab.studies.kit import describe
 from hessian_lab.studies.report import write_report
 
-from .ui import NO_REPORT, QUIET, errors, help_without_command, progress_bars, say
+from .ui import (
+    NO_REPORT,
+    QUIET,
+    errors,
+    help_without_command,
+    note_test_split,
+    progress_bars,
+    say,
+)
 
 __all__ = ["CONFIG", "OUT", "PRESET", "SET", "SHARD", "Preset", "run", "study_app"]
 
@@ -199,6 +207,8 @@ def run(
         if spec.count > 1 and not sweep.is_sweep(module):
             raise sweep.SweepError(f"--shard: study {name!r} has no sweep points to shard")
         config = _build_config(module, name, preset, config_file, sets, list(axes))
+        if hasattr(config, "problem_args"):  # the studies that take a data spec
+            note_test_split(quiet, config.data, "data")
         label = name if spec.count == 1 else f"{name} shard {spec.index}/{spec.count}"
         with progress_bars(quiet, label) as bars:
             outcome = sweep.execute(

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 from typer.core import TyperGroup
 
+from hessian_lab import data
 from hessian_lab.io import CorruptRunError
 from hessian_lab.progress import bar_columns
 from hessian_lab.studies import registry, sweep
@@ -131,6 +132,12 @@ def progress_bars(quiet: bool, description: str) -> Iterator[Bars]:
     finally:
         if tasks:
             bar.stop()
+
+
+def note_test_split(quiet: bool, spec: str | None, option: str) -> None:
+    """Say on stderr that a run uses a dataset's test split (the default is train)."""
+    if not quiet and spec and data.parse_data(spec).split == "test":
+        typer.echo(f"note: {option} {spec} uses the TEST split", err=True)
 
 
 def say(quiet: bool, message: str) -> None:

@@ -61,6 +61,9 @@ class Config:
     """Every knob of the study (the problem, the learning rates, the measurement)."""
 
     cifar_path: str | None = knob(None, "CIFAR-10 directory; None uses sklearn's digits")
+    problem: str = knob("", problems.PROBLEM_DOC)
+    data: str = knob("digits", problems.DATA_DOC)
+    problem_args: tuple[str, ...] = knob((), problems.ARGS_DOC)
     n_train: int = knob(500, "first n training examples (the fixed training set)")
     depth: int = knob(2, "hidden layers of the MLP")
     width: int = knob(64, "units per hidden layer")
@@ -90,8 +93,7 @@ class Config:
         kit.check_ints(self, "depth", maximum=kit.MAX_DEPTH)
         kit.check_ints(self, "lanczos_iters", minimum=2)
         kit.check_seeds(self, "seed")
-        need(self.cifar_path is not None or self.n_train <= 1797, self, "n_train",
-             "<= 1797 (the size of digits)")  # fmt: skip
+        problems.check_problem_fields(self, problems.MLP_FIELDS, n_field="n_train")
         kit.check_choice(self, "activation", ACTIVATIONS)
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
@@ -126,8 +128,9 @@ def check_inputs(config: Config) -> None:
     c = config
     if c.cifar_path is not None:
         kit.check_loads(c, "cifar_path", lambda path: hd.cifar10(path, n=c.n_train))
-    net = models.mlp(64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
-                     activation=c.activation, param=c.param)  # fmt: skip
+    net = problems.checked_model(c, problem, "n_train") or models.mlp(
+        64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
+        activation=c.activation, param=c.param)  # fmt: skip
     dim = kit.num_params(net)
     kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
     kit.check_memory(c, "width", dim * len(c.lrs), 8 + c.lanczos_iters)
@@ -181,7 +184,9 @@ class Results:
 
 
 def problem(config) -> problems.Problem:
-    """The training problem a config describes."""
+    """The training problem a config describes: the user's ``problem``, or the built-in MLP."""
+    if config.problem:
+        return problems.user_problem_of(config, config.n_train)
     return problems.make_problem(
         n_train=config.n_train,
         depth=config.depth,
@@ -190,6 +195,7 @@ def problem(config) -> problems.Problem:
         param=config.param,
         normalization=config.normalization,
         cifar_path=config.cifar_path,
+        data=config.data,
     )
 
 

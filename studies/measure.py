@@ -40,8 +40,10 @@ from matplotlib.figure import Figure
 
 import hessian_lab as hl
 from hessian_lab import data, losses, models, trainer
+from hessian_lab import problem as hp
 from hessian_lab.io import atomic_write_bytes, save_run
 
+from . import problems
 from .kit import (
     MAX_DEPTH,
     check_budget,
@@ -65,6 +67,11 @@ class Options:
     """Every option of the measurement; ``describe(Options)`` gives each one's description."""
 
     dataset: Literal["digits", "teacher"] = knob("digits", "built-in dataset")
+    problem: str = knob("", "your entry point FILE.py:FUNCTION or package.module:FUNCTION "
+                            "returning (model, loss, data); empty: the built-in MLP")  # fmt: skip
+    data: str | None = knob(None, "data spec: digits, mnist:DIR, cifar10:DIR or npz:FILE, "
+                                  "?split=test for the test split; none: dataset")  # fmt: skip
+    problem_args: tuple[str, ...] = knob((), "arguments of the problem function, NAME=VALUE")
     n: int = knob(256, "number of training examples")
     in_dim: int = knob(16, "input features (teacher dataset only)")
     depth: int = knob(2, "hidden layers of the MLP")
@@ -98,7 +105,12 @@ class Options:
         check_ints(self, "trace_matvecs", minimum=2 if self.trace_method == "hutchinson" else 6)
         need(self.k <= self.num_iters, self, "k", f"<= num_iters ({self.num_iters})")
         need(self.dataset in ("digits", "teacher"), self, "dataset", "digits or teacher")
-        need(self.dataset != "digits" or self.n <= _DIGITS, self, "n", f"<= {_DIGITS} for digits")
+        if self.data is not None:
+            object.__setattr__(self, "data", str(data.parse_data(self.data)))
+        on_digits = (
+            self.dataset == "digits" if self.data is None else self.data.startswith("digits")
+        )
+        need(not on_digits or self.n <= _DIGITS, self, "n", f"<= {_DIGITS} for digits")
         need(self.activation in models.ACTIVATIONS, self, "activation",
              "one of " + ", ".join(models.ACTIVATIONS))  # fmt: skip
         need(self.param in models.PARAMS, self, "param", "one of " + ", ".join(models.PARAMS))
@@ -109,6 +121,27 @@ class Options:
              "one of " + ", ".join(losses.MSE_NORMALIZATIONS))  # fmt: skip
         need(self.checkpoint is None or Path(self.checkpoint).is_file(), self, "checkpoint",
              "an existing file")  # fmt: skip
+        need(self.data is None or self.dataset == "digits", self, "dataset",
+             "left at digits when data is given")  # fmt: skip
+        need(isinstance(self.problem, str), self, "problem", "a string")
+        if self.problem:
+            hp.parse_entry(self.problem)
+        hp.parse_args(self.problem_args)
+        need(bool(self.problem) or not self.problem_args, self, "problem_args",
+             "empty unless problem is set")  # fmt: skip
+        if self.problem:
+            for f in ("dataset", *_BUILTIN):
+                if getattr(self, f) != getattr(_DEFAULTS, f):
+                    raise ValueError(
+                        f"{f}: describes the built-in MLP and is unused with problem "
+                        "set; pass your function's arguments as problem_args"
+                    )
+
+
+_BUILTIN = ("in_dim", "depth", "width", "activation", "param", "loss", "normalization")
+_DEFAULTS = Options.__new__(Options)  # the field defaults, without running the checks
+for _f in dataclasses.fields(Options):
+    object.__setattr__(_DEFAULTS, _f.name, _f.default)
 
 
 class Measurement(NamedTuple):
@@ -119,26 +152,51 @@ class Measurement(NamedTuple):
     summary: dict[str, Any]
 
 
+def _deferred(o: Options) -> bool:
+    """Whether the model's size is known only once the problem is built (own problem or data)."""
+    return bool(o.problem) or o.data is not None
+
+
 def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
     """``(loss_fn, params, batch)``; raises ValueError naming the option, before any compile."""
-    if o.dataset == "digits":
-        ds = data.digits(n=o.n, one_hot=o.loss == "mse")
+    if o.problem:
+        p = problems.user_problem(o.problem, data=o.data or "digits", args=o.problem_args,
+                                  seed=o.seed, n=o.n)  # fmt: skip
+        net, loss_fn, batch = p.model, p.loss_fn, p.data
     else:
-        ds = data.teacher(o.seed, o.n, o.in_dim, 1)
-    net = _net(o)
+        if o.data is not None:
+            ds = data.load_data(o.data, n=o.n)
+            x, y = ds.x.reshape(len(ds.x), -1), ds.y
+            if o.loss == "mse" and y.ndim == 1:
+                k = 10 if data.parse_data(o.data).kind in ("mnist", "cifar10") else y.max() + 1
+                y = data.to_one_hot(y, int(k))
+            ds = data.Dataset(x, y)
+        elif o.dataset == "digits":
+            ds = data.digits(n=o.n, one_hot=o.loss == "mse")
+        else:
+            ds = data.teacher(o.seed, o.n, o.in_dim, 1)
+        net = _net(o, ds)
+        kw = {"normalization": o.normalization} if o.loss == "mse" else {}
+        loss_fn = losses.make_loss_fn(net.apply, o.loss, **kw)
+        batch = (jnp.asarray(ds.x), jnp.asarray(ds.y))
+    if _deferred(o):
+        _check_budgets(o, num_params(net))
     params = net.init(jax.random.split(jax.random.key(o.seed), 4)[0])
     if o.checkpoint is not None:
         try:
             params = trainer.load_checkpoint(o.checkpoint, params)
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"checkpoint: cannot use {o.checkpoint}: {e}") from e
-    kw = {"normalization": o.normalization} if o.loss == "mse" else {}
-    loss_fn = losses.make_loss_fn(net.apply, o.loss, **kw)
-    return loss_fn, params, (jnp.asarray(ds.x), jnp.asarray(ds.y))
+    return loss_fn, params, batch
 
 
-def _net(o: Options) -> models.Model:
-    in_dim, out_dim = (64, 10) if o.dataset == "digits" else (o.in_dim, 1)
+def _net(o: Options, ds: data.Dataset | None = None) -> models.Model:
+    """The built-in MLP; its sizes follow the data (digits and teacher: known in advance)."""
+    if ds is None:
+        in_dim, out_dim = (64, 10) if o.dataset == "digits" else (o.in_dim, 1)
+    else:  # flattened inputs; one-hot targets, int labels (xent) or one regression output
+        in_dim, y = ds.x.shape[1], ds.y
+        out_dim = y.shape[1] if y.ndim == 2 else int(y.max()) + 1 if y.dtype.kind in "iu" else 1
     return models.mlp(in_dim, out_dim, depth=o.depth, width=o.width, activation=o.activation,
                       param=o.param)  # fmt: skip
 
@@ -152,8 +210,13 @@ def check_inputs(options: Options) -> None:
     Raises:
       ValueError: naming the option.
     """
-    dim = num_params(_net(options))
-    check_memory(options, "width", dim, 8 + options.num_iters)  # + products, intermediates
+    if not _deferred(options):  # else measure checks them once the problem is built
+        _check_budgets(options, num_params(_net(options)))
+
+
+def _check_budgets(options: Options, dim: int) -> None:
+    size = "problem" if options.problem else "width"
+    check_memory(options, size, dim, 8 + options.num_iters)  # + products, intermediates
     for f in ("k", "num_iters") + (("density_iters",) if options.density else ()):
         check_budget(options, f, dim, "the number of parameters")
 

@@ -2,7 +2,12 @@
 
 * :func:`make_problem` -- the default full-batch problem: an MLP on a fixed subset of the built-in
   sklearn digits (or, given a path, the first ``n`` CIFAR-10 images, the "cifar10-5k" setting of
-  Cohen et al. 2021, arXiv 2103.00065), one-hot targets, MSE with the normalisation named.
+  Cohen et al. 2021, arXiv 2103.00065; or any data spec), one-hot targets, MSE with the
+  normalisation named.
+* :func:`user_problem` -- the user's own model, loss and data from an entry point
+  (``FILE.py:FUNCTION``, :mod:`hessian_lab.problem`) on a data spec; a study offers it through
+  the Config fields ``problem``, ``data`` and ``problem_args``, checked by
+  :func:`check_problem_fields`.
 * :class:`SharpnessRunner` -- full-batch populations (one learning rate per member) on one
   problem with one optimizer, measuring the full-data sharpness by Lanczos every few steps. It
   holds its compiled step: every population and gradient-flow run it trains reuses one program.
@@ -22,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,25 +36,21 @@ import numpy as np
 from hessian_lab import callbacks, full_data_hvp, losses, models, optim, population, top_eigs
 from hessian_lab import data as hd
 from hessian_lab import tree as tu
+from hessian_lab.problem import Problem
+
+from .problems_user import ARGS_DOC as ARGS_DOC
+from .problems_user import DATA_DOC as DATA_DOC
+from .problems_user import MLP_FIELDS as MLP_FIELDS
+from .problems_user import PROBLEM_DOC as PROBLEM_DOC
+from .problems_user import check_problem_fields as check_problem_fields
+from .problems_user import checked_model as checked_model
+from .problems_user import user_problem as user_problem
+from .problems_user import user_problem_of as user_problem_of
 
 __all__ = ["Problem", "Runs", "SharpnessRunner", "flow_steps", "make_problem"]
 __all__ += ["CatapultRunner", "CatapultRuns", "catapult_problem", "line_barrier"]
-
-
-class Problem(NamedTuple):
-    """A full-batch training problem.
-
-    Attributes:
-      model: the ``hessian_lab.models.Model`` (``init(key)``, ``apply(params, x)``).
-      loss_fn: ``loss_fn(params, (x, y)) -> scalar``, MSE with the given normalisation.
-      data: ``(x, y)`` as jax arrays of the default float dtype; ``y`` one-hot ``(n, 10)``.
-      description: a one-line human description (dataset, n, architecture, loss).
-    """
-
-    model: Any
-    loss_fn: Any
-    data: tuple
-    description: str
+__all__ += ["ARGS_DOC", "DATA_DOC", "MLP_FIELDS", "PROBLEM_DOC", "check_problem_fields"]
+__all__ += ["checked_model", "user_problem", "user_problem_of"]
 
 
 def make_problem(
@@ -62,6 +63,7 @@ def make_problem(
     normalization: str = "per_example",
     cifar_path: str | None = None,
     center: bool = True,
+    data: str = "digits",
 ) -> Problem:
     """Build the MLP / MSE full-batch problem on digits (default) or CIFAR-10 (given a path).
 
@@ -74,21 +76,29 @@ def make_problem(
       depth, width, activation, param: passed to ``hessian_lab.models.mlp``.
       normalization: "per_example" (``1/(2n) sum ||f - y||^2``, Cohen et al.) or "per_output"
         (also divided by the 10 outputs, Kalra & Barkeshli).
-      cifar_path: a ``cifar-10-batches-py`` directory (or its parent); None uses digits.
+      cifar_path: a ``cifar-10-batches-py`` directory (or its parent); None uses ``data``.
       center: subtract the per-feature mean.
+      data: a data spec (``hessian_lab.data.parse_data``): images are flattened, labels one-hot.
 
     Raises:
       ValueError: bad sizes or options (from the data and model builders).
       FileNotFoundError: ``cifar_path`` does not hold CIFAR-10.
     """
     dtype = jnp.result_type(float)
-    if cifar_path is None:
+    if cifar_path is None and hd.parse_data(data).kind != "digits":
+        spec = hd.parse_data(data)
+        raw = hd.load_data(spec, n=n_train)
+        k = 10 if spec.kind in ("mnist", "cifar10") else int(raw.y.max()) + 1
+        y = hd.to_one_hot(raw.y, k) if raw.y.ndim == 1 else raw.y
+        ds = hd.Dataset(raw.x.reshape(len(raw.x), -1), y)
+        name = spec.kind + (" TEST split" if spec.split == "test" else "")
+    elif cifar_path is None:
         ds, name = hd.digits(n=n_train), "digits"
     else:
         ds, name = hd.cifar10(cifar_path, n=n_train), "cifar10"
     ds = hd.preprocess(ds, center=center, dtype=np.float64)
     model = models.mlp(
-        ds.x.shape[1], 10, depth=depth, width=width, activation=activation, param=param
+        ds.x.shape[1], ds.y.shape[1], depth=depth, width=width, activation=activation, param=param
     )
     loss_fn = losses.make_loss_fn(model.apply, "mse", normalization=normalization)
     data = (jnp.asarray(ds.x, dtype), jnp.asarray(ds.y, dtype))

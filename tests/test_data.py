@@ -44,7 +44,8 @@ def _fake_mnist(directory: Path, prefix: str, n: int, gz: bool, seed: int = 0):
 def test_mnist_reads_idx_files(tmp_path, gz):
     images, labels = _fake_mnist(tmp_path, "t10k", 6, gz)
     train_images, _ = _fake_mnist(tmp_path, "train", 4, gz, seed=1)
-    ds = data.mnist(tmp_path)
+    ds = data.mnist(tmp_path, split="test")
+    assert data.mnist(tmp_path).x.shape == (4, 784)  # the default split is train
     assert ds.x.shape == (6, 784) and ds.x.dtype == np.float32
     np.testing.assert_allclose(ds.x, images.reshape(6, -1) / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(ds.y, np.eye(10)[labels])
@@ -98,7 +99,7 @@ def test_corrupt_gzip_and_mismatched_files_raise(tmp_path):
     _fake_mnist(tmp_path, "t10k", 5, False)
     _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(np.zeros(4, np.uint8)), False)
     with pytest.raises(ValueError, match="labels"):
-        data.mnist(tmp_path)
+        data.mnist(tmp_path, split="test")
 
 
 def test_missing_paths_raise_naming_the_path(tmp_path):

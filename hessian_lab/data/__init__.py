@@ -2,7 +2,9 @@
 
 Nothing is downloaded. ``digits`` ships with scikit-learn; ``mnist`` and ``cifar10`` read the
 standard files from a path the user gives; ``teacher``, ``gaussian_mixture`` and ``graph_walks``
-are seeded generators.
+are seeded generators. ``parse_data``/``load_data`` read a data spec (``digits``,
+``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE``, each with ``?split=train|test``), the one string
+that names a dataset on the command line, in a study's config and in Python.
 """
 
 from ._dataset import Dataset as Dataset
@@ -14,17 +16,25 @@ from ._files import cifar10 as cifar10
 from ._files import digits as digits
 from ._files import mnist as mnist
 from ._files import read_idx as read_idx
+from ._spec import DATA_KINDS as DATA_KINDS
+from ._spec import DataSpec as DataSpec
+from ._spec import load_data as load_data
+from ._spec import parse_data as parse_data
 from ._synthetic import gaussian_mixture as gaussian_mixture
 from ._synthetic import graph_walks as graph_walks
 from ._synthetic import teacher as teacher
 
 __all__ = [
+    "DATA_KINDS",
+    "DataSpec",
     "Dataset",
     "cifar10",
     "digits",
     "gaussian_mixture",
     "graph_walks",
+    "load_data",
     "mnist",
+    "parse_data",
     "preprocess",
     "random_subset",
     "read_idx",

@@ -129,7 +129,7 @@ def _find(directory: Path, names: list[str]) -> Path:
 def mnist(
     path: str | PathLike | tuple[str | PathLike, str | PathLike],
     *,
-    split: str = "test",
+    split: str = "train",
     n: int | None = None,
     flatten: bool = True,
     one_hot: bool = True,
@@ -151,8 +151,8 @@ def mnist(
       A `Dataset`.
 
     Note:
-      The default split is "test" (10,000 images, the t10k files), not "train": pass
-      ``split="train"`` for the 60,000 training images.
+      The default split is "train" (60,000 images); ``split="test"`` reads the 10,000 t10k
+      images. (It used to be "test": code that relied on that must now pass ``split="test"``.)
 
     Raises:
       FileNotFoundError: naming the path, when a directory or file is missing.

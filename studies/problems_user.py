@@ -1,0 +1,118 @@
+"""The user's own problem in a study: the Config fields ``problem``, ``data``, ``problem_args``.
+
+A study that trains a network offers them beside its built-in MLP (re-exported by
+:mod:`hessian_lab.studies.problems`):
+
+* ``problem``: an entry point ``FILE.py:FUNCTION`` or ``package.module:FUNCTION`` returning
+  ``(model, loss, data)`` (:mod:`hessian_lab.problem`); empty for the built-in MLP;
+* ``data``: a data spec (:func:`hessian_lab.data.parse_data`), stored with its split named;
+* ``problem_args``: the function's arguments, ``("width=64", "depth=2")``.
+
+:func:`check_problem_fields` checks their syntax in ``Config.__post_init__`` (no file is read, so
+a stored config still loads once the files are gone); :func:`checked_model` builds the problem in
+``check_inputs``, before anything is written; :func:`user_problem_of` builds it for the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+from hessian_lab import data as hd
+from hessian_lab import problem as hp
+from hessian_lab.problem import Problem
+
+from . import kit
+
+__all__ = ["ARGS_DOC", "DATA_DOC", "MLP_FIELDS", "PROBLEM_DOC", "check_problem_fields"]
+__all__ += ["checked_model", "user_problem", "user_problem_of"]
+
+PROBLEM_DOC = "your FILE.py:FUNCTION (or module:FUNCTION) -> model, loss, data; empty: built in"
+DATA_DOC = "data spec: digits, mnist:DIR, cifar10:DIR or npz:FILE (?split=test: the test split)"
+ARGS_DOC = "arguments of the problem function, NAME=VALUE"
+# Fields that describe the built-in MLP: unused (and so refused when changed) with a problem.
+MLP_FIELDS = ("depth", "width", "activation", "param", "normalization")
+_DIGITS = 1797  # examples in sklearn's digits
+
+
+def user_problem(
+    entry: str, *, data: str = "digits", args=(), seed: int = 0, n: int | None = None
+) -> Problem:
+    """The problem an entry point returns (:func:`hessian_lab.problem.build`), on a data spec.
+
+    The data (their first ``n`` examples) are loaded only for a function that declares ``data``;
+    one that does not brings its own, and then ``data`` must be left at "digits" (the default),
+    never silently unused. Errors name ``problem``, ``data``, ``problem_args`` (or ``n``).
+    """
+    fn = hp.load_entry(entry)
+    spec = hd.parse_data(data)
+    try:
+        takes_data = "data" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_data = False
+    if not takes_data and spec.kind != "digits":
+        raise ValueError(
+            f"data: {entry} takes no `data` argument, so {str(spec)!r} would be unused"
+        )
+    ds = hd.load_data(spec, n=n) if takes_data else None
+    about = spec.describe(len(ds.x)) if takes_data else None
+    return hp.build(fn, data=ds, args=args, seed=seed, data_description=about, label=entry)
+
+
+def user_problem_of(config: Any, n: int | None) -> Problem:
+    """:func:`user_problem` of a Config's ``problem``, ``data``, ``problem_args`` and ``seed``."""
+    return user_problem(
+        config.problem, data=config.data, args=config.problem_args, seed=config.seed, n=n
+    )
+
+
+def checked_model(config: Any, build: Any, n_field: str) -> Any:
+    """Build ``config``'s problem with ``build(config)`` to check it, if it reads any file.
+
+    For the user's problem or a data spec other than digits; returns its model (for the
+    budgets), or None for the built-in digits problem. Errors name ``problem``, ``data``,
+    ``problem_args``, or ``n_field`` (the number of examples kept).
+    """
+    if not config.problem and config.data.startswith("digits"):
+        return None
+    try:
+        return build(config).model
+    except ValueError as e:
+        msg = str(e)
+        if msg.startswith("n:"):
+            raise ValueError(f"{n_field}:{msg[2:]}") from None
+        raise ValueError(msg if msg.startswith(("problem", "data")) else f"data: {msg}") from None
+
+
+def check_problem_fields(config: Any, builtin: tuple[str, ...] = (), *, n_field: str) -> None:
+    """Check a Config's ``problem``, ``data``, ``problem_args`` (syntax only; no file is read).
+
+    ``data`` is rewritten in canonical form, split named (``mnist:DIR?split=train``), so the
+    stored config records the split. With ``problem`` set, the ``builtin`` fields must keep their
+    defaults: the user's function takes its own arguments in ``problem_args``. On digits,
+    ``n_field`` is at most 1797. A Config with the older ``cifar_path`` field keeps ``data`` at
+    digits when that is set. Raises ValueError naming the field.
+    """
+    object.__setattr__(config, "data", str(hd.parse_data(config.data)))
+    kit.need(isinstance(config.problem, str), config, "problem", "a string")
+    if config.problem:
+        hp.parse_entry(config.problem)
+    hp.parse_args(config.problem_args)
+    if config.problem:
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        for f in builtin:
+            if getattr(config, f) != defaults[f]:
+                raise ValueError(
+                    f"{f}: describes the built-in MLP and is unused with problem set; pass "
+                    f"your function's arguments as problem_args=NAME=VALUE,..."
+                )
+    else:
+        kit.need(not config.problem_args, config, "problem_args", "empty unless problem is set")
+    cifar = getattr(config, "cifar_path", None) is not None
+    digits = config.data.startswith("digits")
+    kit.need(not cifar or digits, config, "data", "digits (the default) when cifar_path is set")
+    n = getattr(config, n_field)
+    kit.need(
+        cifar or not digits or n <= _DIGITS, config, n_field, f"<= {_DIGITS} (the size of digits)"
+    )
