@@ -44,6 +44,7 @@ from . import kit, stats
 from . import stochastic_eos_core as core
 from . import stochastic_eos_plots as plots
 from .kit import knob, need
+from .stochastic_eos_core import mlp_curves as mlp_curves
 from .stochastic_eos_core import noise_kernel_threshold as noise_kernel_threshold
 from .stochastic_eos_core import second_moment_threshold as second_moment_threshold
 
@@ -90,6 +91,9 @@ class Config:
     mlp_seeds: int = knob(1, "MLP: seeds per batch size")
     mlp_steps: int = knob(1200, "MLP: SGD steps per run")
     every: int = knob(50, "MLP: measure sharpness and NTK trace every k steps")
+    batch_sharpness_every: int = knob(
+        5, "MLP: batch sharpness g_B'H_B g_B/|g_B|^2 of the step's batch every k steps"
+    )
     num_iters: int = knob(20, "MLP: Lanczos iterations per sharpness measurement")
 
     def __post_init__(self):
@@ -97,6 +101,7 @@ class Config:
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_ints(self, "lin_n", "lin_dim", "lin_seeds", "lin_steps", "grid_per_octave")
         kit.check_ints(self, "mlp_n", "mlp_width", "mlp_seeds", "mlp_steps", "every", "num_iters")
+        kit.check_ints(self, "batch_sharpness_every")
         kit.check_ints(self, "mlp_depth", minimum=0, maximum=kit.MAX_DEPTH)
         kit.check_seeds(self, "seed")
         for f, n, empty in (
@@ -112,6 +117,7 @@ class Config:
         kit.check_positive(self, "mlp_lr")
         kit.check_choice(self, "mlp_activation", ACTIVATIONS)
         need(self.every <= self.mlp_steps, self, "every", "<= mlp_steps")
+        need(self.batch_sharpness_every <= self.every, self, "batch_sharpness_every", "<= every")
 
 
 def check_inputs(config: Config) -> None:
@@ -161,6 +167,7 @@ class Results:
     mlp_sharpness: np.ndarray  # (M, S', K)
     mlp_ntk_trace: np.ndarray  # (M, S', K) tr(NTK) normalised like the loss
     mlp_full_loss: np.ndarray  # (M, S', K) training loss on all mlp_n examples
+    mlp_batch_sharpness: np.ndarray  # (M, S', K) batch sharpness, mean over the window of a record
     mlp_diverged: np.ndarray  # (M, S') bool
     elapsed: np.ndarray  # () seconds
 
@@ -212,6 +219,7 @@ def assemble(config: Config, point_results: list[dict]) -> Results:
         mlp_sharpness=stack("sharpness"),
         mlp_ntk_trace=stack("ntk_trace"),
         mlp_full_loss=stack("full_loss"),
+        mlp_batch_sharpness=stack("batch_sharpness"),
         mlp_diverged=np.stack([p["diverged"] for p in mlp])
         if mlp
         else np.zeros((0, config.mlp_seeds), bool),
@@ -233,22 +241,6 @@ def _label(b: int, n: int) -> str:
     return f"B={b}" + (" (GD)" if b == n else "")
 
 
-def mlp_curves(results: Results) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per MLP batch size, the mean over members that did not diverge (NaN if none did not) of
-    the sharpness, the noise kernel ``eta c_B tr(K) / (2o)`` and the loss: three (M, K) arrays."""
-    r, c = results, results.config
-    shape = (r.mlp_batch_sizes.size, r.mlp_record_steps.size)
-    sharp, kern, loss = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-    for i, b in enumerate(r.mlp_batch_sizes):
-        ok = ~r.mlp_diverged[i]
-        if ok.any():
-            cb = core.batch_noise(int(b), c.mlp_n)
-            sharp[i] = r.mlp_sharpness[i][ok].mean(0)
-            kern[i] = c.mlp_lr * cb * r.mlp_ntk_trace[i][ok].mean(0) / (2 * core.OUTPUTS)
-            loss[i] = r.mlp_full_loss[i][ok].mean(0)
-    return sharp, kern, loss
-
-
 METRICS = {
     "lin_trace_ntk": kit.Metric("linear regression: tr(NTK), normalised like the loss", "1/lr"),
     "lin_lmax": kit.Metric("linear regression: sharpness lambda_max(H)", "1/lr"),
@@ -268,6 +260,12 @@ METRICS = {
     "mlp_noise_kernel_final": kit.Metric("MLP: eta c_B tr(K) / (2o) at the last measurement"),
     "mlp_sharpness_x_lr_final": kit.Metric("MLP: eta * sharpness at the last measurement"),
     "mlp_sharpness_x_lr_max": kit.Metric("MLP: eta * largest sharpness measured"),
+    "mlp_batch_sharpness_x_lr": kit.Metric(
+        "MLP: eta * batch sharpness, mean over the last quarter of the run (2 at the edge)"
+    ),
+    "mlp_sharpness_x_lr_late": kit.Metric(
+        "MLP: eta * sharpness (full training set), mean over the last quarter of the run"
+    ),
     "mlp_num_diverged": kit.Metric("MLP: members that diverged (left out of the above)", "runs"),
     "elapsed_s": kit.Metric("wall-clock time of the study (sum over points)", "s"),
 }
@@ -297,7 +295,8 @@ def summary(results: Results) -> dict[str, Any]:
         "lin_ratio_lmax": per(med * lmax / 2),
     }
     if r.mlp_batch_sizes.size:
-        sharp, kern, _ = mlp_curves(r)
+        sharp, kern, _, bsharp = mlp_curves(r)
+        late = r.mlp_record_steps >= 0.75 * r.mlp_record_steps[-1]  # the last quarter
         mlab = [_label(int(b), c.mlp_n) for b in r.mlp_batch_sizes]
         mper = lambda v: {k: float(x) for k, x in zip(mlab, v, strict=True)}  # noqa: E731
         cb = np.asarray([core.batch_noise(int(b), c.mlp_n) for b in r.mlp_batch_sizes])
@@ -309,6 +308,8 @@ def summary(results: Results) -> dict[str, Any]:
         out["mlp_sharpness_x_lr_max"] = mper(
             [c.mlp_lr * v.max() if v.size else np.nan for v in fin]
         )
+        out["mlp_batch_sharpness_x_lr"] = mper(c.mlp_lr * np.mean(bsharp[:, late], axis=1))
+        out["mlp_sharpness_x_lr_late"] = mper(c.mlp_lr * np.mean(sharp[:, late], axis=1))
         out["mlp_num_diverged"] = {
             k: int(np.sum(d)) for k, d in zip(mlab, r.mlp_diverged, strict=True)
         }
@@ -364,6 +365,8 @@ def verdict(results: Results) -> list[str]:
         )
         if not div:
             trained.append((key, s["mlp_sharpness_x_lr_final"][key]))
+        if not div and b < r.config.mlp_n:
+            out.append(core.batch_sharpness_verdict(key, s))
     if len(trained) >= 2:
         vals = [v for _, v in trained]
         out.append(
@@ -380,8 +383,8 @@ def verdict(results: Results) -> list[str]:
 
 def figures(results: Results) -> dict[str, Figure]:
     """The divergence learning rate against batch size; MLP sharpness and NTK trace over steps."""
-    sharp, kern, loss = mlp_curves(results)
-    return plots.draw(results, NAME, sharpness=sharp, kernel=kern, loss=loss)
+    sharp, kern, loss, bsharp = mlp_curves(results)
+    return plots.draw(results, NAME, sharpness=sharp, kernel=kern, loss=loss, batch=bsharp)
 
 
 save, load = kit.persistence(NAME, Results, Config, summary)

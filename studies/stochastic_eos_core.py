@@ -18,8 +18,11 @@ from hessian_lab import callbacks, losses, models, population
 from hessian_lab import data as hd
 from hessian_lab.optim import make_optimizer
 
+from . import kit
+
 __all__ = ["OUTPUTS", "batch_noise", "lin_grid", "lin_point", "lin_problem", "mlp_point"]
-__all__ += ["noise_kernel_threshold", "point_steps", "second_moment_threshold"]
+__all__ += ["mlp_curves", "noise_kernel_threshold", "point_steps", "second_moment_threshold"]
+__all__ += ["batch_sharpness_verdict", "window_mean"]
 
 OUTPUTS = 10  # digits classes: outputs of the MLP
 
@@ -144,7 +147,8 @@ def lin_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
 
 
 def mlp_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
-    """SGD on the digits MLP at ``mlp_lr``: sharpness, NTK trace and full loss every ``every``."""
+    """SGD on the digits MLP at ``mlp_lr``: sharpness, NTK trace and full loss every ``every``;
+    batch sharpness every ``batch_sharpness_every`` steps, averaged over each window of ``every``."""
     ds = hd.digits(n=c.mlp_n, standardize="feature", dtype=_fdt())
     net = models.mlp(64, OUTPUTS, depth=c.mlp_depth, width=c.mlp_width, activation=c.mlp_activation)
     loss_fn = losses.make_loss_fn(net.apply, "mse", normalization=c.normalization)
@@ -153,6 +157,7 @@ def mlp_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
         callbacks.sharpness(loss_fn, every=e, num_iters=c.num_iters),
         callbacks.traces(loss_fn, net.apply, every=e, num_matvecs=2, ntk_iters=2),
         callbacks.full_loss(loss_fn, every=e),
+        callbacks.batch_sharpness(loss_fn, every=c.batch_sharpness_every),
     ]
     pstep = population.make_step(
         loss_fn,
@@ -176,5 +181,51 @@ def mlp_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
         "sharpness": res.metrics["sharpness"][:, rec],
         "ntk_trace": res.metrics["ntk_trace"][:, rec] / out,
         "full_loss": res.metrics["full_loss"][:, rec],
+        "batch_sharpness": window_mean(res.metrics["batch_sharpness"], e),
         "diverged": res.diverged,
     }
+
+
+def window_mean(values, every: int) -> np.ndarray:
+    """Mean of ``values`` (members, steps; NaN off-cadence) over each window of ``every`` steps
+    that starts at a record step ``0, every, 2 every, ...``: shape (members, records)."""
+    v = np.asarray(values, float)
+    k = -(-v.shape[1] // every)
+    pad = np.full((v.shape[0], k * every - v.shape[1]), np.nan)
+    windows = np.concatenate([v, pad], axis=1).reshape(v.shape[0], k, every)
+    with np.errstate(invalid="ignore"):
+        count = np.sum(np.isfinite(windows), axis=2)
+        total = np.nansum(windows, axis=2)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def mlp_curves(r) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per MLP batch size, the mean over members that did not diverge (NaN if none did not) of
+    the sharpness, the noise kernel ``eta c_B tr(K) / (2o)``, the loss and the batch sharpness:
+    four (M, K) arrays."""
+    c = r.config
+    shape = (r.mlp_batch_sizes.size, r.mlp_record_steps.size)
+    curves = [np.full(shape, np.nan) for _ in range(4)]
+    for i, b in enumerate(r.mlp_batch_sizes):
+        ok = ~r.mlp_diverged[i]
+        if ok.any():
+            cb = batch_noise(int(b), c.mlp_n)
+            curves[0][i] = r.mlp_sharpness[i][ok].mean(0)
+            curves[1][i] = c.mlp_lr * cb * r.mlp_ntk_trace[i][ok].mean(0) / (2 * OUTPUTS)
+            curves[2][i] = r.mlp_full_loss[i][ok].mean(0)
+            curves[3][i] = r.mlp_batch_sharpness[i][ok].mean(0)
+    return tuple(curves)
+
+
+def batch_sharpness_verdict(key: str, s: dict) -> str:
+    """Batch sharpness at 2/eta (within 15%) with lambda_max below it, once SGD is at the edge."""
+    bs, lm = s["mlp_batch_sharpness_x_lr"][key], s["mlp_sharpness_x_lr_late"][key]
+    at_edge = bs >= 1.6  # below that the run has not sharpened up to the stochastic edge
+    return kit.compare(
+        f"MLP {key}: eta * batch sharpness, last quarter (eta * lambda_max {kit.fmt(lm)})",
+        bs,
+        "Andreyev & Beneventano 2024",
+        "2 within 15%, lambda_max below"
+        + ("" if at_edge else "; this run stays below the edge (not judged)"),
+        ok=(abs(bs / 2 - 1) <= 0.15 and lm < 2) if at_edge else None,
+    )

@@ -53,11 +53,13 @@ def threshold(r) -> Figure:
     return fig
 
 
-def mlp(r, *, sharpness, kernel, loss) -> Figure:
-    """Sharpness, the noise kernel and the loss vs step, one colour per batch size.
+def mlp(r, *, sharpness, kernel, loss, batch) -> Figure:
+    """Sharpness (solid) and batch sharpness (dashed), the noise kernel and the loss vs step, one
+    colour per batch size.
 
-    ``sharpness``, ``kernel`` (``eta c_B tr(K) / (2o)``) and ``loss``: (M, K) curves averaged over
-    the members that did not diverge (NaN rows where every member diverged).
+    ``sharpness``, ``kernel`` (``eta c_B tr(K) / (2o)``), ``loss`` and ``batch`` (batch
+    sharpness): (M, K) curves averaged over the members that did not diverge (NaN rows where
+    every member diverged).
     """
     eta, n, k = r.config.mlp_lr, r.config.mlp_n, r.mlp_record_steps
     fig, axes = style.figure(
@@ -71,17 +73,21 @@ def mlp(r, *, sharpness, kernel, loss) -> Figure:
         lab = ("GD" if b == n else f"B={b}") + (" (diverged)" if np.any(r.mlp_diverged[i]) else "")
         for ax, curve in zip(axes, (sharpness, kernel, loss), strict=True):
             ax.plot(k, curve[i], color=style.color(i), label=lab)
+        if b < n:
+            axes[0].plot(k, batch[i], "--", color=style.color(i), label=f"{lab}: batch sharpness")
     style.threshold(axes[0], 2 / eta, label=style.TWO_OVER_ETA)
-    style.finish(axes[0], xlabel="step", ylabel=style.SHARPNESS + " (full training set)")
+    style.finish(
+        axes[0], xlabel="step", ylabel=style.SHARPNESS + " (solid), batch sharpness (dashed)"
+    )
     style.threshold(axes[1], 1.0, label="1")
     style.finish(axes[1], xlabel="step", ylabel=KERNEL + ", $c_B=(n-B)/(B(n-1))$", logy=True)
     style.finish(axes[2], xlabel="step", ylabel="training loss", logy=True)
     return fig
 
 
-def draw(r, name: str, *, sharpness, kernel, loss) -> dict[str, Figure]:
+def draw(r, name: str, *, sharpness, kernel, loss, batch) -> dict[str, Figure]:
     """``{name}_threshold`` and, when the MLP part ran, ``{name}_mlp``."""
     figs = {f"{name}_threshold": threshold(r)}
     if r.mlp_batch_sizes.size:
-        figs[f"{name}_mlp"] = mlp(r, sharpness=sharpness, kernel=kernel, loss=loss)
+        figs[f"{name}_mlp"] = mlp(r, sharpness=sharpness, kernel=kernel, loss=loss, batch=batch)
     return figs

@@ -83,6 +83,7 @@ def test_diverged_mlp_members_are_counted_and_left_out(tiny):
         mlp_sharpness=sharp,
         mlp_ntk_trace=trace,
         mlp_full_loss=np.ones((2, 2, 2)),
+        mlp_batch_sharpness=sharp * 1.5,
         mlp_diverged=np.array([[False, True], [False, False]]),
     )
     s, eta = se.summary(r), r.config.mlp_lr
@@ -91,14 +92,24 @@ def test_diverged_mlp_members_are_counted_and_left_out(tiny):
     assert s["mlp_sharpness_x_lr_final"]["B=4"] == pytest.approx(eta * 7.0)
     c1 = 1.0  # c_B at B = 1: (n - 1) / (n - 1)
     assert s["mlp_noise_kernel_at_init"]["B=1"] == pytest.approx(eta * c1 * 400.0 / 20)
+    # the last quarter of the records (steps 0, 50) is the record at step 50
+    assert s["mlp_batch_sharpness_x_lr"]["B=4"] == pytest.approx(eta * 1.5 * 7.0)
+    assert s["mlp_sharpness_x_lr_late"]["B=1"] == pytest.approx(eta * 11.0)
     everyone = dataclasses.replace(r, mlp_diverged=np.ones((2, 2), bool))
     assert np.isnan(se.summary(everyone)["mlp_sharpness_x_lr_final"]["B=4"])
+
+
+def test_window_mean_averages_each_window_and_skips_off_cadence_nans():
+    v = np.array([[1.0, np.nan, 3.0, np.nan, 5.0, np.nan, np.nan]])  # every=2 cadence, 7 steps
+    got = se.core.window_mean(v, 3)  # windows [0,3), [3,6), [6,7)
+    np.testing.assert_array_equal(got, [[2.0, 5.0, np.nan]])
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("lin_batch_sizes", (0,)), ("lin_batch_sizes", (512,)), ("mlp_batch_sizes", (1000,)),
-     ("blowup", 1.0), ("grid_hi", -2.0), ("normalization", "mean"), ("mlp_lr", 0.0)],
+     ("blowup", 1.0), ("grid_hi", -2.0), ("normalization", "mean"), ("mlp_lr", 0.0),
+     ("batch_sharpness_every", 0), ("batch_sharpness_every", 100)],
 )  # fmt: skip
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
