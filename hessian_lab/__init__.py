@@ -24,6 +24,7 @@ from ._blocks import block_operator as block_operator
 from ._blocks import block_spectra as block_spectra
 from ._blocks import js_distances as js_distances
 from ._blocks import leaf_paths as leaf_paths
+from ._central_flow import gd_central_flow as gd_central_flow
 from ._critical import CriticalResult as CriticalResult
 from ._critical import critical_sharpness as critical_sharpness
 from ._critical import critical_sharpness_callback as critical_sharpness_callback
@@ -81,6 +82,7 @@ __all__ = [
     "critical_sharpness_callback",
     "full_data_ggn",
     "full_data_hvp",
+    "gd_central_flow",
     "ggn",
     "hvp",
     "js_distances",

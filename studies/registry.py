@@ -43,6 +43,7 @@ _BUILTIN: dict[str, str] = {
         "early_phase_diagram",
         "warmup",
         "critical_sharpness",
+        "central_flow",
     )
 }
 _registered: dict[str, str | ModuleType] = {}
