@@ -68,6 +68,11 @@ class Config:
     every: int = knob(10, "measure lambda_max and lambda_c every k steps")
     lanczos_iters: int = knob(20, "Lanczos iterations per lambda_max (>= 2)")
     max_evals: int = knob(8, "forward passes allowed per lambda_c line search (>= 2)")
+    alignment_k: int = knob(
+        10, "k of the gradient's share in the top-k Hessian eigenspace (Gur-Ari et al.); 0: off"
+    )
+    alignment_iters: int = knob(30, "Lanczos iterations per alignment measurement (>= k)")
+    alignment_every: int = knob(50, "measure the alignment every k steps (a multiple of every)")
     seed: int = knob(0, "initialisation seed, shared by every run")
     divergence_threshold: float = knob(100.0, "a loss above it marks a run diverged")
 
@@ -76,6 +81,10 @@ class Config:
         kit.check_ints(self, "n_train", "width", "num_steps", "every")
         kit.check_ints(self, "depth", maximum=kit.MAX_DEPTH)
         kit.check_ints(self, "lanczos_iters", "max_evals", minimum=2)
+        kit.check_ints(self, "alignment_k", minimum=0)
+        kit.check_ints(self, "alignment_every")
+        need(self.alignment_every % self.every == 0, self, "alignment_every", "a multiple of every")
+        kit.check_ints(self, "alignment_iters", minimum=max(1, self.alignment_k))
         kit.check_seeds(self, "seed")
         need(self.n_train <= 1797, self, "n_train", "<= 1797 (the size of digits)")
         kit.check_choice(self, "activation", ACTIVATIONS)
@@ -88,7 +97,16 @@ class Config:
 
 
 DEFAULT = Config()
-TINY = Config(gd_lrs=(0.4,), momentum_lrs=(), num_steps=600, every=10, lanczos_iters=12)
+TINY = Config(
+    gd_lrs=(0.4,),
+    momentum_lrs=(),
+    num_steps=600,
+    every=10,
+    lanczos_iters=12,
+    alignment_k=10,
+    alignment_iters=20,
+    alignment_every=20,
+)
 
 
 def check_inputs(config: Config) -> None:
@@ -97,6 +115,7 @@ def check_inputs(config: Config) -> None:
     net = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
     dim = kit.num_params(net)
     kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
+    kit.check_budget(c, "alignment_iters", dim, "the number of parameters")
     kit.check_memory(c, "width", dim, 8 + c.lanczos_iters)
 
 
@@ -120,6 +139,7 @@ class Results:
     edge_ratio: np.ndarray  # (P,) median lambda_c / lambda_max from reach_step on
     before_ratio: np.ndarray  # (P,) median lambda_c / lambda_max before reach_step
     trend: np.ndarray  # (P,) Spearman correlation of lambda_c with lambda_max before reach_step
+    alignment: np.ndarray  # (P, K) share of the gradient in the top-k eigenspace (NaN: off)
     elapsed: np.ndarray  # () seconds
 
 
@@ -162,6 +182,10 @@ def _train_group(prob, config, opt_name, lrs, beta, progress):
             prob.loss_fn, "batch", optimizer=opt, every=config.every, max_evals=config.max_evals
         ),
     ]
+    if config.alignment_k:
+        k, iters = config.alignment_k, config.alignment_iters
+        every = config.alignment_every
+        cbs.append(callbacks.alignment(prob.loss_fn, every=every, k=k, num_iters=iters))
     pstep = population.make_step(prob.loss_fn, opt, mode="loop", callbacks=cbs, chunk_size=200)
     lrs = np.asarray(lrs, float)
     return population.train_population(
@@ -207,6 +231,11 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     crit_s = cat(lambda p: np.asarray(p.metrics["critical_sharpness"])[:, steps])
     evals = cat(lambda p: np.asarray(p.metrics["critical_sharpness_num_evals"])[:, steps])
     diverged = cat(lambda p: np.asarray(p.diverged))
+    align = (
+        cat(lambda p: np.asarray(p.metrics["alignment"])[:, steps])
+        if config.alignment_k
+        else np.full(sharp.shape, np.nan)
+    )
     opts, lrs_all, betas, crit = (np.asarray(v) for v in zip(*meta, strict=True))
     reach, edge, before, trend = [], [], [], []
     loss = cat(lambda p: np.asarray(p.metrics["loss"]))
@@ -236,6 +265,7 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
         edge_ratio=np.asarray(edge, float),
         before_ratio=np.asarray(before, float),
         trend=np.asarray(trend, float),
+        alignment=align,
         elapsed=np.asarray(time.perf_counter() - t0),
     )
 
@@ -259,6 +289,12 @@ METRICS = {
     "trend": kit.Metric("Spearman correlation of lambda_c with lambda_max before the edge"),
     "mean_evals": kit.Metric("forward passes per lambda_c line search, mean", "passes"),
     "lanczos_products": kit.Metric("Hessian-vector products per lambda_max", "products"),
+    "alignment_before": kit.Metric(
+        "median share of the gradient in the top-k eigenspace before the edge (k = alignment_k)"
+    ),
+    "alignment_edge": kit.Metric(
+        "median share of the gradient in the top-k eigenspace at the edge"
+    ),
     "diverged": kit.Metric("the run diverged (left out of every statistic)"),
     "num_diverged": kit.Metric("runs that diverged", "runs"),
     "gd_edge_ratio_median": kit.Metric("median over GD runs at the edge of their edge_ratio"),
@@ -278,6 +314,8 @@ def summary(results: Results) -> dict[str, Any]:
         "before_ratio": per(lambda i: float(r.before_ratio[i])),
         "trend": per(lambda i: float(r.trend[i])),
         "mean_evals": per(lambda i: float(np.nanmean(r.num_evals[i]))),
+        "alignment_before": per(lambda i: _median(r.alignment[i][r.steps < _edge(r, i)])),
+        "alignment_edge": per(lambda i: _median(r.alignment[i][r.steps >= _edge(r, i)])),
         "lanczos_products": int(r.config.lanczos_iters),
         "diverged": per(lambda i: bool(r.diverged[i])),
         "num_diverged": int(np.sum(r.diverged)),
@@ -286,6 +324,16 @@ def summary(results: Results) -> dict[str, Any]:
         else float("nan"),
         "elapsed_s": float(r.elapsed),
     }
+
+
+def _edge(r: Results, i: int) -> float:
+    """The first step at the edge, or +inf where the run never reached it."""
+    return float(r.reach_step[i]) if r.reach_step[i] >= 0 else np.inf
+
+
+def _median(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
 
 
 def verdict(results: Results) -> list[str]:
@@ -319,6 +367,18 @@ def verdict(results: Results) -> list[str]:
             + f"; before it {kit.fmt(r.before_ratio[i])}, rank correlation with lambda_max "
             f"{kit.fmt(r.trend[i])}" + cost + "."
         )
+        if r.config.alignment_k:
+            s = summary(r)
+            label_k = f"{label}: share of the gradient in the top-{r.config.alignment_k} space"
+            out.append(
+                kit.compare(
+                    f"{label_k} at the edge (before it: {kit.fmt(s['alignment_before'][label])})",
+                    s["alignment_edge"][label],
+                    "Gur-Ari et al. 2018",
+                    "most of the gradient (> 0.9) after a short period",
+                    ok=s["alignment_edge"][label] > 0.9,
+                )
+            )
     return out
 
 

@@ -26,6 +26,11 @@ def test_tiny_reaches_the_edge_with_lambda_c_near_lambda_max(tiny, tmp_path):
     assert np.nanmean(r.num_evals[0]) <= r.config.max_evals
     assert np.all(r.critical_sharpness[0] <= r.sharpness[0] * 1.05 + 1e-9)
     assert cs.verdict(r)[0].split(";")[0].endswith("reproduced")
+    # GD below the edge removes the gradient's high-curvature part; at the edge the gradient
+    # lives in the top eigenspace (Gur-Ari et al.'s tiny subspace)
+    s = cs.summary(r)
+    assert s["alignment_before"]["GD eta=0.4"] < 0.01
+    assert s["alignment_edge"]["GD eta=0.4"] > 0.8
     study_contract.check_dynamic(cs, r, tmp_path)
 
 
@@ -36,6 +41,8 @@ def test_bad_configs_are_refused_by_field():
         ({"max_evals": 1}, "max_evals"),
         ({"every": 0}, "every"),
         ({"gd_lrs": (float("nan"),)}, "gd_lrs"),
+        ({"alignment_k": 20, "alignment_iters": 10}, "alignment_iters"),
+        ({"alignment_every": 15}, "alignment_every"),
     ):
         with pytest.raises(ValueError, match=f"^{field}"):
             cs.Config(**kw)
