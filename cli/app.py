@@ -204,7 +204,7 @@ def phase_diagram(
         typer.Option(
             "--y",
             metavar="FIELD=V1,V2",
-            help="Vertical axis as FIELD=V1,V2,...: early: depths (hidden layers).",
+            help="Vertical axis as FIELD=V1,V2,...: early: depths (layers with weights).",
         ),
     ] = None,
     problem: Annotated[
@@ -228,7 +228,8 @@ def phase_diagram(
     """Sweep a phase diagram: the uv_model or early_phase_diagram study over two axes.
 
     **early** (early_phase_diagram): --x widths=V1,V2,... sets the hidden widths (horizontal
-    axis), --y depths=V1,V2,... the numbers of hidden layers (vertical axis); the learning-rate
+    axis), --y depths=V1,V2,... the depths d (vertical axis; layers with weights, the readout
+    included, as Kalra & Barkeshli count them: set depth_convention=hidden for hidden layers); the learning-rate
     axis c = eta * lambda0 is set with --set log2_c_min=, log2_c_max=, num_c=.
 
     **uv** (uv_model): the grid is kappa x init scale, set with --set phase_kappa_min=,
@@ -243,7 +244,7 @@ def phase_diagram(
 
     ```
     hessian-lab phase-diagram early --preset tiny --out runs/epd
-    hessian-lab phase-diagram early --x widths=16,32,64 --y depths=1,2 --out runs/epd-grid
+    hessian-lab phase-diagram early --x widths=16,32,64 --y depths=2,3 --out runs/epd-grid
     hessian-lab phase-diagram uv --set phase_num_kappa=16 --set phase_num_scale=12 --out runs/uv
     hessian-lab phase-diagram early --shard 1/4 --out runs/epd-1
     ```

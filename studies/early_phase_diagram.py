@@ -3,14 +3,18 @@
 Networks of depth ``d`` and width ``w`` (ReLU MLPs, or the Myrtle-style CNN with ``arch="cnn"``)
 are trained by full-batch GD for a short, fixed number of steps ``T`` at ``eta = c / lambda0``,
 ``lambda0`` the sharpness at the seed's initialisation on the training data, for ``c`` on a log2
-grid up to divergence and several seeds. Over steps ``1..T`` (rules as in the paper):
+grid up to divergence and several seeds. ``d`` counts the layers with weights, the readout
+included, as the paper does (``depth_convention="layers"``; its ``d = 8`` is 7 hidden layers);
+``depth_convention="hidden"`` counts hidden layers. Over steps ``1..T`` (rules as in the paper):
 
 * loss catapult iff ``max_t L_t / L_0 > 1``;
 * sharpness catapult iff ``max_t lambda_t / lambda_0 > sharp_threshold`` (1 in the paper; 1.05
-  guards against the estimator's noise);
+  guards against the estimator's noise). ``lambda_t`` is the full-batch sharpness (DEFAULT), or
+  with ``sharpness_batch = B`` the paper's measurement: the top eigenvalue on a random batch of
+  ``B`` training examples, against ``lambda_0`` on all of them (the paper: 512 against 4096);
 * ``c_loss``, ``c_sharp`` = the smallest c with a loss / sharpness catapult;
 * ``c_barrier`` = the smallest c for which the loss on the straight line ``theta_0 -> theta_T``
-  rises above ``L_0`` (16 points of the segment by default);
+  rises above ``L_0`` (at s = 0.01, 0.02, ..., 1 by default, as the paper samples it);
 * ``c_max`` = the largest c that does not diverge (the grid value below the first divergence).
 
 A diverged member counts as all three events (its loss and sharpness blew up) and is left out of
@@ -20,14 +24,15 @@ as ``d/w`` grows, where a "sharpness reduction" phase opens (``lambda_T / lambda
 already for ``c < 2``).
 
 Execution: one sweep point per ``(d, w)`` cell; its ``c x seed`` population is trained by one
-compiled step (a :class:`~hessian_lab.studies.problems.CatapultRunner`, per-member learning
-rates), built once per cell.
+compiled step (a ``problems.CatapultRunner``, per-member learning rates), built once per cell.
 
 Example:
   >>> from hessian_lab.studies import early_phase_diagram as epd
   >>> r = epd.run(epd.TINY)  # doctest: +SKIP
   >>> epd.critical(r)["c_loss"].shape  # (depths, widths, seeds)  # doctest: +SKIP
   (1, 2, 1)
+  >>> epd.cell_label(8, 256)  # the paper's d (layers with weights) and w
+  'd=8 w=256'
 """
 
 from __future__ import annotations
@@ -42,14 +47,15 @@ from matplotlib.figure import Figure
 from hessian_lab import models
 from hessian_lab.models import ACTIVATIONS
 
+from . import early_phase_diagram_core as core
 from . import early_phase_diagram_plots as plots
 from . import kit, problems, stats
 from .kit import knob, need
 
-__all__ = ["CRITICAL", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
+__all__ = ["CRITICAL", "D8", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
 __all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "check_inputs", "critical"]
-__all__ += ["figures", "load", "points", "problem", "run", "run_point", "runner", "save"]
-__all__ += ["summary", "verdict"]
+__all__ += ["figures", "load", "paper_depths", "points", "problem", "run", "run_point", "runner"]
+__all__ += ["save", "summary", "verdict"]
 
 NAME = "early_phase_diagram"
 PAPER = "Kalra & Barkeshli 2023, arXiv 2302.12250"
@@ -63,7 +69,11 @@ class Config:
     """Every knob of the phase-diagram sweep (``c = eta * lambda0`` on a log2 grid)."""
 
     arch: Literal["mlp", "cnn"] = knob("mlp", "network: MLP, or the Myrtle-style CNN on 8x8 images")
-    depths: tuple[int, ...] = knob((1, 4), "hidden layers d (the paper's d is ours + 1); --y axis")
+    depth_convention: Literal["layers", "hidden"] = knob(
+        "layers", "what depths count: layers with weights, readout included (the paper's d), "
+        "or hidden (conv) layers"
+    )  # fmt: skip
+    depths: tuple[int, ...] = knob((2, 5), "depths d, counted as depth_convention says; --y axis")
     widths: tuple[int, ...] = knob((16, 32, 64, 128), "widths w (units or channels); --x axis")
     param: Literal["sp", "ntk", "mup"] = knob("sp", "parameterisation: standard, NTK or muP")
     activation: str = knob("relu", "hidden activation")
@@ -82,13 +92,21 @@ class Config:
     sharp_threshold: float = knob(
         1.05, "sharpness catapult iff max lambda_t/lambda_0 > this (paper: 1; 1.05 absorbs noise)"
     )
-    barrier_points: int = knob(16, "points of the segment theta_0 -> theta_T for c_barrier")
+    sharpness_batch: int = knob(
+        0, "lambda_t for c_sharp: 0 on all n examples; B > 0 on a fresh random batch of B of them "
+        "each step (the paper: B = 512 against a lambda_0 on 4096)"
+    )  # fmt: skip
+    barrier_points: int = knob(
+        100, "points s = 1/P .. 1 of the segment theta_0 -> theta_T for c_barrier (paper: 100)"
+    )
     divergence_loss: float = knob(1e4, "a loss above it marks a run diverged")
 
     def __post_init__(self):
         kit.check_finite(self)
         kit.check_choice(self, "arch", ("mlp", "cnn"))
-        kit.check_int_tuple(self, "depths", maximum=kit.MAX_DEPTH)
+        kit.check_choice(self, "depth_convention", core.DEPTH_CONVENTIONS)
+        least = 2 if self.depth_convention == "layers" else 1  # one hidden layer and the readout
+        kit.check_int_tuple(self, "depths", minimum=least, maximum=kit.MAX_DEPTH)
         kit.check_int_tuple(self, "widths")
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "activation", ACTIVATIONS)
@@ -106,6 +124,12 @@ class Config:
         ok = isinstance(self.sharp_threshold, int | float) and self.sharp_threshold >= 1.0
         need(ok and np.isfinite(self.sharp_threshold), self, "sharp_threshold", "a number >= 1")
         kit.check_positive(self, "divergence_loss")
+        ok = kit.is_int(self.sharpness_batch) and 0 <= self.sharpness_batch < self.n
+        need(ok, self, "sharpness_batch", "0 (all n examples) or an int in [1, n)")
+
+    def hidden(self, depth: int) -> int:
+        """Return the builders' depth (hidden or conv layers) of one of ``depths``."""
+        return core.hidden_layers(depth, self.depth_convention)
 
 
 def check_inputs(config: Config) -> None:
@@ -115,7 +139,8 @@ def check_inputs(config: Config) -> None:
       ValueError: ``lanczos_iters`` or ``lambda0_iters`` above the smallest parameter count.
     """
     c = config
-    kw = dict(depth=min(c.depths), width=min(c.widths), activation=c.activation, param=c.param)
+    kw = dict(depth=c.hidden(min(c.depths)), width=min(c.widths), activation=c.activation,
+              param=c.param)  # fmt: skip
     net = models.mlp(64, 10, **kw) if c.arch == "mlp" else models.cnn((8, 8, 1), 10, **kw)
     for f in ("lanczos_iters", "lambda0_iters"):
         kit.check_budget(c, f, kit.num_params(net), "the parameter count of the smallest cell")
@@ -123,7 +148,7 @@ def check_inputs(config: Config) -> None:
 
 DEFAULT = Config()
 TINY = Config(
-    depths=(1,),
+    depths=(2,),
     widths=(64, 512),
     n=64,
     seeds=(0,),
@@ -133,7 +158,21 @@ TINY = Config(
     num_steps=10,
     lanczos_iters=8,
     lambda0_iters=20,
-    barrier_points=8,
+)
+# The paper's d = 8 over its widths, its T = 10 and its c_sharp measurement (lambda_t on batches
+# of 1/8 of the set lambda_0 is measured on, as 512 of 4096; rule "> 1"), on 512 digits
+D8 = Config(
+    depths=(8,),
+    widths=(256, 512, 1024, 2048),
+    n=512,
+    seeds=(0,),
+    log2_c_min=1.0,
+    log2_c_max=4.25,
+    num_c=14,
+    num_steps=10,
+    lambda0_iters=20,
+    sharp_threshold=1.0,
+    sharpness_batch=64,
 )
 
 
@@ -164,11 +203,12 @@ def points(config: Config) -> list[dict]:
 
 
 def problem(config: Config, depth: int, width: int) -> problems.Problem:
-    """The training problem of one cell (built anew on every call: hold on to it)."""
+    """The training problem of one cell, ``depth`` as in ``config.depths`` (built anew on every
+    call: hold on to it)."""
     return problems.catapult_problem(
         config.arch,
         width=width,
-        depth=depth,
+        depth=config.hidden(depth),
         n=config.n,
         param=config.param,
         activation=config.activation,
@@ -177,15 +217,16 @@ def problem(config: Config, depth: int, width: int) -> problems.Problem:
 
 
 def runner(config: Config, prob: problems.Problem) -> problems.CatapultRunner:
-    """The compiled population step of one cell; reuse it for other grids of c and seeds."""
-    return problems.CatapultRunner(
-        prob,
-        num_steps=config.num_steps,
-        sharpness_every=config.sharpness_every,
-        lanczos_iters=config.lanczos_iters,
-        lambda0_iters=config.lambda0_iters,
-        barrier_points=config.barrier_points,
-    )
+    """The compiled population step of one cell; reuse it for other grids of c and seeds.
+
+    ``lambda_t`` on all n examples, or with ``sharpness_batch`` on batches of that size
+    (:class:`~hessian_lab.studies.early_phase_diagram_core.BatchSharpnessRunner`).
+    """
+    names = ("num_steps", "sharpness_every", "lanczos_iters", "lambda0_iters", "barrier_points")
+    kw = {k: getattr(config, k) for k in names}
+    if config.sharpness_batch:
+        return core.BatchSharpnessRunner(prob, sharpness_batch=config.sharpness_batch, **kw)
+    return problems.CatapultRunner(prob, **kw)
 
 
 def _work(config: Config) -> int:
@@ -247,41 +288,40 @@ def critical(results: Results) -> dict[str, np.ndarray]:
     ``final_ratio`` (lambda_T/lambda_0). Critical values ``c_loss``, ``c_sharp``, ``c_barrier``,
     ``c_max`` (NaN where the grid shows no such c).
     """
-    r, div = results, results.diverged
-    loss_ratio = stats.max_ratio(r.loss, r.loss[..., 0])
-    sharp_ratio = stats.max_ratio(r.sharpness, r.lambda0[:, :, None, :])
-    out = {
-        "loss_catapult": (loss_ratio > 1) | div,
-        "sharp_catapult": (sharp_ratio > r.config.sharp_threshold) | div,
-        "barrier": (r.line_ratio > 1) | div,
-        "loss_ratio": loss_ratio,
-        "sharp_ratio": sharp_ratio,
-        "final_ratio": r.sharpness[..., -1] / r.lambda0[:, :, None, :],
-    }
-    flags = {"c_loss": "loss_catapult", "c_sharp": "sharp_catapult", "c_barrier": "barrier"}
-    for name, flag in flags.items():
-        out[name] = stats.critical_c(r.c, out[flag])
-    out["c_max"] = stats.critical_c(r.c, div, largest_before=True)
-    return out
+    return core.critical(results)
+
+
+def paper_depths(results: Results) -> np.ndarray:
+    """Return the paper's ``d`` (layers with weights, readout included) of ``results.depths``."""
+    conv = results.config.depth_convention
+    return np.asarray([core.paper_depth(d, conv) for d in results.depths], dtype=np.int64)
 
 
 def figures(results: Results) -> dict[str, Figure]:
-    """The phase diagram in (c, d/w) with critical curves; lambda_T/lambda_0 against c."""
-    return plots.draw(results, critical(results))
+    """The phase diagram in (c, d/w) with critical curves; lambda_T/lambda_0 against c.
+
+    ``d`` is the paper's (layers with weights) whatever ``depth_convention`` the run used.
+    """
+    return plots.draw(results, critical(results), paper_depths(results))
 
 
 def cell_label(depth: int, width: int) -> str:
-    """A reader's name for a cell: ``"d=1 w=64"`` (d: hidden layers)."""
+    """A reader's name for a cell: ``"d=8 w=256"``, ``d`` the paper's (layers with weights)."""
     return f"d={int(depth)} w={int(width)}"
 
 
 METRICS = {
     "c_loss": kit.Metric("smallest c with a loss catapult (max_t L_t/L_0 > 1), mean over seeds"),
-    "c_sharp": kit.Metric("smallest c with a sharpness catapult, mean over seeds"),
+    "c_sharp": kit.Metric(
+        "smallest c with a sharpness catapult (lambda_t as sharpness_batch says), mean over seeds"
+    ),
     "c_barrier": kit.Metric("smallest c with a loss barrier on theta_0 -> theta_T, seed mean"),
     "c_max": kit.Metric("largest c below the first divergence, mean over seeds"),
     "min_final_ratio_below_2": kit.Metric(
         "smallest lambda_T/lambda_0 over c < 2 and seeds (< 1: sharpness reduction)"
+    ),
+    "num_barriers": kit.Metric(
+        "converging runs with a loss barrier on theta_0 -> theta_T (line above L_0)", "runs"
     ),
     "num_diverged": kit.Metric("runs (c, seed) that diverged: left out of every statistic", "runs"),
     "ordered": kit.Metric("c_loss <= c_sharp <= c_max (seed means) in every cell"),
@@ -289,7 +329,7 @@ METRICS = {
 
 
 def _cells(results: Results):
-    for i, d in enumerate(results.depths):
+    for i, d in enumerate(paper_depths(results)):
         for j, w in enumerate(results.widths):
             yield i, j, cell_label(d, w)
 
@@ -308,6 +348,7 @@ def summary(results: Results) -> dict[str, Any]:
         fr = fr[np.isfinite(fr)]
         out["min_final_ratio_below_2"][lab] = float(fr.min()) if fr.size else float("nan")
         out["num_diverged"][lab] = int(r.diverged[i, j].sum())
+        out["num_barriers"][lab] = int((~r.diverged[i, j] & (r.line_ratio[i, j] > 1)).sum())
     out["ordered"] = ordered
     return out
 
@@ -316,27 +357,32 @@ def verdict(results: Results) -> list[str]:
     """c_loss ~ 2 at small d/w and rising with it, the ordering, and sharpness reduction."""
     r, s, paper = results, summary(results), "Kalra & Barkeshli"
     labs = [lab for _, _, lab in _cells(r)]
-    dw = np.asarray([r.depths[i] / r.widths[j] for i, j, _ in _cells(r)], float)
+    dw = np.asarray([paper_depths(r)[i] / r.widths[j] for i, j, _ in _cells(r)], float)
     lo, hi = labs[int(np.argmin(dw))], labs[int(np.argmax(dw))]
-    cl = s["c_loss"]
-    out = [kit.compare(f"c_loss at the smallest d/w ({lo})", cl[lo], paper, "~2 (lazy limit)",
-                       ok=bool(1.8 <= cl[lo] <= 3.0))]  # fmt: skip
-    if hi != lo:
+    cl, fr, out = s["c_loss"], s["min_final_ratio_below_2"], []
+    if not (paper_depths(r).max() == 8 and set(r.widths.tolist()) <= set(core.PAPER_D8)):
+        # the lazy limit; at the paper's d = 8 its own numbers are the reference (below)
+        out.append(kit.compare(f"c_loss at the smallest d/w ({lo})", cl[lo], paper,
+                               "~2 (lazy limit)", ok=bool(1.8 <= cl[lo] <= 3.0)))  # fmt: skip
+    if hi != lo:  # no judgement where the grid does not resolve it (equal, or no c < 2)
+        ok = None if cl[hi] == cl[lo] else bool(cl[hi] > cl[lo])
         out.append(kit.compare(f"c_loss from {lo} to {hi}", f"{kit.fmt(cl[lo])} -> {kit.fmt(cl[hi])}",
-                               paper, "rises with d/w", ok=bool(cl[hi] > cl[lo])))  # fmt: skip
-        fr = s["min_final_ratio_below_2"]
+                               paper, "rises with d/w", ok=ok))  # fmt: skip
+        ok = bool(fr[hi] < min(fr[lo], 1.0)) if np.isfinite([fr[lo], fr[hi]]).all() else None
         out.append(kit.compare(
             f"smallest lambda_T/lambda_0 for c < 2, {lo} -> {hi}",
             f"{kit.fmt(fr[lo])} -> {kit.fmt(fr[hi])}", paper,
-            "drops below 1 as d/w grows (sharpness reduction)",
-            ok=bool(fr[hi] < min(fr[lo], 1.0))))  # fmt: skip
+            "drops below 1 as d/w grows (sharpness reduction)", ok=ok))  # fmt: skip
     n = len(labs)
     k = sum(s["c_loss"][x] <= s["c_sharp"][x] <= s["c_max"][x] for x in labs)
     out.append(kit.compare("c_loss <= c_sharp <= c_max (seed means)", f"in {k} of {n} cells",
                            paper, "in every cell", ok=k == n))  # fmt: skip
     k = sum(s["c_barrier"][x] <= s["c_max"][x] for x in labs)
-    out.append(kit.compare("c_barrier <= c_max", f"in {k} of {n} cells", paper, "in every cell",
-                           ok=k == n))  # fmt: skip
+    out.append(kit.compare(f"c_barrier <= c_max ({r.config.barrier_points} points per segment)",
+                           f"in {k} of {n} cells", paper, "in every cell", ok=k == n))  # fmt: skip
+    cells = [(lab, paper_depths(r)[i], r.widths[j]) for i, j, lab in _cells(r)]
+    step = (r.config.log2_c_max - r.config.log2_c_min) / (r.config.num_c - 1)
+    out += core.against_paper(s, cells, step)
     div = sum(s["num_diverged"].values())
     out.append(
         f"{div} of {r.diverged.size} runs diverged: they mark c_max and count as catapults, and "
@@ -345,4 +391,5 @@ def verdict(results: Results) -> list[str]:
     return out
 
 
-save, load = kit.persistence(NAME, Results, Config, summary)
+# a config.json saved before depth_convention existed counted hidden layers: it still does
+save, load = kit.persistence(NAME, Results, core.stored_config(Config), summary)

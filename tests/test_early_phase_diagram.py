@@ -1,12 +1,19 @@
-"""The early-training phase diagram: critical values, ordering, one compile per cell, contract."""
+"""The early-training phase diagram: critical values, ordering, one compile per cell, contract,
+the paper's depth convention and its batch measurement of lambda_t."""
 
 import dataclasses
+import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import study_contract
+from jax.flatten_util import ravel_pytree
 
+from hessian_lab.callbacks import StepInfo
 from hessian_lab.studies import early_phase_diagram as epd
+from hessian_lab.studies import early_phase_diagram_core as core
 from hessian_lab.studies import problems, stats
 
 TRACES = {"n": 0}  # Python-level calls of the loss functions happen only while jax traces
@@ -53,7 +60,7 @@ def test_critical_values_ordered(tiny):
     assert np.all(c_loss <= c_sharp) and np.all(c_sharp <= c_max), (c_loss, c_sharp, c_max)
     assert np.all((c_loss >= 1.8) & (c_loss <= 4.0)), c_loss
     s = epd.summary(res)
-    assert s["ordered"] and s["c_loss"]["d=1 w=64"] == pytest.approx(c_loss[0, 0])
+    assert s["ordered"] and s["c_loss"]["d=2 w=64"] == pytest.approx(c_loss[0, 0])
     assert any(v.startswith("c_loss <= c_sharp <= c_max") and v.endswith(" reproduced")
                for v in epd.verdict(res))  # fmt: skip
 
@@ -92,6 +99,10 @@ def test_eta_per_member_and_flags(tiny):
         ({"n": 5000}, "n"),
         ({"normalization": "mean"}, "normalization"),
         ({"widths": (16, 16)}, "widths"),
+        ({"depth_convention": "readout"}, "depth_convention"),
+        ({"depths": (1,)}, "depths"),  # one layer with weights: no hidden layer
+        ({"sharpness_batch": 128}, "sharpness_batch"),  # not below n = 128
+        ({"sharpness_batch": -1}, "sharpness_batch"),
     ],
 )
 def test_bad_config_names_the_field(kw, field):
@@ -105,6 +116,82 @@ def test_points_one_per_cell():
     assert len(pts) == len(cfg.depths) * len(cfg.widths)
     assert pts[0] == {"depth": cfg.depths[0], "width": cfg.widths[0]}
     assert epd.PHASE_AXES == ("widths", "depths")
+
+
+def _num_params(hidden, width, d_in=64, d_out=10):
+    """Closed form: ``hidden`` dense layers of ``width`` units with biases, then the readout."""
+    return (d_in + 1) * width + (hidden - 1) * (width + 1) * width + (width + 1) * d_out
+
+
+@pytest.mark.parametrize(("convention", "depth", "hidden"), [("layers", 8, 7), ("hidden", 7, 7),
+                                                              ("layers", 2, 1)])  # fmt: skip
+def test_depth_counts_layers_with_weights(convention, depth, hidden):
+    # the paper's d = 8 is 7 hidden layers and the readout; "hidden" passes depths unchanged
+    cfg = epd.Config(depth_convention=convention, depths=(depth,), widths=(8,))
+    prob = epd.problem(cfg, depth, 8)
+    params = jax.eval_shape(prob.model.init, jax.random.key(0))
+    assert sum(a.size for a in jax.tree.leaves(params)) == _num_params(hidden, 8)
+    assert core.paper_depth(depth, convention) == hidden + 1
+    assert epd.cell_label(core.paper_depth(depth, convention), 8) == f"d={hidden + 1} w=8"
+
+
+def test_old_config_keeps_hidden_layers(tiny, tmp_path):
+    # a run saved before depth_convention existed (its depths counted hidden layers) reads back
+    # with that meaning: same networks, same paper-d labels
+    hidden = dataclasses.replace(tiny[0].config, depth_convention="hidden", depths=(1,))
+    epd.save(dataclasses.replace(tiny[0], config=hidden, depths=np.array([1])), tmp_path)
+    path = tmp_path / "config.json"
+    meta = json.loads(path.read_text())
+    del meta["config"]["depth_convention"]  # as the old TINY was saved
+    path.write_text(json.dumps(meta))
+    old = epd.load(tmp_path)
+    assert old.config.depth_convention == "hidden" and old.config.depths == (1,)
+    assert old.config.hidden(1) == tiny[0].config.hidden(2) == 1
+    assert epd.summary(old)["c_loss"] == epd.summary(tiny[0])["c_loss"]
+
+
+def _tiny_problem():
+    cfg = epd.Config(depths=(2,), widths=(3,), n=12, sharpness_batch=4)
+    return cfg, epd.problem(cfg, 2, 3)
+
+
+def _dense_top(prob, params, idx=None):
+    """Top eigenvalue of the dense Hessian (jax.hessian + eigh) on the examples ``idx``."""
+    flat, unravel = ravel_pytree(params)
+    batch = prob.data if idx is None else jax.tree.map(lambda a: a[idx], prob.data)
+    dense = jax.jit(jax.hessian(lambda f, b: prob.loss_fn(unravel(f), b)))(flat, batch)
+    return np.linalg.eigvalsh(dense)[-1]
+
+
+def _batch_at(t, n=12, size=4):  # the documented draw: permutation(fold_in(key(0), t))[:size]
+    return jax.random.permutation(jax.random.fold_in(jax.random.key(0), t), n)[:size]
+
+
+def test_batch_sharpness_is_the_top_eigenvalue_on_a_fresh_batch():
+    cfg, prob = _tiny_problem()
+    params = prob.model.init(jax.random.key(3))
+    cb = core.batch_sharpness(prob.loss_fn, 4, num_iters=20)
+    state, seen, update = cb.init(params), [], jax.jit(cb.update)
+    for t in (0, 1):
+        state, m = update(state, StepInfo(jnp.asarray(t), params, data=prob.data))
+        np.testing.assert_allclose(
+            m["sharpness"], _dense_top(prob, params, _batch_at(t)), rtol=1e-8
+        )
+        seen.append(float(m["sharpness"]))
+    assert seen[0] != seen[1]  # a fresh batch at every step
+    # the study trains with it when sharpness_batch > 0 (the runner compiles nothing yet)
+    assert isinstance(epd.runner(cfg, prob), core.BatchSharpnessRunner)
+    full = epd.runner(dataclasses.replace(cfg, sharpness_batch=0), prob)
+    assert type(full) is problems.CatapultRunner
+
+
+def test_against_the_paper_within_one_grid_step():
+    # ours 3.36 vs their 3.25 at d = 8, w = 256: 0.05 octave apart, inside a 0.25 step; c_max
+    # 19 vs 13.93 is 0.45 octave: outside; cells not at d = 8 are not compared
+    s = {"c_loss": {"d=8 w=256": 3.36, "d=2 w=64": 2.5}, "c_max": {"d=8 w=256": 19.0}}
+    out = core.against_paper(s, [("d=8 w=256", 8, 256), ("d=2 w=64", 2, 64)], 0.25)
+    assert len(out) == 2 and out[0].endswith(" - reproduced") and out[1].endswith("NOT reproduced")
+    assert "3.25" in out[0] and "13.9" in out[1]
 
 
 def test_contract(tiny, tmp_path):
