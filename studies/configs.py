@@ -152,5 +152,9 @@ def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) ->
 
 
 def config_from_dict(module: ModuleType, stored: Mapping[str, Any]) -> Any:
-    """Rebuild a study's Config from its stored JSON form (lists become tuples, etc.)."""
-    return with_overrides(module.DEFAULT, stored)
+    """Rebuild a study's Config from its stored JSON form (lists become tuples, etc.).
+
+    A field missing from ``stored`` (saved before the field existed) takes the value in the
+    study's optional ``STORED_DEFAULTS`` mapping, which keeps an old run's meaning, else DEFAULT's.
+    """
+    return with_overrides(module.DEFAULT, {**getattr(module, "STORED_DEFAULTS", {}), **stored})

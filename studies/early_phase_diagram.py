@@ -54,7 +54,17 @@ from .kit import knob, need
 
 __all__ = ["CRITICAL", "D8", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
 __all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "check_inputs", "critical"]
-__all__ += ["figures", "load", "paper_depths", "points", "problem", "run", "run_point", "runner"]
+__all__ += [
+    "STORED_DEFAULTS",
+    "figures",
+    "load",
+    "paper_depths",
+    "points",
+    "problem",
+    "run",
+    "run_point",
+    "runner",
+]
 __all__ += ["save", "summary", "verdict"]
 
 NAME = "early_phase_diagram"
@@ -391,5 +401,7 @@ def verdict(results: Results) -> list[str]:
     return out
 
 
-# a config.json saved before depth_convention existed counted hidden layers: it still does
-save, load = kit.persistence(NAME, Results, core.stored_config(Config), summary)
+# a config.json saved before depth_convention existed counted hidden layers: it still does (when
+# loaded here, and when a sweep resumes or merges through configs.config_from_dict)
+STORED_DEFAULTS = {"depth_convention": "hidden"}
+save, load = kit.persistence(NAME, Results, core.stored_config(Config, STORED_DEFAULTS), summary)

@@ -126,16 +126,15 @@ class BatchSharpnessRunner(problems.CatapultRunner):
         )
 
 
-def stored_config(config_cls: type) -> Callable[..., Any]:
+def stored_config(config_cls: type, defaults: dict[str, Any]) -> Callable[..., Any]:
     """Build ``config_cls(**fields)`` from a saved config.json, keeping old runs' meaning.
 
-    A config without ``depth_convention`` was saved before the field existed, when ``depths``
-    counted hidden layers: it gets ``depth_convention = "hidden"``.
+    A field missing from the file was saved before it existed and takes its value in
+    ``defaults`` (e.g. ``depth_convention = "hidden"``: ``depths`` counted hidden layers then).
     """
 
     def build(**fields: Any) -> Any:
-        fields.setdefault("depth_convention", "hidden")
-        return config_cls(**fields)
+        return config_cls(**{**defaults, **fields})
 
     return build
 

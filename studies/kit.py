@@ -14,6 +14,8 @@ A study is a module ``hessian_lab.studies.<name>`` (file ``studies/<name>.py``) 
                    checked before a run writes anything (data files load, Lanczos budgets
                    <= the model's parameter count, :func:`num_params`); ValueError names the field
 ``TINY/DEFAULT``   presets: seconds for the tests, minutes for the docs figures
+``STORED_DEFAULTS`` optional ``{field: value}``: what a config.json saved before the field
+                   existed means (else DEFAULT's value), for ``load``, resume and ``merge``
 ``Results``        dataclass: ``config`` plus numpy arrays (saved as ``arrays.npz``)
 ``run``            ``run(config, *, progress=None) -> Results``, no I/O; ``progress(done,
                    total)`` counts training steps (see :class:`StepCounter`)

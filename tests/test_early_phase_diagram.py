@@ -12,9 +12,9 @@ import study_contract
 from jax.flatten_util import ravel_pytree
 
 from hessian_lab.callbacks import StepInfo
+from hessian_lab.studies import configs, problems, stats
 from hessian_lab.studies import early_phase_diagram as epd
 from hessian_lab.studies import early_phase_diagram_core as core
-from hessian_lab.studies import problems, stats
 
 TRACES = {"n": 0}  # Python-level calls of the loss functions happen only while jax traces
 
@@ -148,6 +148,9 @@ def test_old_config_keeps_hidden_layers(tiny, tmp_path):
     assert old.config.depth_convention == "hidden" and old.config.depths == (1,)
     assert old.config.hidden(1) == tiny[0].config.hidden(2) == 1
     assert epd.summary(old)["c_loss"] == epd.summary(tiny[0])["c_loss"]
+    # and so does a sweep that resumes or merges it (configs.config_from_dict)
+    rebuilt = configs.config_from_dict(epd, meta["config"])
+    assert rebuilt.depth_convention == "hidden" and rebuilt.depths == (1,)
 
 
 def _tiny_problem():
