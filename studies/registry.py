@@ -43,7 +43,9 @@ _BUILTIN: dict[str, str] = {
         "early_phase_diagram",
         "warmup",
         "critical_sharpness",
+        "batch_size",
         "central_flow",
+        "block_spectra",
     )
 }
 _registered: dict[str, str | ModuleType] = {}
