@@ -54,6 +54,12 @@ from ._sharding import sharded_full_data_ggn as sharded_full_data_ggn
 from ._sharding import sharded_full_data_hvp as sharded_full_data_hvp
 from ._slq import DensityResult as DensityResult
 from ._slq import spectral_density as spectral_density
+from ._stateful import CurvatureLoss as CurvatureLoss
+from ._stateful import StatefulLoss as StatefulLoss
+from ._stateful import StatefulModel as StatefulModel
+from ._stateful import curvature_loss as curvature_loss
+from ._stateful import stateful_loss as stateful_loss
+from ._stateful_frameworks import stateful_model as stateful_model
 from ._trace import TraceResult as TraceResult
 from ._trace import trace as trace
 
@@ -64,10 +70,13 @@ __all__ = [
     "BatchSharpnessResult",
     "BlockSpectra",
     "CriticalResult",
+    "CurvatureLoss",
     "DensityResult",
     "EigResult",
     "NonFiniteError",
     "Operator",
+    "StatefulLoss",
+    "StatefulModel",
     "TraceResult",
     "adam_preconditioner",
     "alignment",
@@ -80,6 +89,7 @@ __all__ = [
     "chunk_size_for_memory",
     "critical_sharpness",
     "critical_sharpness_callback",
+    "curvature_loss",
     "full_data_ggn",
     "full_data_hvp",
     "gd_central_flow",
@@ -99,6 +109,8 @@ __all__ = [
     "sharded_full_data_ggn",
     "sharded_full_data_hvp",
     "spectral_density",
+    "stateful_loss",
+    "stateful_model",
     "top_eigs",
     "trace",
     "tree",

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from . import tree as tu
 from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
+from ._stateful import check_chunking
 
 __all__ = ["chunked_mean", "chunked_operator", "full_data_ggn", "full_data_hvp", "num_examples"]
 
@@ -159,7 +160,9 @@ def full_data_hvp(
       params: the point at which the Hessian is taken.
       data: the dataset, any pytree of arrays with a leading axis of ``n`` examples (e.g.
         ``(x, y)``); chunks of it are passed to ``loss_fn`` as ``batch``.
-      chunk_size: examples per chunk (memory knob); the result does not depend on it.
+      chunk_size: examples per chunk (memory knob); the result does not depend on it, except
+        for a train-mode BatchNorm loss (:func:`hessian_lab.curvature_loss`), whose statistics
+        are those of the chunk: ``chunk_size < n`` is then refused unless it opted in.
       linearize: linearise the gradient once and reuse it for every product (see above).
 
     Products are NaN wherever the loss or its gradient at ``params`` is NaN or inf (a NaN label
@@ -167,8 +170,9 @@ def full_data_hvp(
     estimators raise or flag it rather than report a finite sharpness.
 
     Raises:
-      ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n],
-        ``linearize`` not a bool.
+      ValueError: non-finite ``params``, mismatched leading axes, ``chunk_size`` outside [1, n]
+        (or below n for a train-mode BatchNorm loss without ``per_chunk``), ``linearize`` not
+        a bool.
 
     Example:
       >>> import jax.numpy as jnp
@@ -180,6 +184,8 @@ def full_data_hvp(
     tu.check_finite(params, "params")
     if not isinstance(linearize, bool):
         raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    n = num_examples(data)
+    check_chunking(loss_fn, _check_chunk_size(chunk_size, n, data), n)
     like = shape_struct(params)
     if not linearize:
         return chunked_operator(
@@ -189,7 +195,7 @@ def full_data_hvp(
             chunk_size=chunk_size,
             name="full_data_hvp",
         )
-    c = _check_chunk_size(chunk_size, num_examples(data), data)
+    c = chunk_size
     value_and_grad = jax.value_and_grad(loss_fn)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     like_vg = (jax.ShapeDtypeStruct((), dtype), like)

@@ -214,8 +214,11 @@ def check_deterministic(
 ) -> None:
     """Apply an operator twice to the same vector; raise if the products differ.
 
-    Catches operators that are not fixed linear maps: dropout, batch norm in train mode,
-    shuffled or resampled data inside the loss.
+    Catches operators that are not fixed linear maps: a loss that draws a new dropout mask
+    at every call (an nnx module used as a live object in train mode advances its RNG stream;
+    a numpy or Python RNG), shuffled or resampled data inside the loss. A train-mode BatchNorm
+    is a fixed function of the batch in JAX and passes; :func:`hessian_lab.curvature_loss`
+    builds a loss with dropout off and BatchNorm statistics chosen (``mode="train"|"eval"``).
 
     Raises:
       ValueError: the two products differ by more than ``rtol`` relative.
@@ -228,5 +231,8 @@ def check_deterministic(
         raise ValueError(
             "matvec: two applications to the same vector differ "
             f"(relative difference {diff / max(size, 1e-30):.3g} > rtol={rtol}); the operator is "
-            "not deterministic. Remove dropout, use batch norm in eval mode, and fix the data."
+            "not deterministic: the loss changes between calls, typically dropout drawing a new "
+            "mask each time (an nnx module called in train mode, a numpy or Python RNG) or "
+            "resampled data. Measure with dropout off: build the loss with "
+            "hessian_lab.curvature_loss (BatchNorm by mode='train' or 'eval'), and fix the data."
         )

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from . import tree as tu
 from ._full_data import chunked_operator, num_examples
 from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
+from ._stateful import check_chunking
 
 __all__ = [
     "chunk_size_for_memory",
@@ -179,6 +180,9 @@ def sharded_full_data_hvp(
     tu.check_finite(params, "params")
     if not isinstance(linearize, bool):
         raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    # a train-mode BatchNorm loss would be normalised per device: refused unless per_chunk
+    n = num_examples(data)
+    check_chunking(loss_fn, n // _axis_size(mesh, axis), n)
     if not linearize:
         return sharded_operator(
             lambda p, chunk: hvp(loss_fn, p, chunk),

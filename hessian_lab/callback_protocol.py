@@ -8,11 +8,13 @@ talks to the host: its metrics stay on device with the rest of a scan chunk.
 
 Convention: at a step where a callback does not run, each of its metrics is NaN. Metrics at step
 t are measured at the params theta_t *before* update t (the same params the step's loss and
-gradient see). The measurements themselves live in :mod:`hessian_lab.callbacks`.
+gradient see), and, for a model with state, at its state ``StepInfo.state`` (:func:`stateful`).
+The measurements themselves live in :mod:`hessian_lab.callbacks`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -22,6 +24,7 @@ from jax import lax
 
 from . import tree as tu
 from ._full_data import full_data_hvp
+from ._stateful import StatefulLoss, curvature_loss
 from .data import subset_indices
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "full_data_hessian",
     "random_unit",
     "run_callbacks",
+    "stateful",
     "step_data",
 ]
 
@@ -47,6 +51,8 @@ class StepInfo(NamedTuple):
       batch: the step's batch (pytree, leading axis = batch size).
       data: the full training set (pytree, leading axis n).
       learning_rate: eta_t, the rate update t applies (NaN if unknown).
+      state: the model state at step t (BatchNorm statistics), None for a stateless model;
+        callbacks given a :class:`~hessian_lab.StatefulLoss` measure the loss at it.
     """
 
     step: Any
@@ -57,6 +63,7 @@ class StepInfo(NamedTuple):
     batch: Any = None
     data: Any = None
     learning_rate: Any = None
+    state: Any = None
 
 
 class Callback(NamedTuple):
@@ -104,6 +111,35 @@ def run_callbacks(callbacks: Sequence[Callback], states: Sequence[Any], info: St
             metrics[k] = v
         new_states.append(state)
     return tuple(new_states), metrics
+
+
+def stateful(factory: Callable[..., Callback]) -> Callable[..., Callback]:
+    """Let a callback constructor ``factory(loss_fn, ...)`` take a :class:`StatefulLoss` too.
+
+    Given a stateless ``loss_fn`` the constructor is called as it is. Given a
+    :class:`~hessian_lab.StatefulLoss`, every update measures
+    ``curvature_loss(loss_fn, info.state)``: the loss at the run's current model state, in the
+    loss's mode ("train": the measured batch's statistics; "eval": the running ones), dropout
+    off. The constructor runs once more per traced update (it only checks and closes).
+    """
+
+    @functools.wraps(factory)
+    def make(loss_fn, *args, **kwargs):
+        if not isinstance(loss_fn, StatefulLoss):
+            return factory(loss_fn, *args, **kwargs)
+        first = factory(curvature_loss(loss_fn, None), *args, **kwargs)  # checks, init, every
+
+        def update(cb_state, info):
+            if info.state is None:
+                raise ValueError(
+                    "state: a callback on a StatefulLoss needs StepInfo.state (the model state)"
+                )
+            at_state = factory(curvature_loss(loss_fn, info.state), *args, **kwargs)
+            return at_state.update(cb_state, info)
+
+        return Callback(first.init, update, first.every)
+
+    return make
 
 
 def step_data(data, info: StepInfo):

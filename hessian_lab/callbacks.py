@@ -12,6 +12,10 @@ fixed subset) -- :func:`sharpness`. Two minibatch quantities are named apart fro
 :func:`batch_sharpness`, the curvature of the minibatch loss along the minibatch gradient
 (Andreyev & Beneventano, arXiv 2412.20553), the quantity that settles at ``2/eta`` under SGD.
 
+Every callback that takes a ``loss_fn`` also takes a :class:`hessian_lab.StatefulLoss` (a model
+with BatchNorm statistics or dropout): it then measures the loss at the model state the step
+passes in ``StepInfo.state``, in the loss's mode (:func:`hessian_lab.curvature_loss`).
+
 Example (a user's own loop; the Hessian here is diag(1, 4, 9) / 3):
     >>> import jax.numpy as jnp
     >>> loss_fn = lambda p, b: 0.5 * jnp.mean((b[0] @ p - b[1]) ** 2)
@@ -28,15 +32,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import adam_preconditioner, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
-from . import alignment_callback as alignment
-from . import critical_sharpness_callback as critical_sharpness
+from . import adam_preconditioner, alignment_callback, hvp, ntk_top_eig, ntk_trace, top_eigs, trace
+from . import critical_sharpness_callback as _critical_sharpness
 from . import preconditioned_sharpness as preconditioned_top_eigs
 from . import spectral_density as slq_density
 from . import tree as tu
 from .callback_protocol import Callback as Callback
 from .callback_protocol import StepInfo as StepInfo
-from .callback_protocol import check_every, full_data_hessian, random_unit, step_data
+from .callback_protocol import check_every, full_data_hessian, random_unit, stateful, step_data
 from .callback_protocol import run_callbacks as run_callbacks
 
 __all__ = [
@@ -55,6 +58,11 @@ __all__ = [
     "spectral_density",
     "traces",
 ]
+
+
+# Callbacks made elsewhere, taking a StatefulLoss too (as every loss-taking callback here does).
+alignment = stateful(alignment_callback)
+critical_sharpness = stateful(_critical_sharpness)
 
 
 def _float(x):
@@ -89,6 +97,7 @@ def loss_catapult(*, every: int = 1) -> Callback:
     return Callback(lambda params: _float(jnp.nan), update, every)
 
 
+@stateful
 def full_loss(loss_fn, data=None, *, every: int = 1, name: str = "full_loss") -> Callback:
     """Record the mean loss over ``data`` (default: the run's training set) at theta_t."""
     check_every(every)
@@ -136,6 +145,7 @@ def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=No
     return Callback(init, update, every)
 
 
+@stateful
 def sharpness(
     loss_fn,
     data=None,
@@ -181,6 +191,7 @@ def sharpness(
     return _top_eig_callback(make, name="sharpness", every=every, k=k, num_iters=num_iters, key=key)
 
 
+@stateful
 def minibatch_sharpness(
     loss_fn, *, every: int = 10, k: int = 1, num_iters: int = 20, key=None
 ) -> Callback:
@@ -198,6 +209,7 @@ def minibatch_sharpness(
     )
 
 
+@stateful
 def batch_sharpness(loss_fn, *, every: int = 1) -> Callback:
     """Record ``batch_sharpness = g_B^T H_B g_B / |g_B|^2`` on the step's own minibatch B.
 
@@ -219,6 +231,7 @@ def batch_sharpness(loss_fn, *, every: int = 1) -> Callback:
     return Callback(lambda params: (), update, every)
 
 
+@stateful
 def preconditioned_sharpness(
     loss_fn,
     data=None,
@@ -259,6 +272,7 @@ def preconditioned_sharpness(
     )
 
 
+@stateful
 def traces(
     loss_fn,
     apply_fn=None,
@@ -313,6 +327,7 @@ def traces(
     return Callback(lambda params: key, update, every)
 
 
+@stateful
 def spectral_density(
     loss_fn,
     data=None,

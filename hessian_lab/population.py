@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as PS
 
 from . import progress as progress_lib
@@ -42,13 +42,11 @@ from . import trainer
 from ._inputs import (
     check_finite,
     check_hyperparams,
-    check_initial_loss,
     check_members,
     check_opt_state,
     check_params,
 )
-from ._sharding import fetch, place
-from .optim import set_hyperparams
+from ._population_fit import member, member_states, train_batched, train_loop
 
 __all__ = ["PopulationResult", "PopulationStep", "make_step", "member_keys", "train_population"]
 
@@ -63,6 +61,7 @@ class PopulationResult(NamedTuple):
       stop_step: (P,) int, -1 where the member ran all steps.
       params, opt_state: final states, leaves with leading axis P.
       learning_rates, seeds: the inputs, as numpy arrays.
+      state: final model states (leading axis P) of a stateful loss, else None.
     """
 
     metrics: dict[str, np.ndarray]
@@ -74,6 +73,7 @@ class PopulationResult(NamedTuple):
     opt_state: Any
     learning_rates: np.ndarray
     seeds: np.ndarray
+    state: Any = None
 
 
 class PopulationStep(NamedTuple):
@@ -191,105 +191,6 @@ def make_step(
     return PopulationStep(step, jax.jit(sharded, static_argnames="length"), mode, mesh, axis)
 
 
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _member(tree, p):
-    return jax.tree.map(lambda x: x[p], tree)
-
-
-def _train_loop(pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report):
-    """Members one after another through the single-run step; (metrics, reasons, stop, p, s)."""
-    P, runs = len(keys), []
-    for p in range(P):
-        runs.append(
-            trainer.train(
-                pstep.step,
-                init_fn(keys[p][0]) if params is None else _member(params, p),
-                data,
-                num_steps=num_steps,
-                key=keys[p][1],
-                hyperparams={k: v[p] for k, v in hp.items()},
-                opt_state=None if opt_state is None else _member(opt_state, p),
-                progress=lambda done, total, p=p: report(p * total + done),
-                **goals,
-            )
-        )
-    metrics = {}
-    for k in runs[0].history.metrics:
-        m = np.full((P, num_steps, *runs[0].history[k].shape[1:]), np.nan)
-        for p, r in enumerate(runs):
-            m[p, : len(r.history[k])] = r.history[k]
-        metrics[k] = m
-    reasons = [r.history.stop_reason for r in runs]
-    stop_step = np.array([r.history.stop_step for r in runs])
-    return (
-        metrics,
-        reasons,
-        stop_step,
-        _stack([r.params for r in runs]),
-        _stack([r.opt_state for r in runs]),
-    )
-
-
-def _train_batched(pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report):
-    """All members in one vmapped (or sharded) chunk; (metrics, reasons, stop, params, state).
-
-    In "sharded" mode the members are padded with copies of the last one up to a multiple of
-    the devices on the mesh axis; the copies are dropped from every output.
-    """
-    P, step = len(keys), pstep.step
-    if pstep.mode == "sharded":
-        d = int(pstep.mesh.shape[pstep.axis])
-        idx = np.minimum(np.arange(-(-P // d) * d), P - 1)
-    else:
-        idx = np.arange(P)
-    args = trainer.run_args(step, data, num_steps=num_steps, **goals)
-    # Members are initialised one by one, exactly as separate runs would be: a vmapped or
-    # jitted init would compile the PRNG once more (seconds on CPU) for no gain.
-    # Given stacked states are gathered in one step (with the padding copies, if any).
-    select = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[idx], tree)  # noqa: E731
-    params = _stack([init_fn(keys[i][0]) for i in idx]) if params is None else select(params)
-    if opt_state is None:
-        states = _stack([step.optimizer.init(_member(params, i)) for i in range(len(idx))])
-    else:
-        states = select(opt_state)
-    states = set_hyperparams(states, {k: v[idx] for k, v in hp.items()})
-    carry = jax.vmap(lambda p, s: trainer.init_carry(step, p, s))(params, states)
-    data_keys = jnp.stack([keys[i][1] for i in idx])
-    if pstep.mode == "sharded":
-        split = NamedSharding(pstep.mesh, PS(pstep.axis))
-        carry, data_keys = place((carry, data_keys), split)  # several processes too
-        args = place(args, NamedSharding(pstep.mesh, PS()))
-    length, chunks = min(step.chunk_size, num_steps), []
-    for start in range(0, num_steps, length):
-        carry, m = pstep.run(carry, args, data_keys, jnp.asarray(start, jnp.int32), length)
-        m, done = fetch((m, carry.done))  # one host sync per chunk
-        chunks.append(m)
-        report(P * (num_steps if np.all(done) else min(start + length, num_steps)))
-        if np.all(done):
-            break
-    if len(idx) > P:  # drop the padding members (a split axis cannot be sliced unevenly)
-        chunks = [{k: v[:P] for k, v in c.items()} for c in chunks]
-        rep = NamedSharding(pstep.mesh, PS())
-        cut = lambda x: jax.sharding.reshard(x, rep)[:P]  # noqa: E731  (replicate, then cut)
-        carry = jax.jit(lambda c: jax.tree.map(cut, c), out_shardings=rep)(carry)
-    metrics = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-    pad = num_steps - next(iter(metrics.values())).shape[1]
-    if pad > 0:
-        metrics = {
-            k: np.concatenate([v, np.full((P, pad, *v.shape[2:]), np.nan)], axis=1)
-            for k, v in metrics.items()
-        }
-    metrics = {k: v[:, :num_steps] for k, v in metrics.items()}  # the last chunk may overrun
-    codes, stops = fetch((carry.reason, carry.stop_step))
-    check_initial_loss(codes, stops, metrics["loss"], goals.get("divergence_threshold"))
-    reasons = [trainer.STOP_REASONS[c or 1] for c in codes]
-    stop_step = np.where(codes > 0, stops, -1)
-    return metrics, reasons, stop_step, carry.params, carry.opt_state
-
-
 def train_population(
     pstep: PopulationStep,
     init_fn,
@@ -305,6 +206,7 @@ def train_population(
     params=None,
     opt_state=None,
     progress=None,
+    state=None,
 ) -> PopulationResult:
     """Train P members that differ in learning rate, seed and injected hyperparameters.
 
@@ -328,6 +230,10 @@ def train_population(
         True for a progress bar. Units: member-steps in every mode (``total = P * num_steps``;
         a vmapped chunk of ``k`` steps advances ``done`` by ``P * k``), so a caller's total does
         not depend on the mode.
+      state: the initial model state of a stateful loss (:class:`~hessian_lab.StatefulLoss`),
+        required exactly then: one state for every member (BatchNorm's initial statistics do
+        not depend on the seed), or, when ``params`` is given, stacked like it (e.g. a
+        previous result's ``state``).
 
     Returns:
       :class:`PopulationResult`.
@@ -359,8 +265,8 @@ def train_population(
     if params is not None:
         check_params(params)
     if opt_state is not None:  # one member's state against optimizer.init of its params
-        p0 = _member(params, 0) if params is not None else init_fn(member_keys(int(seeds[0]))[0])
-        check_opt_state(pstep.step.optimizer, p0, _member(opt_state, 0))
+        p0 = member(params, 0) if params is not None else init_fn(member_keys(int(seeds[0]))[0])
+        check_opt_state(pstep.step.optimizer, p0, member(opt_state, 0))
         check_finite("opt_state", opt_state, allow_inf=True)
     goals = dict(
         loss_goal=loss_goal, accuracy_goal=accuracy_goal, divergence_threshold=divergence_threshold
@@ -368,10 +274,19 @@ def train_population(
     trainer.run_args(pstep.step, data, num_steps=num_steps, **goals)  # fail before any work
     hp = check_hyperparams(hyperparams, members=P) | {"learning_rate": lrs}
     keys = [member_keys(int(s)) for s in seeds]
-    fit = _train_loop if pstep.mode == "loop" else _train_batched
+    trainer.check_state(pstep.step, state)
+    if state is not None and params is not None:
+        bad = [jnp.shape(x) for x in jax.tree.leaves(state) if jnp.shape(x)[:1] != (P,)]
+        if bad:
+            raise ValueError(
+                f"state: with params given, must be stacked like them (leading axis P={P}), got "
+                f"shapes {bad[:3]}"
+            )
+    ms = member_states(state, P, stacked=params is not None)
+    fit = train_loop if pstep.mode == "loop" else train_batched
     with progress_lib.reporter(progress, P * num_steps) as report:
-        metrics, reasons, stop_step, params, opt_state = fit(
-            pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report
+        metrics, reasons, stop_step, params, opt_state, model_state = fit(
+            pstep, init_fn, data, keys, hp, params, opt_state, num_steps, goals, report, ms
         )
     reasons = np.array(reasons)
     diverged = reasons == "diverged"
@@ -385,4 +300,5 @@ def train_population(
         opt_state,
         lrs,
         seeds,
+        model_state,
     )

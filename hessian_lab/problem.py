@@ -15,9 +15,12 @@ and returns ``(model, loss, data)``:
   arrays: images NHWC in ``[0, 1]``, int labels) and may return them reshaped or encoded, or
   return only ``(model, loss)`` to use them as they are.
 
-A function that declares ``seed`` receives the run's seed. Model state (BatchNorm statistics) is
-not supported yet: :class:`Problem` has a ``state`` field, None today, through which it will be
-passed; a flax model with collections other than ``params`` is refused, in words.
+A function that declares ``seed`` receives the run's seed. A model with state (BatchNorm
+statistics, dropout: a linen Module with collections besides ``params``, an nnx Module with
+``BatchStat`` s, an ``(equinox Module, eqx.nn.State)`` pair) needs ``build(..., stateful=True)``:
+the :class:`Problem` then holds a :class:`~hessian_lab.StatefulModel`, a
+:class:`~hessian_lab.StatefulLoss` and the initial ``state``. Without it such a model is refused
+in words (the command line and the studies do not thread model state yet).
 
 Every check runs before any work: the entry point imports, the arguments match the function's
 signature, what it returns is a model, a loss and data, and ``jax.eval_shape`` of ``init`` and
@@ -39,7 +42,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -50,6 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import losses
+from ._problem_checks import check_shapes, unpack
+from ._stateful import curvature_loss, stateful_loss
+from ._stateful_frameworks import stateful_model
 from .models import Model, mlp
 
 __all__ = ["Problem", "build", "example_mlp", "load_entry", "parse_args", "parse_entry"]
@@ -59,11 +64,12 @@ class Problem(NamedTuple):
     """A full-batch training problem.
 
     Attributes:
-      model: ``Model(init, apply)``: ``init(key) -> params``, ``apply(params, x) -> outputs``.
-      loss_fn: ``loss_fn(params, (x, y)) -> scalar``.
+      model: ``Model(init, apply)``: ``init(key) -> params``, ``apply(params, x) -> outputs``;
+        or a :class:`~hessian_lab.StatefulModel` (``build(..., stateful=True)``).
+      loss_fn: ``loss_fn(params, (x, y)) -> scalar``, or a :class:`~hessian_lab.StatefulLoss`.
       data: ``(x, y)`` as jax arrays (``x`` in the default float dtype).
       description: a one-line human description.
-      state: model state (BatchNorm statistics); always None until stateful models are supported.
+      state: the initial model state (BatchNorm statistics) of a stateful model, else None.
     """
 
     model: Any
@@ -204,7 +210,8 @@ def _no_state(collections: list[str], what: str, name: str) -> None:
     if collections:
         raise ValueError(
             f"{name}: the model holds state ({', '.join(collections)}) besides its parameters; "
-            f"{what} models with state (BatchNorm, dropout) are not supported yet"
+            f"{what} models with state (BatchNorm, dropout) need problem.build(..., stateful=True)"
+            " (the command line and the studies do not thread model state yet)"
         )
 
 
@@ -231,6 +238,9 @@ def as_model(obj: Any, x: Any, *, name: str = "problem") -> Model:
     if eqx is not None and isinstance(obj, eqx.Module):
         params, static = eqx.partition(obj, eqx.is_inexact_array)
         return Model(lambda key: params, lambda p, inputs: jax.vmap(eqx.combine(p, static))(inputs))
+    if eqx is not None and isinstance(obj, tuple | list) and len(obj) == 2:
+        if isinstance(obj[1], eqx.nn.State):
+            _no_state(["eqx.nn.State"], "equinox", name)
     if isinstance(obj, tuple | list) and len(obj) == 2 and all(map(callable, obj)):
         return Model(*obj)
     if callable(getattr(obj, "init", None)) and callable(getattr(obj, "apply", None)):
@@ -258,36 +268,6 @@ def _as_loss(loss: Any, apply: Callable, name: str) -> Callable:
     return loss_fn
 
 
-def _unpack(returned: Any, given: Any, text: str, name: str) -> tuple[Any, Any, Any]:
-    """``(model, loss, data)`` from a 3-tuple, a mapping or an object with those names."""
-    if isinstance(returned, Mapping):
-        returned = tuple(returned.get(k) for k in ("model", "loss", "data"))
-    elif all(hasattr(returned, k) for k in ("model", "loss")) and not isinstance(returned, tuple):
-        returned = (returned.model, returned.loss, getattr(returned, "data", None))
-    if not isinstance(returned, tuple | list) or len(returned) not in (2, 3):
-        raise ValueError(
-            f"{name}: {text} must return (model, loss, data) or (model, loss), got "
-            f"{type(returned).__name__}" + (f" of length {len(returned)}" if
-                                            isinstance(returned, tuple | list) else "")
-        )  # fmt: skip
-    model, loss, data = (*returned, None) if len(returned) == 2 else returned
-    data = given if data is None else data
-    if data is None:
-        raise ValueError(f"{name}: {text} returned no data and none was given (declare `data`)")
-    if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise ValueError(f"{name}: the data {text} returned must be a pair (x, y) of arrays")
-    x, y = data
-    if not (hasattr(x, "shape") and hasattr(y, "shape") and np.ndim(x) and np.ndim(y)):
-        raise ValueError(
-            f"{name}: the data {text} returned must be arrays (x, y) with an example axis"
-        )
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(
-            f"{name}: x and y must hold the same n >= 1 examples, got {x.shape} and {y.shape}"
-        )
-    return model, loss, (x, y)
-
-
 def build(
     entry: str | Callable,
     *,
@@ -298,6 +278,7 @@ def build(
     args_name: str = "problem_args",
     data_description: str | None = None,
     label: str | None = None,
+    stateful: bool = False,
 ) -> Problem:
     """Call an entry point and return its :class:`Problem`, checked (module doc).
 
@@ -309,6 +290,7 @@ def build(
       name, args_name: the option names errors start with.
       data_description: what the description says the data are (default: "n examples").
       label: how errors and the description name a function passed as ``entry``.
+      stateful: accept a model with state (module doc); a stateless model is built as usual.
 
     Raises:
       ValueError: naming the option, for anything the checks above find.
@@ -329,53 +311,31 @@ def build(
         kwargs["data"] = data
     if seed is not None and "seed" in declared and "seed" not in kwargs:
         kwargs["seed"] = seed
-    model, loss, (x, y) = _unpack(_call(fn, text, kwargs, name, args_name), data, text, name)
+    model, loss, (x, y) = unpack(_call(fn, text, kwargs, name, args_name), data, text, name)
     x, y = _as_jax(x), _as_jax(y)
+    call = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+    described = f"{text}({call}) on {data_description or f'{x.shape[0]} examples'}"
+    try:
+        net = stateful_model(model, x) if stateful is True else None
+        loss_fn = None if net is None else stateful_loss(net.apply, loss)
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(
+            f"{name}: the stateful model of {text}: {type(e).__name__}: {msg}"
+        ) from None
+    if net is not None:
+        check_shapes(net, curvature_loss(loss_fn, net.state), (x, y), text, name)
+        return Problem(net, loss_fn, (x, y), described, net.state)
     net = as_model(model, x, name=name)
     loss_fn = _as_loss(loss, net.apply, name)
-    _check_shapes(net, loss_fn, (x, y), text, name)
-    call = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-    on = data_description or f"{x.shape[0]} examples"
-    return Problem(net, loss_fn, (x, y), f"{text}({call}) on {on}")
+    check_shapes(net, loss_fn, (x, y), text, name)
+    return Problem(net, loss_fn, (x, y), described)
 
 
 def _as_jax(a: Any) -> jax.Array:
     """A jax array; floats in the default float dtype (float32, or float64 under x64)."""
     a = jnp.asarray(a)
     return a.astype(jnp.result_type(float)) if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-
-def _check_shapes(net: Model, loss_fn: Callable, batch: tuple, text: str, name: str) -> None:
-    """``init`` gives float parameters and the loss a scalar, by ``jax.eval_shape`` (no compute)."""
-    try:
-        shapes = jax.eval_shape(net.init, jax.random.key(0))
-    except ValueError as e:
-        if str(e).startswith(f"{name}:"):
-            raise
-        raise ValueError(f"{name}: the model's init failed: {type(e).__name__}: {e}") from None
-    except Exception as e:
-        raise ValueError(f"{name}: the model's init failed: {type(e).__name__}: {e}") from None
-    leaves = jax.tree.leaves(shapes)
-    bad = [leaf for leaf in leaves if not jnp.issubdtype(leaf.dtype, jnp.floating)]
-    if not leaves or bad:
-        raise ValueError(
-            f"{name}: the parameters of {text} must be a non-empty pytree of float arrays, got "
-            + ("none" if not leaves else f"a {bad[0].dtype} leaf")
-        )
-    try:
-        out = jax.eval_shape(loss_fn, shapes, batch)
-    except Exception as e:
-        msg = " ".join(str(e).split())[:300]
-        raise ValueError(
-            f"{name}: the loss of {text} on the data failed: {type(e).__name__}: {msg}"
-        ) from None
-    if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(
-            f"{name}: the loss of {text} must be a float scalar, got "
-            f"{getattr(out, 'dtype', type(out).__name__)} of shape {getattr(out, 'shape', '?')}"
-        )
-    if math.prod(leaves[0].shape) == 0 and len(leaves) == 1:
-        raise ValueError(f"{name}: the model of {text} has no parameters")
 
 
 def example_mlp(

@@ -32,6 +32,9 @@ the initial params (step 0, no update applied: e.g. ``cross_entropy`` labels out
 Minibatches: epoch e uses the permutation ``jax.random.permutation(fold_in(key, e), n)`` and
 ``n // batch_size`` batches (the remainder is dropped).
 
+A :class:`~hessian_lab.StatefulLoss` (BatchNorm, dropout) in place of ``loss_fn`` threads the
+model state through the carry (``train(..., state=)``, ``TrainResult.state``; :mod:`._step`).
+
 The engine pieces :class:`Carry`, :class:`RunArgs`, :func:`init_carry` and :func:`run_args` are
 public so that :mod:`hessian_lab.population` can vmap or shard ``Step.scan`` over members.
 """
@@ -45,12 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from . import progress as progress_lib
 from ._inputs import (
     MAX_STEP,
     check_data,
+    check_finite,
     check_hyperparams,
     check_initial_loss,
     check_key,
@@ -59,13 +62,16 @@ from ._inputs import (
     check_real,
     with_hyperparams,
 )
-from .callbacks import Callback, StepInfo, run_callbacks
+from ._stateful import StatefulLoss
+from ._step import Carry as Carry
+from ._step import RunArgs as RunArgs
+from ._step import make_scan
+from .callbacks import Callback
 from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint
 from .history import STOP_REASONS, History
 from .history import load_history as load_history
 from .history import save_history as save_history
-from .optim import current_learning_rate
 
 __all__ = [
     "STOP_REASONS",
@@ -74,6 +80,7 @@ __all__ = [
     "RunArgs",
     "Step",
     "TrainResult",
+    "check_state",
     "init_carry",
     "load_checkpoint",
     "load_history",
@@ -86,37 +93,14 @@ __all__ = [
 
 
 class TrainResult(NamedTuple):
-    """What :func:`train` returns: final params and optimizer state, history, callback states."""
+    """What :func:`train` returns: final params and optimizer state, history, callback states,
+    and the final model state of a :class:`~hessian_lab.StatefulLoss` (None otherwise)."""
 
     params: Any
     opt_state: Any
     history: History
     callback_states: tuple
-
-
-class Carry(NamedTuple):
-    """The state a chunk carries from step to step (one member of a population).
-
-    ``done``/``reason``/``stop_step``: whether, why (an index into ``STOP_REASONS``) and at which
-    step the run stopped; a stopped run is frozen.
-    """
-
-    params: Any
-    opt_state: Any
-    cb_states: tuple
-    done: jax.Array
-    reason: jax.Array
-    stop_step: jax.Array
-
-
-class RunArgs(NamedTuple):
-    """Arguments of a run that the compiled chunk takes as arrays (never as constants)."""
-
-    data: Any
-    num_steps: jax.Array
-    loss_goal: jax.Array
-    accuracy_goal: jax.Array
-    threshold: jax.Array
+    state: Any = None
 
 
 class Step(NamedTuple):
@@ -140,10 +124,6 @@ class Step(NamedTuple):
     chunk_size: int
 
 
-def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def make_step(
     loss_fn,
     optimizer: optax.GradientTransformation,
@@ -156,11 +136,15 @@ def make_step(
     """Build the jitted chunk of training steps that :func:`train` runs.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar`` (mean over the batch).
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (mean over the batch), or a
+        :class:`~hessian_lab.StatefulLoss` (BatchNorm, dropout): each step then takes the
+        gradient of the train-mode loss at the carried model state and carries its new state
+        (running statistics) on; :func:`train` needs the initial ``state``.
       optimizer: any optax transformation; hyperparameters a sweep changes should be injected
         (:func:`hessian_lab.optim.make_optimizer`) so they enter as state, not as constants.
       callbacks: :class:`~hessian_lab.callbacks.Callback` s run inside the step.
-      accuracy_fn: optional ``accuracy_fn(params, batch) -> scalar`` recorded as ``accuracy``.
+      accuracy_fn: optional ``accuracy_fn(params, batch) -> scalar`` recorded as ``accuracy``
+        (``accuracy_fn(params, state, batch)`` with a :class:`~hessian_lab.StatefulLoss`).
       batch_size: None for full-batch GD, else the minibatch size (an int >= 1; checked
         against the data's size by :func:`train`).
       chunk_size: steps per jitted scan chunk (one host transfer per chunk).
@@ -174,8 +158,10 @@ def make_step(
         ``init``/``update``, a callback that is not a ``Callback``, bad ``batch_size`` or
         ``chunk_size``.
     """
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn: must be callable, got {type(loss_fn).__name__}")
+    if not (callable(loss_fn) or isinstance(loss_fn, StatefulLoss)):
+        raise ValueError(
+            f"loss_fn: must be callable or a StatefulLoss, got {type(loss_fn).__name__}"
+        )
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise ValueError(f"optimizer: expected an optax transformation, got {optimizer!r}")
     if accuracy_fn is not None and not callable(accuracy_fn):
@@ -194,60 +180,7 @@ def make_step(
             raise ValueError(
                 f"callbacks: expected hessian_lab.callbacks.Callback, got {type(cb).__name__}"
             )
-    fdt = jnp.result_type(float)
-
-    def batch_at(data, key, step):
-        if batch_size is None:
-            return data
-        n = jax.tree.leaves(data)[0].shape[0]
-        per_epoch = n // batch_size
-        perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
-        idx = lax.dynamic_slice_in_dim(perm, (step % per_epoch) * batch_size, batch_size)
-        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
-
-    def one_step(args, key, carry, step):
-        def run(carry):
-            batch = batch_at(args.data, key, step)
-            loss, grads = jax.value_and_grad(loss_fn)(carry.params, batch)
-            loss = jnp.asarray(loss, fdt)
-            lr = jnp.asarray(current_learning_rate(carry.opt_state), fdt)
-            metrics = {"loss": loss, "learning_rate": lr}
-            acc = jnp.asarray(-jnp.inf, fdt)
-            if accuracy_fn is not None:
-                acc = metrics["accuracy"] = jnp.asarray(accuracy_fn(carry.params, batch), fdt)
-            info = StepInfo(step, carry.params, carry.opt_state, grads, loss, batch, args.data, lr)
-            cb_states, cb_metrics = run_callbacks(callbacks, carry.cb_states, info)
-            metrics |= cb_metrics
-            updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
-            params = optax.apply_updates(carry.params, updates)
-            bad = ~jnp.isfinite(loss) | (loss > args.threshold) | ~_all_finite(params)
-            reason = jnp.select(
-                [bad, loss <= args.loss_goal, acc >= args.accuracy_goal], [2, 3, 4], 0
-            ).astype(jnp.int32)
-            stop = reason > 0
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(stop, b, a), new, old)  # noqa: E731
-            new = Carry(
-                keep(params, carry.params),
-                keep(opt_state, carry.opt_state),
-                cb_states,
-                stop,
-                reason,
-                jnp.where(stop, step, carry.stop_step),
-            )
-            return new, metrics
-
-        shapes = jax.eval_shape(run, carry)[1]
-
-        def skip(carry):
-            return carry, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
-
-        active = ~carry.done & (step < args.num_steps)
-        return lax.cond(active, run, skip, carry)
-
-    def scan(carry, args, key, start, length):
-        steps = start + jnp.arange(length, dtype=start.dtype)
-        return lax.scan(lambda c, t: one_step(args, key, c, t), carry, steps)
-
+    scan = make_scan(loss_fn, optimizer, callbacks, accuracy_fn, batch_size)
     run = jax.jit(scan, static_argnames="length")
     return Step(scan, run, loss_fn, optimizer, callbacks, accuracy_fn, batch_size, chunk_size)
 
@@ -298,8 +231,9 @@ def run_args(
     )
 
 
-def init_carry(step: Step, params, opt_state) -> Carry:
-    """The carry of a run starting at ``params``/``opt_state``: fresh callback states, running."""
+def init_carry(step: Step, params, opt_state, state=None) -> Carry:
+    """The carry of a run starting at ``params``/``opt_state`` (and model ``state``): fresh
+    callback states, running."""
     cb_states = tuple(cb.init(params) for cb in step.callbacks)
     return Carry(
         params,
@@ -308,7 +242,22 @@ def init_carry(step: Step, params, opt_state) -> Carry:
         jnp.asarray(False),
         jnp.asarray(0, jnp.int32),
         jnp.asarray(-1, jnp.int32),
+        state,
     )
+
+
+def check_state(step: Step, state) -> None:
+    """Refuse a ``state`` missing for a stateful step, given to a stateless one, or non-finite."""
+    stateful = isinstance(step.loss_fn, StatefulLoss)
+    if stateful and state is None:
+        raise ValueError(
+            "state: the step trains a StatefulLoss, so train needs the initial model state "
+            "(e.g. StatefulModel.state)"
+        )
+    if not stateful and state is not None:
+        raise ValueError("state: given, but the step's loss_fn is stateless (not a StatefulLoss)")
+    if state is not None:
+        check_finite("state", state)
 
 
 def train(
@@ -324,6 +273,7 @@ def train(
     accuracy_goal: float | None = None,
     divergence_threshold: float | None = None,
     progress=None,
+    state=None,
 ) -> TrainResult:
     """Train ``params`` on ``data`` with a compiled ``step``; return final state and history.
 
@@ -343,6 +293,8 @@ def train(
       progress: None, a host callable ``progress(done, total)`` called after every chunk (in
         steps; ends at ``num_steps`` even when the run stops early), or True for a progress bar
         with an ETA (:mod:`hessian_lab.progress`).
+      state: the initial model state, required exactly when the step's loss is a
+        :class:`~hessian_lab.StatefulLoss` (e.g. ``StatefulModel.state``).
 
     Returns:
       :class:`TrainResult`.
@@ -352,7 +304,7 @@ def train(
         rejects (empty or non-finite data, ``num_steps``, goals), params with NaN/inf, an
         ``opt_state`` with NaN or non-finite injected hyperparameters, ``hyperparams`` that
         are unknown, not finite or out of range (``learning_rate <= 0``), a ``key`` that is not
-        a PRNG key, a bad ``progress``. After the first chunk, a stop at step 0 is bad input,
+        a PRNG key, a bad ``progress``, a ``state`` missing, unexpected or non-finite. After the first chunk, a stop at step 0 is bad input,
         not divergence: a non-finite initial loss (``data``), one above the threshold
         (``divergence_threshold``), a NaN first update (``optimizer``; see ``_inputs``).
     """
@@ -366,6 +318,7 @@ def train(
     )
     progress_lib.check(progress)
     check_params(params)
+    check_state(step, state)
     check_hyperparams(hyperparams)
     if opt_state is not None:
         check_opt_state(step.optimizer, params, opt_state)
@@ -374,7 +327,7 @@ def train(
     if key is not None:
         check_key(key)
     key = jax.random.key(0) if key is None else key
-    carry = init_carry(step, params, opt_state)
+    carry = init_carry(step, params, opt_state, state)
     length = min(step.chunk_size, num_steps)
     chunks = []
     with progress_lib.reporter(progress, num_steps) as report:
@@ -395,4 +348,4 @@ def train(
         stop_step if reason else -1,
         stop_step if reason else num_steps,
     )
-    return TrainResult(carry.params, carry.opt_state, history, carry.cb_states)
+    return TrainResult(carry.params, carry.opt_state, history, carry.cb_states, carry.state)
