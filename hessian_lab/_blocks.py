@@ -325,6 +325,11 @@ def js_distances(densities: np.ndarray) -> np.ndarray:
 
 
 def _kl2(a: np.ndarray, m: np.ndarray) -> float:
-    """KL(a || m) in bits, with 0 log 0 = 0 (``m > 0`` wherever ``a > 0``)."""
-    pos = a > 0
-    return float(np.sum(a[pos] * np.log2(a[pos] / m[pos])))
+    """KL(a || m) in bits, with 0 log 0 = 0, for ``m = (a + b) / 2`` (so ``a / m <= 2``).
+
+    A subnormal ``a`` (a Gaussian tail far from its nodes) can make ``m = (a + b) / 2`` round to
+    zero; the ratio is then its bound 2, not a division by zero.
+    """
+    a, m = a[a > 0], m[a > 0]
+    ratio = np.divide(a, m, out=np.full_like(a, 2.0), where=m > 0)
+    return float(np.sum(a * np.log2(np.minimum(ratio, 2.0))))

@@ -16,6 +16,7 @@ from ._files import cifar10 as cifar10
 from ._files import digits as digits
 from ._files import mnist as mnist
 from ._files import read_idx as read_idx
+from ._sequences import lcg_sequences as lcg_sequences
 from ._spec import DATA_KINDS as DATA_KINDS
 from ._spec import DataSpec as DataSpec
 from ._spec import load_data as load_data
@@ -32,6 +33,7 @@ __all__ = [
     "digits",
     "gaussian_mixture",
     "graph_walks",
+    "lcg_sequences",
     "load_data",
     "mnist",
     "parse_data",
