@@ -50,21 +50,13 @@ from hessian_lab.models import ACTIVATIONS
 from . import early_phase_diagram_core as core
 from . import early_phase_diagram_plots as plots
 from . import kit, problems, stats
+from .early_phase_diagram_core import STORED_DEFAULTS as STORED_DEFAULTS
 from .kit import knob, need
 
 __all__ = ["CRITICAL", "D8", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
 __all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "check_inputs", "critical"]
-__all__ += [
-    "STORED_DEFAULTS",
-    "figures",
-    "load",
-    "paper_depths",
-    "points",
-    "problem",
-    "run",
-    "run_point",
-    "runner",
-]
+__all__ += ["STORED_DEFAULTS", "figures", "load", "paper_depths", "points", "problem"]
+__all__ += ["run", "run_point", "runner"]
 __all__ += ["save", "summary", "verdict"]
 
 NAME = "early_phase_diagram"
@@ -394,14 +386,8 @@ def verdict(results: Results) -> list[str]:
     step = (r.config.log2_c_max - r.config.log2_c_min) / (r.config.num_c - 1)
     out += core.against_paper(s, cells, step)
     div = sum(s["num_diverged"].values())
-    out.append(
-        f"{div} of {r.diverged.size} runs diverged: they mark c_max and count as catapults, and "
-        "are left out of every other statistic."
-    )
-    return out
+    return [*out, f"{div} of {r.diverged.size} runs diverged: they mark c_max and count as "
+            "catapults, and are left out of every other statistic."]  # fmt: skip
 
 
-# a config.json saved before depth_convention existed counted hidden layers: it still does (when
-# loaded here, and when a sweep resumes or merges through configs.config_from_dict)
-STORED_DEFAULTS = {"depth_convention": "hidden"}
 save, load = kit.persistence(NAME, Results, core.stored_config(Config, STORED_DEFAULTS), summary)

@@ -34,7 +34,14 @@ from hessian_lab.callback_protocol import Callback, random_unit
 from . import kit, problems, stats
 
 __all__ = ["DEPTH_CONVENTIONS", "PAPER_D8", "BatchSharpnessRunner", "batch_sharpness"]
-__all__ += ["against_paper", "critical", "hidden_layers", "paper_depth", "stored_config"]
+__all__ += [
+    "STORED_DEFAULTS",
+    "against_paper",
+    "critical",
+    "hidden_layers",
+    "paper_depth",
+    "stored_config",
+]
 
 DEPTH_CONVENTIONS = ("layers", "hidden")
 
@@ -124,6 +131,11 @@ class BatchSharpnessRunner(problems.CatapultRunner):
         self.step = population.make_step(
             loss_fn, gd, mode=kwargs.get("mode", "auto"), callbacks=cbs, chunk_size=steps + 1
         )
+
+
+# a config.json saved before depth_convention existed counted hidden layers: it still does (when
+# the study loads it, and when a sweep resumes or merges it through configs.config_from_dict)
+STORED_DEFAULTS = {"depth_convention": "hidden"}
 
 
 def stored_config(config_cls: type, defaults: dict[str, Any]) -> Callable[..., Any]:
