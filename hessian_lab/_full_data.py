@@ -92,6 +92,11 @@ def chunked_mean(
     n = num_examples(data)
     c = chunk_size
     num_full, rem = divmod(n, c)
+    if num_full == 1 and not rem:
+        # One chunk: no loop. XLA:CPU (jax 0.10) runs convolutions inside a scan body up to 8x
+        # slower than outside one: a full-data HVP of a small CNN on 500 MNIST images took
+        # 5.3 s in the scan against 0.64 s for the same product without it.
+        return fn(data)
 
     def body(acc, i):
         chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, c), data)
