@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats as sps
 
 import hessian_lab as hl
 from hessian_lab import callbacks, population
@@ -35,6 +34,8 @@ __all__ = ["OPTIMIZERS", "adam_threshold", "batch_noise", "loglog_slopes", "spec
 __all__ += ["batch_weights", "lr_grid", "make_problem", "point_steps", "shared", "weighted_loss"]
 __all__ += ["run_point", "sample_batches", "second_moment"]
 __all__ += ["crossover", "spike_fit", "t_interval"]
+
+t_interval = st.t_interval  # the shared statistics helper, re-exported for this study
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -242,22 +243,6 @@ def run_point(c, batch_size: int, *, progress=None, held=None) -> dict[str, np.n
         out |= {f"grid_{name}": grid, f"unstable_{name}": unstable, f"eta_{name}": eta}
     counter.finish()
     return out
-
-
-def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, lo, hi)``: the Student-t interval of the mean of the finite ``values``.
-
-    NaN for no value; ``lo = hi = mean`` for one value (no spread to estimate).
-    """
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return (math.nan,) * 3
-    m = float(v.mean())
-    if v.size == 1:
-        return m, m, m
-    half = float(sps.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - half, m + half
 
 
 def loglog_slopes(batch_sizes, eta, max_batch: int) -> np.ndarray:

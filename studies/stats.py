@@ -26,7 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import stats as sps
 
 __all__ = [
     "THRESHOLD_OPTIMIZERS",
@@ -41,6 +44,7 @@ __all__ = [
     "plateau",
     "rose_before",
     "stability_threshold",
+    "t_interval",
 ]
 
 THRESHOLD_OPTIMIZERS = ("gd", "momentum", "nesterov")
@@ -226,3 +230,19 @@ def critical_c(cs, event, *, largest_before: bool = False) -> np.ndarray:
         return np.where(hit, cs[first], np.nan)
     before = np.where(first > 0, cs[np.maximum(first - 1, 0)], np.nan)
     return np.where(hit, before, cs[-1])
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the Student-t interval of the mean of the finite ``values``.
+
+    NaN for no value; ``lo = hi = mean`` for one value (no spread to estimate).
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return (math.nan,) * 3
+    m = float(v.mean())
+    if v.size == 1:
+        return m, m, m
+    half = float(sps.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return m, m - half, m + half
