@@ -69,6 +69,42 @@ def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(
     np.testing.assert_allclose(_flat(jax.jit(product)(params, v)), want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_size", [2, 3])
+def test_chunked_conv_hvp_matches_dense_and_unrolls_on_cpu_only_below_the_cap(chunk_size, getkey):
+    # a convolutional loss: on CPU its chunks are unrolled (no while loop in the compiled
+    # product) up to _UNROLL_MAX chunks, and scanned beyond; the numbers are the same.
+    from hessian_lab import _full_data, models
+
+    net = models.cnn((4, 4, 1), 2, depth=1, width=2, activation="tanh")
+    params = net.init(getkey())
+    x = jax.random.normal(getkey(), (10, 4, 4, 1))
+    y = jax.random.normal(getkey(), (10, 2))
+
+    def loss_fn(p, batch):
+        return jnp.mean((net.apply(p, batch[0]) - batch[1]) ** 2)
+
+    H = testing.dense_hessian(loss_fn, params, (x, y))
+    v = tu.random_like(getkey(), params)
+
+    def product(p, v):
+        return hl.full_data_hvp(loss_fn, p, (x, y), chunk_size=chunk_size)(v)
+
+    np.testing.assert_allclose(_flat(jax.jit(product)(params, v)), H @ _flat(v), rtol=1e-10)
+
+    def looped():
+        return "while" in jax.jit(lambda p, v: product(p, v)).lower(params, v).as_text()
+
+    assert looped() == (jax.default_backend() != "cpu")
+    cap = _full_data._UNROLL_MAX
+    try:
+        _full_data._UNROLL_MAX = 4  # 5 chunks of 2: above the cap, scanned
+        assert looped() == (chunk_size == 2)
+        again = jax.jit(lambda p, v: product(p, v))(params, v)
+        np.testing.assert_allclose(_flat(again), H @ _flat(v), rtol=1e-10)
+    finally:
+        _full_data._UNROLL_MAX = cap
+
+
 def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
     # Same top eigenpairs as the recomputing operator, and the loss (forward pass) is traced
     # once per chunk shape when the operator is built, never again per product.
