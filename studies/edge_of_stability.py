@@ -12,6 +12,10 @@ Default problem: an MLP (2 x 64, tanh) on the first 500 sklearn digits (centred,
 targets), MSE ``L = 1/(2n) sum_i ||f(x_i) - y_i||^2`` (Cohen et al.'s normalisation; recorded in
 ``Config.normalization``), one compiled program for all learning rates. ``cifar_config(path)``
 gives Cohen et al.'s setting instead: the first 5000 CIFAR-10 images, fc-tanh 2 x 200, MSE.
+``arch`` picks a CNN instead of the MLP (``depth`` conv layers of ``width`` channels, with
+BatchNorm, LayerNorm or none; or a ResNet with BatchNorm); BatchNorm trains in train mode and
+its sharpness is that of the loss GD descends (the full batch's statistics). :data:`CNN_MNIST`
+and :data:`CNN_BN_MNIST` run one on real MNIST (``data=mnist:DIR``), :data:`TINY_CNN` on digits.
 
 Per run the study reports the first step with ``lambda >= 2/eta``, whether the sharpness rose
 to it (progressive sharpening), the median of ``eta * lambda`` over the rest of the run, and
@@ -32,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -43,12 +46,16 @@ from hessian_lab import data as hd
 from hessian_lab import models
 
 from . import edge_of_stability_plots as plots
-from . import kit, problems, stats
+from . import kit, problems
+from .edge_of_stability_core import Results as Results
+from .edge_of_stability_core import problem as problem
+from .edge_of_stability_core import simulate as simulate
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
 __all__ += ["check_inputs", "cifar_config", "figures", "load", "run", "run_label", "save"]
 __all__ += ["simulate", "summary", "verdict"]
+__all__ += ["CNN_BN_MNIST", "CNN_MNIST", "CNN_MNIST_GPU", "TINY_CNN"]
 
 NAME = "edge_of_stability"
 PAPER = "Cohen et al. 2021, arXiv 2103.00065"
@@ -65,8 +72,10 @@ class Config:
     data: str = knob("digits", problems.DATA_DOC)
     problem_args: tuple[str, ...] = knob((), problems.ARGS_DOC)
     n_train: int = knob(500, "first n training examples (the fixed training set)")
-    depth: int = knob(2, "hidden layers of the MLP")
-    width: int = knob(64, "units per hidden layer")
+    arch: Literal["mlp", "cnn", "cnn-bn", "cnn-ln", "resnet-bn"] = knob("mlp", problems.ARCH_DOC)
+    depth: int = knob(2, "hidden layers of the MLP; conv layers (residual blocks) of a CNN")
+    width: int = knob(64, "units per hidden layer; channels of a CNN")
+    downsample: int = knob(1, "CNNs: average-pool the images by this factor first")
     activation: Literal["tanh", "relu", "gelu", "silu", "erf", "linear"] = knob(
         "tanh", "hidden activation"
     )
@@ -93,7 +102,12 @@ class Config:
         kit.check_ints(self, "depth", maximum=kit.MAX_DEPTH)
         kit.check_ints(self, "lanczos_iters", minimum=2)
         kit.check_seeds(self, "seed")
-        problems.check_problem_fields(self, problems.MLP_FIELDS, n_field="n_train")
+        kit.check_ints(self, "downsample")
+        kit.check_choice(self, "arch", problems.ARCHS)
+        need(self.arch != "mlp" or self.downsample == 1, self, "downsample", "1 for the MLP")
+        need(self.arch != "resnet-bn" or self.param == "sp", self, "param", "sp for resnet-bn")
+        problems.check_problem_fields(self, (*problems.MLP_FIELDS, "arch", "downsample"),
+                                      n_field="n_train")  # fmt: skip
         kit.check_choice(self, "activation", ACTIVATIONS)
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
@@ -117,6 +131,19 @@ TINY = Config(
     flow_time=50.0,
     long_window=100,
 )
+# A CNN on digits (8x8 images), for the tests: one learning rate, 2/eta = 1.2 lambda_0.
+TINY_CNN = Config(arch="cnn", n_train=64, width=8, lrs=(0.33,), num_steps=250,
+                  sharpness_every=10, lanczos_iters=8, flow_time=0.0, long_window=50)  # fmt: skip
+# GD on a CNN on real MNIST (docs/studies/edge_of_stability.md): the first 1000 images of the
+# IDX files in data/mnist (the test split: --set data=mnist:DIR?split=... for your own copy),
+# pooled to 7x7, conv 2x8 tanh, MSE; minutes per run on a CPU. CNN_BN_MNIST: with BatchNorm.
+CNN_MNIST = Config(data="mnist:data/mnist?split=test", n_train=1000, arch="cnn", depth=2,
+                   width=8, downsample=4, lrs=(0.14, 0.17, 0.2), num_steps=1500,
+                   sharpness_every=20, lanczos_iters=10, flow_time=0.0)  # fmt: skip
+CNN_BN_MNIST = dataclasses.replace(CNN_MNIST, arch="cnn-bn")
+# The same on 5000 images at 14x14, 16 channels, 4000 steps: for an accelerator.
+CNN_MNIST_GPU = dataclasses.replace(CNN_MNIST, n_train=5000, width=16, downsample=2,
+                                    num_steps=4000, sharpness_every=10, lanczos_iters=20)  # fmt: skip
 
 
 def check_inputs(config: Config) -> None:
@@ -128,9 +155,11 @@ def check_inputs(config: Config) -> None:
     c = config
     if c.cifar_path is not None:
         kit.check_loads(c, "cifar_path", lambda path: hd.cifar10(path, n=c.n_train))
-    net = problems.checked_model(c, problem, "n_train") or models.mlp(
-        64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
-        activation=c.activation, param=c.param)  # fmt: skip
+    net = problems.checked_model(c, problem, "n_train")
+    if net is None:  # the built-in digits/CIFAR problem: the MLP counted without its data
+        net = problem(c).model if c.arch != "mlp" else models.mlp(
+            64 if c.cifar_path is None else 3072, 10, depth=c.depth, width=c.width,
+            activation=c.activation, param=c.param)  # fmt: skip
     dim = kit.num_params(net)
     kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
     kit.check_memory(c, "width", dim * len(c.lrs), 8 + c.lanczos_iters)
@@ -157,137 +186,6 @@ def cifar_config(path: str, **overrides) -> Config:
     return Config(**(kw | overrides))
 
 
-@dataclasses.dataclass
-class Results:
-    """Curves and statistics of P runs (shapes: P runs, T steps, K sharpness measurements)."""
-
-    config: Any
-    optimizers: np.ndarray  # (P,) str: "gd", "momentum", "nesterov"
-    lrs: np.ndarray  # (P,)
-    momenta: np.ndarray  # (P,) beta (0 for GD)
-    critical: np.ndarray  # (P,) critical eta * lambda of the optimizer (2 for GD)
-    loss: np.ndarray  # (P, T) training loss (NaN after divergence)
-    sharp_steps: np.ndarray  # (K,) steps at which the sharpness was measured
-    sharpness: np.ndarray  # (P, K)
-    diverged: np.ndarray  # (P,) bool
-    diverged_step: np.ndarray  # (P,) -1 if not diverged
-    sharpness0: np.ndarray  # (P,) sharpness at initialisation
-    reach_step: np.ndarray  # (P,) first step with lambda >= critical / eta (-1: never)
-    rose: np.ndarray  # (P,) bool: lambda rose to the threshold (progressive sharpening)
-    median_x_lr: np.ndarray  # (P,) median eta * lambda from reach_step on (NaN if diverged)
-    long_decrease: np.ndarray  # (P,) bool: block means of the loss decrease after reach_step
-    short_nonmonotone: np.ndarray  # (P,) bool: the loss rises within most short windows
-    flow_time: np.ndarray  # (Kf,) gradient-flow time tau of each flow measurement
-    flow_sharpness: np.ndarray  # (Kf,)
-    flow_loss: np.ndarray  # (Kf,)
-    elapsed: np.ndarray  # () seconds
-
-
-def problem(config) -> problems.Problem:
-    """The training problem a config describes: the user's ``problem``, or the built-in MLP."""
-    if config.problem:
-        return problems.user_problem_of(config, config.n_train)
-    return problems.make_problem(
-        n_train=config.n_train,
-        depth=config.depth,
-        width=config.width,
-        activation=config.activation,
-        param=config.param,
-        normalization=config.normalization,
-        cifar_path=config.cifar_path,
-        data=config.data,
-    )
-
-
-def simulate(config, groups, *, progress: Callable[[int, int], None] | None = None) -> Results:
-    """Train each group ``(optimizer, lrs, momentum)`` on ``config``'s problem; measure EoS.
-
-    One compiled program per optimizer (a :class:`~hessian_lab.studies.problems.SharpnessRunner`);
-    the gradient-flow baseline reuses the GD one. ``progress(done, total)`` counts training steps
-    (members x steps, plus the flow's). ``config`` needs the fields of :class:`Config`.
-    """
-    t0 = time.perf_counter()
-    prob = problem(config)
-    groups = [(o, np.asarray(lrs, float), float(b)) for o, lrs, b in groups if len(lrs)]
-    n_flow = problems.flow_steps(config.flow_time, config.flow_step) if config.flow_time else 0
-    counter = kit.StepCounter(sum(g[1].size for g in groups) * config.num_steps + n_flow, progress)
-    runners: dict[str, problems.SharpnessRunner] = {}
-
-    def runner(opt: str) -> problems.SharpnessRunner:
-        if opt not in runners:
-            runners[opt] = problems.SharpnessRunner(
-                prob, opt, every=config.sharpness_every, num_iters=config.lanczos_iters
-            )
-        return runners[opt]
-
-    parts, meta = [], []
-    for opt, lrs, beta in groups:
-        parts.append(
-            runner(opt).train(
-                lrs,
-                num_steps=config.num_steps,
-                seed=config.seed,
-                momentum=None if opt == "gd" else beta,
-                divergence_threshold=config.divergence_threshold,
-                progress=counter.part(lrs.size * config.num_steps),
-            )
-        )
-        meta += [(opt, lr, beta, stats.stability_threshold(opt, beta)) for lr in lrs]
-    ft, fs, fl = np.zeros(0), np.zeros(0), np.zeros(0)
-    if n_flow:
-        flow = runner("gd").flow(
-            time=config.flow_time,
-            step=config.flow_step,
-            seed=config.seed,
-            progress=counter.part(n_flow),
-        )
-        ft, fs, fl = flow.steps * config.flow_step, flow.sharpness[0], flow.loss[0, flow.steps]
-    counter.finish()
-    loss = np.concatenate([p.loss for p in parts])
-    sharp = np.concatenate([p.sharpness for p in parts])
-    diverged = np.concatenate([p.diverged for p in parts])
-    opts, lrs, betas, crit = (np.asarray(v) for v in zip(*meta, strict=True))
-    steps = parts[0].steps
-    per_run = []
-    for i in range(lrs.size):
-        full = np.full(config.num_steps, np.nan)
-        full[steps] = sharp[i]
-        s = stats.eos_stats(
-            full,
-            loss[i],
-            lrs[i],
-            crit[i],
-            long_window=config.long_window,
-            short_window=config.short_window,
-        )
-        if diverged[i]:  # a diverged run has no edge of stability to report
-            s |= {"median_x_lr": float("nan"), "long_decrease": False, "short_nonmonotone": False}
-        per_run.append(s)
-    col = lambda k, dt: np.asarray([s[k] for s in per_run], dtype=dt)  # noqa: E731
-    return Results(
-        config=config,
-        optimizers=opts.astype(str),
-        lrs=lrs.astype(float),
-        momenta=betas.astype(float),
-        critical=crit.astype(float),
-        loss=loss,
-        sharp_steps=steps,
-        sharpness=sharp,
-        diverged=diverged,
-        diverged_step=np.concatenate([p.diverged_step for p in parts]),
-        sharpness0=col("sharpness0", float),
-        reach_step=col("reach_step", np.int64),
-        rose=col("rose", bool),
-        median_x_lr=col("median_x_lr", float),
-        long_decrease=col("long_decrease", bool),
-        short_nonmonotone=col("short_nonmonotone", bool),
-        flow_time=ft,
-        flow_sharpness=fs,
-        flow_loss=fl,
-        elapsed=np.asarray(time.perf_counter() - t0),
-    )
-
-
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run full-batch GD at every ``config.lrs`` and the gradient-flow baseline (no I/O)."""
     check_inputs(config)  # what the Config alone cannot know, before any work
@@ -307,7 +205,8 @@ def figures(results: Results) -> dict[str, Figure]:
 METRICS = {
     "sharpness0": kit.Metric("sharpness at initialisation", "1/lr"),
     "threshold": kit.Metric("the run's stability threshold, critical eta*lambda / eta", "1/lr"),
-    "reach_step": kit.Metric("first step with sharpness >= threshold (-1: never)", "steps"),
+    "start_step": kit.Metric("statistics start: 0, or below threshold after a catapult", "steps"),
+    "reach_step": kit.Metric("first step from there with sharpness >= threshold", "steps"),
     "rose": kit.Metric("the sharpness rose >= 10% before reaching it (progressive sharpening)"),
     "median_x_lr": kit.Metric("median eta*lambda after first reaching the threshold"),
     "median_ratio": kit.Metric("median eta*lambda / critical value (1 = at the edge)"),
@@ -330,6 +229,7 @@ def summary(results: Results) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sharpness0": per(lambda i: float(r.sharpness0[i])),
         "threshold": per(lambda i: float(r.critical[i] / r.lrs[i])),
+        "start_step": per(lambda i: int(r.start_step[i])),
         "reach_step": per(lambda i: int(r.reach_step[i])),
         "rose": per(lambda i: bool(r.rose[i])),
         "median_x_lr": per(lambda i: float(r.median_x_lr[i])),
@@ -374,9 +274,13 @@ def verdict(results: Results) -> list[str]:
             )
             continue
         crit = kit.fmt(r.critical[i])
+        rose = f"rose from {kit.fmt(r.sharpness0[i])}"
+        if r.start_step[i] > 0:
+            rose = (f"started above the threshold at {kit.fmt(r.sharpness0[i])}, fell below it "
+                    f"by step {int(r.start_step[i])} (a catapult), rose back")  # fmt: skip
         out.append(
             kit.compare(
-                f"{label}: sharpness rose from {kit.fmt(r.sharpness0[i])} to the threshold by step "
+                f"{label}: sharpness {rose} to the threshold by step "
                 f"{int(r.reach_step[i])}, then median eta*lambda",
                 r.median_x_lr[i],
                 "Cohen et al.",

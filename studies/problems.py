@@ -3,7 +3,8 @@
 * :func:`make_problem` -- the default full-batch problem: an MLP on a fixed subset of the built-in
   sklearn digits (or, given a path, the first ``n`` CIFAR-10 images, the "cifar10-5k" setting of
   Cohen et al. 2021, arXiv 2103.00065; or any data spec), one-hot targets, MSE with the
-  normalisation named.
+  normalisation named; or a CNN (``arch``: plain, BatchNorm, LayerNorm, a ResNet) on the images
+  (:mod:`hessian_lab.studies.problems_builtin`).
 * :func:`user_problem` -- the user's own model, loss and data from an entry point
   (``FILE.py:FUNCTION``, :mod:`hessian_lab.problem`) on a data spec; a study offers it through
   the Config fields ``problem``, ``data`` and ``problem_args``, checked by
@@ -38,6 +39,10 @@ from hessian_lab import data as hd
 from hessian_lab import tree as tu
 from hessian_lab.problem import Problem
 
+from .problems_builtin import ARCH_DOC as ARCH_DOC
+from .problems_builtin import ARCHS as ARCHS
+from .problems_builtin import make_problem as make_problem
+from .problems_builtin import pool_images as pool_images
 from .problems_user import ARGS_DOC as ARGS_DOC
 from .problems_user import DATA_DOC as DATA_DOC
 from .problems_user import MLP_FIELDS as MLP_FIELDS
@@ -47,66 +52,11 @@ from .problems_user import checked_model as checked_model
 from .problems_user import user_problem as user_problem
 from .problems_user import user_problem_of as user_problem_of
 
-__all__ = ["Problem", "Runs", "SharpnessRunner", "flow_steps", "make_problem"]
+__all__ = ["ARCHS", "ARCH_DOC", "Problem", "Runs", "SharpnessRunner", "flow_steps"]
+__all__ += ["make_problem", "pool_images"]
 __all__ += ["CatapultRunner", "CatapultRuns", "catapult_problem", "line_barrier"]
 __all__ += ["ARGS_DOC", "DATA_DOC", "MLP_FIELDS", "PROBLEM_DOC", "check_problem_fields"]
 __all__ += ["checked_model", "user_problem", "user_problem_of"]
-
-
-def make_problem(
-    *,
-    n_train: int,
-    depth: int,
-    width: int,
-    activation: str = "tanh",
-    param: str = "sp",
-    normalization: str = "per_example",
-    cifar_path: str | None = None,
-    center: bool = True,
-    data: str = "digits",
-) -> Problem:
-    """Build the MLP / MSE full-batch problem on digits (default) or CIFAR-10 (given a path).
-
-    Inputs are scaled to [0, 1] and (``center``) centred per feature over the kept examples, as
-    Cohen et al. do for cifar10-5k; targets are one-hot. Nothing is cached: build
-    the problem once per study run and hand it (and the steps compiled for it) around.
-
-    Args:
-      n_train: number of leading training examples kept (digits has 1797).
-      depth, width, activation, param: passed to ``hessian_lab.models.mlp``.
-      normalization: "per_example" (``1/(2n) sum ||f - y||^2``, Cohen et al.) or "per_output"
-        (also divided by the 10 outputs, Kalra & Barkeshli).
-      cifar_path: a ``cifar-10-batches-py`` directory (or its parent); None uses ``data``.
-      center: subtract the per-feature mean.
-      data: a data spec (``hessian_lab.data.parse_data``): images are flattened, labels one-hot.
-
-    Raises:
-      ValueError: bad sizes or options (from the data and model builders).
-      FileNotFoundError: ``cifar_path`` does not hold CIFAR-10.
-    """
-    dtype = jnp.result_type(float)
-    if cifar_path is None and hd.parse_data(data).kind != "digits":
-        spec = hd.parse_data(data)
-        raw = hd.load_data(spec, n=n_train)
-        k = 10 if spec.kind in ("mnist", "cifar10") else int(raw.y.max()) + 1
-        y = hd.to_one_hot(raw.y, k) if raw.y.ndim == 1 else raw.y
-        ds = hd.Dataset(raw.x.reshape(len(raw.x), -1), y)
-        name = spec.kind + (" TEST split" if spec.split == "test" else "")
-    elif cifar_path is None:
-        ds, name = hd.digits(n=n_train), "digits"
-    else:
-        ds, name = hd.cifar10(cifar_path, n=n_train), "cifar10"
-    ds = hd.preprocess(ds, center=center, dtype=np.float64)
-    model = models.mlp(
-        ds.x.shape[1], ds.y.shape[1], depth=depth, width=width, activation=activation, param=param
-    )
-    loss_fn = losses.make_loss_fn(model.apply, "mse", normalization=normalization)
-    data = (jnp.asarray(ds.x, dtype), jnp.asarray(ds.y, dtype))
-    desc = (
-        f"{name} (first {ds.x.shape[0]}), mlp {depth}x{width} {activation} ({param}), "
-        f"MSE {normalization}"
-    )
-    return Problem(model, loss_fn, data, desc)
 
 
 class Runs(NamedTuple):
@@ -134,8 +84,13 @@ class SharpnessRunner:
     runs many times slower). Sharpness = top Hessian eigenvalue of the training loss over the
     whole training set, by Lanczos every ``every`` steps, warm-started.
 
+    A stateful problem (BatchNorm: ``problem.loss_fn`` a :class:`~hessian_lab.StatefulLoss`)
+    trains from ``problem.state`` and carries each member's running statistics; its sharpness
+    is that of the loss in the StatefulLoss's mode (train: the full training set's batch
+    statistics, the loss GD descends), over the training set as one chunk.
+
     Args:
-      problem: from :func:`make_problem`.
+      problem: from :func:`make_problem` (or a user's problem, stateful or not).
       optimizer: "gd", "momentum" or "nesterov" (``hessian_lab.optim.make_optimizer``).
       every, num_iters: the sharpness cadence and Lanczos iterations.
       chunk_size: steps per compiled chunk.
@@ -184,6 +139,7 @@ class SharpnessRunner:
             hyperparams=hp,
             divergence_threshold=divergence_threshold,
             progress=progress,
+            state=self.problem.state,
         )
         steps = np.arange(0, num_steps, self.every)
         return Runs(

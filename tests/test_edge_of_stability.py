@@ -9,6 +9,7 @@ import study_contract
 from hessian_lab.studies import edge_of_stability as eos
 from hessian_lab.studies import problems
 from hessian_lab.studies import stats as c
+from hessian_lab.studies.edge_of_stability_core import catapult_end
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,15 @@ def test_tiny_progressive_sharpening_then_edge_of_stability(tiny):
         # ... and after that hovers at the edge of stability.
         assert 1.9 <= tiny.median_x_lr[i] <= 2.3, (eta, tiny.median_x_lr[i])
         assert tiny.long_decrease[i]
+
+
+def test_tiny_cnn_reaches_the_edge_of_stability():
+    # A CNN (8x8 digits, conv 2x8 tanh): lambda_0 < 2/eta, progressive sharpening to 2/eta,
+    # then eta*lambda at 2 on the median (float64, as the tests run).
+    r = eos.run(eos.TINY_CNN)
+    assert r.config.arch == "cnn" and not r.diverged[0]
+    assert r.sharpness0[0] < 2 / r.lrs[0] and r.reach_step[0] > 0 and r.rose[0]
+    assert 1.9 <= r.median_x_lr[0] <= 2.2 and r.long_decrease[0], r.median_x_lr
 
 
 def test_tiny_gradient_flow_keeps_sharpening(tiny):
@@ -73,6 +83,9 @@ def test_a_diverged_run_is_counted_not_summarised(tiny):
         ("flow_time", -1.0),
         ("short_window", 1000),
         ("cifar_path", ""),
+        ("arch", "vgg"),
+        ("downsample", 0),
+        ("downsample", 2),  # the MLP takes the images as they are
     ],
 )
 def test_bad_config_names_the_field(field, value):
@@ -98,6 +111,15 @@ def test_statistics_on_synthetic_curves():
     assert c.loss_oscillation(loss, 0, long_window=100, short_window=10) == (True, True)
     assert c.loss_oscillation(np.exp(-steps / 200), 0, long_window=100) == (True, False)
     assert c.loss_oscillation(loss, -1, long_window=100) == (False, False)
+
+
+def test_statistics_start_after_an_initial_catapult():
+    # lambda_0 above 2/eta: the statistics start at the first measurement below it
+    lam = np.full(60, np.nan)
+    lam[::10] = [7.0, 1.5, 1.7, 2.1, 1.9, 2.05]
+    assert catapult_end(lam, 2.0) == 10 and catapult_end(lam[10:], 2.0) == 0
+    assert catapult_end(np.array([3.0, np.nan, 2.5]), 2.0) == 3  # never below: nothing left
+    assert catapult_end(np.full(3, np.nan), 2.0) == 0
 
 
 def test_new_learning_rates_reuse_the_compiled_program():
