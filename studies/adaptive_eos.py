@@ -1,7 +1,10 @@
 """Reproduce the adaptive edge of stability: full-batch Adam holds eta lambda_max(P^-1 H) at 38.
 
 Cohen et al. 2022 (arXiv 2207.14484). The edge-of-stability study's problem
-(:func:`studies.problems.make_problem`: a tanh MLP on centred digits, MSE) is trained full batch by
+(:func:`studies.problems.make_problem`: a tanh MLP on centred digits, MSE), or with
+``arch="transformer"`` a pre-LayerNorm decoder-only transformer on generated token sequences
+(next-token cross-entropy; presets :data:`TRANSFORMER`, :data:`TRANSFORMER_GPU`), is trained full
+batch by
 
 * **Adam** (``b1 = 0.9``, ``b2 = 0.999``): the preconditioned sharpness
   ``lambda_max(P^-1/2 H P^-1/2)``, with ``P = (1 - b1^(t+1)) (sqrt(v_{t+1} / (1 - b2^(t+1))) + eps)``
@@ -37,11 +40,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab import models
-
 from . import adaptive_eos_core as core
 from . import adaptive_eos_plots as plots
-from . import kit, problems, stats
+from . import kit, stats
 from .adaptive_eos_core import FrozenState as FrozenState
 from .adaptive_eos_core import frozen_momentum as frozen_momentum
 from .adaptive_eos_core import frozen_state as frozen_state
@@ -49,6 +50,7 @@ from .adaptive_eos_core import threshold as threshold
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "FrozenState"]
+__all__ += ["TINY_TRANSFORMER", "TRANSFORMER", "TRANSFORMER_GPU"]
 __all__ += ["Results", "check_inputs", "figures", "frozen_momentum", "frozen_state", "late", "load"]
 __all__ += ["plateau_record", "run", "save", "summary", "threshold", "verdict"]
 
@@ -61,16 +63,27 @@ BAND = (0.85, 1.15)  # a late median within these fractions of its threshold cou
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every knob of the study: the problem (the edge-of-stability one), optimizers, measurement."""
+    """Every knob of the study: the problem (EoS MLP or transformer), optimizers, measurement."""
 
-    normalization: Literal["per_example", "per_output"] = knob(
-        "per_example", "MSE convention: 1/(2n) sum ||f-y||^2, or also / outputs"
+    arch: Literal["mlp", "transformer"] = knob(
+        "mlp", "network: the edge-of-stability MLP on digits, or a pre-LN transformer on tokens"
     )
-    n: int = knob(500, "first n digits images (the fixed training set, <= 1797)")
-    depth: int = knob(2, "hidden layers of the MLP")
-    width: int = knob(64, "units per hidden layer")
-    activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = knob("tanh", "hidden activation")
-    seed: int = knob(0, "initialisation seed, shared by every run")
+    n: int = knob(500, "training examples: the first n digits (mlp, <= 1797) or n sequences")
+    normalization: Literal["per_example", "per_output"] = knob(
+        "per_example", "mlp: MSE convention, 1/(2n) sum ||f-y||^2, or also / outputs"
+    )
+    depth: int = knob(2, "mlp: hidden layers")
+    width: int = knob(64, "mlp: units per hidden layer")
+    activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = knob("tanh", "mlp: activation")
+    task: Literal["walks", "lcg"] = knob(
+        "walks", "transformer data: walks on a random graph, or linear congruential sequences"
+    )
+    vocab: int = knob(16, "transformer: tokens (the graph's nodes, or the LCG modulus)")
+    context: int = knob(8, "transformer: tokens per training sequence")
+    d_model: int = knob(16, "transformer: width of the residual stream")
+    num_layers: int = knob(1, "transformer: blocks")
+    num_heads: int = knob(2, "transformer: attention heads (divides d_model)")
+    seed: int = knob(0, "initialisation (and sequence data) seed, shared by every run")
     num_steps: int = knob(4000, "full-batch steps per run")
     adam_lrs: tuple[float, ...] = knob((0.001, 0.002), "Adam learning rates eta, one run each")
     b1: float = knob(0.9, "Adam's momentum b1 (threshold (2 + 2 b1) / (1 - b1))")
@@ -87,12 +100,18 @@ class Config:
 
     def __post_init__(self):
         kit.check_finite(self)
+        kit.check_choice(self, "arch", core.ARCHS)
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_choice(self, "activation", ACTIVATIONS)
+        kit.check_choice(self, "task", core.TASKS)
         kit.check_ints(self, "n", "width", "num_steps", "every", "num_iters")
+        kit.check_ints(self, "context", "d_model", "num_heads")
+        kit.check_ints(self, "vocab", minimum=3)  # the graph's out-degree is 3
         kit.check_ints(self, "depth", minimum=0, maximum=kit.MAX_DEPTH)
+        kit.check_ints(self, "num_layers", maximum=kit.MAX_DEPTH)
         kit.check_seeds(self, "seed")
-        need(self.n <= 1797, self, "n", "<= 1797 (the digits dataset)")
+        need(self.arch != "mlp" or self.n <= 1797, self, "n", "<= 1797 (the digits dataset)")
+        need(self.d_model % self.num_heads == 0, self, "num_heads", "a divisor of d_model")
         kit.check_rates(self, "adam_lrs")
         kit.check_rates(self, "rmsprop_lrs", allow_empty=True)
         for f in ("b1", "b2", "rmsprop_decay"):
@@ -121,6 +140,41 @@ TINY = Config(
     rmsprop_lrs=(),
     every=10,
     num_iters=10,
+)
+# Adam on a 1-block transformer (3.9k parameters) learning graph walks: minutes on a 2-core CPU
+TRANSFORMER = Config(
+    arch="transformer",
+    n=256,
+    num_steps=1500,
+    freeze_step=750,
+    rmsprop_lrs=(0.0003,),
+)
+TINY_TRANSFORMER = Config(
+    arch="transformer",
+    n=64,
+    vocab=8,
+    context=6,
+    d_model=8,
+    num_steps=300,
+    adam_lrs=(0.01,),
+    freeze_step=0,
+    rmsprop_lrs=(),
+    every=10,
+    num_iters=10,
+)
+# two 64-wide blocks on 1024 walks of 32 tokens over 32 nodes (106k parameters): for a GPU
+TRANSFORMER_GPU = Config(
+    arch="transformer",
+    n=1024,
+    vocab=32,
+    context=32,
+    d_model=64,
+    num_layers=2,
+    num_heads=4,
+    num_steps=4000,
+    freeze_step=2000,
+    rmsprop_lrs=(0.0003,),
+    num_iters=20,
 )
 
 
@@ -152,10 +206,9 @@ def check_inputs(config: Config) -> None:
       ValueError: naming the field.
     """
     c = config
-    model = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
-    dim = kit.num_params(model)
+    dim = kit.num_params(core.make_model(c))
     kit.check_budget(c, "num_iters", dim, "the number of parameters")
-    kit.check_memory(c, "width", dim, 8 + c.num_iters)
+    kit.check_memory(c, "width" if c.arch == "mlp" else "d_model", dim, 8 + c.num_iters)
 
 
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
@@ -166,14 +219,7 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     check_inputs(config)  # what the Config alone cannot know, before any work
     t0 = time.perf_counter()
     c = config
-    prob = problems.make_problem(
-        n_train=c.n,
-        depth=c.depth,
-        width=c.width,
-        activation=c.activation,
-        normalization=c.normalization,
-    )
-    arrays = core.train_all(c, prob, progress=progress)
+    arrays = core.train_all(c, core.make_problem(c), progress=progress)
     return Results(config=c, **arrays, elapsed=np.asarray(time.perf_counter() - t0))
 
 

@@ -1,9 +1,9 @@
 """The adaptive-EoS study's engine: frozen-preconditioner Adam, the steps and the runs.
 
 Split from :mod:`hessian_lab.studies.adaptive_eos` to keep both modules under 400 lines: this one
-holds the numerics (the frozen-``P`` optimizer, a preconditioned-sharpness callback for any
-diagonal ``P``, and the training runs), the study module its contract (Config, summary, verdict).
-Functions here take any object with the study Config's fields.
+holds the numerics (the two problems, the frozen-``P`` optimizer, a preconditioned-sharpness
+callback for any diagonal ``P``, and the training runs), the study module its contract (Config,
+summary, verdict). Functions here take any object with the study Config's fields.
 """
 
 from __future__ import annotations
@@ -16,14 +16,66 @@ import numpy as np
 import optax
 
 import hessian_lab as hl
-from hessian_lab import callbacks, trainer
+from hessian_lab import callbacks, losses, models, trainer
+from hessian_lab import data as hd
 from hessian_lab import tree as tu
 from hessian_lab.optim import make_optimizer
+from hessian_lab.problem import Problem
 
 from . import kit, problems
 
-__all__ = ["Curves", "FrozenState", "Steps", "frozen_momentum", "frozen_state", "make_steps"]
-__all__ += ["diagonal_preconditioned_sharpness", "threshold", "train_all"]
+__all__ = ["ARCHS", "TASKS", "Curves", "FrozenState", "Steps", "frozen_momentum", "frozen_state"]
+__all__ += ["diagonal_preconditioned_sharpness", "make_model", "make_problem", "make_steps"]
+__all__ += ["threshold", "train_all"]
+
+ARCHS = ("mlp", "transformer")
+TASKS = ("walks", "lcg")
+
+
+def make_model(c) -> models.Model:
+    """The network of config ``c`` (see :func:`make_problem`), without its data."""
+    if c.arch == "transformer":
+        return models.transformer(
+            c.vocab,
+            context=c.context,
+            d_model=c.d_model,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+        )
+    return models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
+
+
+def make_problem(c) -> Problem:
+    """The full-batch problem of config ``c``: the edge-of-stability MLP, or the transformer.
+
+    * ``"mlp"``: :func:`studies.problems.make_problem` (an MLP on the first ``n`` digits, centred,
+      one-hot targets, MSE), shared with the edge-of-stability study;
+    * ``"transformer"``: ``models.transformer`` (pre-LayerNorm, decoder-only) on ``n`` sequences
+      of ``context`` tokens generated from ``seed``: random walks on a random out-degree-3 graph
+      of ``vocab`` nodes (``data.graph_walks``; the best next-token cross-entropy is ``log 3``,
+      below it the network memorises its walks) or full-period linear congruential sequences
+      modulo ``vocab`` (``data.lcg_sequences``); mean next-token cross-entropy over every
+      position (``losses.make_loss_fn(apply, "xent")``).
+    """
+    if c.arch == "mlp":
+        return problems.make_problem(
+            n_train=c.n,
+            depth=c.depth,
+            width=c.width,
+            activation=c.activation,
+            normalization=c.normalization,
+        )
+    if c.task == "walks":
+        ds = hd.graph_walks(c.seed, c.n, num_nodes=c.vocab, length=c.context)
+    else:
+        ds = hd.lcg_sequences(c.seed, c.n, modulus=c.vocab, length=c.context)
+    model = make_model(c)
+    desc = (
+        f"transformer {c.num_layers} x d={c.d_model} ({c.num_heads} heads) on {c.n} {c.task} "
+        f"sequences (vocab {c.vocab}, context {c.context}), next-token cross-entropy"
+    )
+    loss_fn = losses.make_loss_fn(model.apply, "xent")
+    return Problem(model, loss_fn, (jnp.asarray(ds.x), jnp.asarray(ds.y)), desc)
 
 
 def threshold(b1: float) -> float:

@@ -1,6 +1,9 @@
-"""The adaptive-EoS study: RMSProp / frozen preconditioners against optax, the TINY run."""
+"""The adaptive-EoS study: RMSProp / frozen preconditioners against optax, the TINY runs (MLP and
+transformer: eta lambda(P^-1 H) against the closed-form threshold 38)."""
 
 import functools
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import study_contract
 import hessian_lab as hl
 from hessian_lab.optim import make_optimizer
 from hessian_lab.studies import adaptive_eos as ae
+from hessian_lab.studies import sweep
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,30 @@ def test_tiny_adam_preconditioned_sharpness_plateaus_at_38(tiny):
     # the raw sharpness is nowhere near its own GD threshold 2/eta: nothing pins it
     assert s["late_sharpness"][run] * ae.TINY.adam_lrs[0] < 1.0
     assert ae.verdict(tiny)[0].endswith("- reproduced")
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer():
+    return ae.run(ae.TINY_TRANSFORMER)
+
+
+def test_tiny_transformer_adam_plateaus_at_38_while_raw_sharpness_rises(tiny_transformer):
+    r, c, run = tiny_transformer, ae.TINY_TRANSFORMER, "Adam eta=0.01"
+    s = ae.summary(r)
+    assert not s["diverged"][run] and s["num_diverged"] == 0
+    # the issue's statistic: median eta*lambda(P^-1 H) after first reaching the threshold
+    k = ae.plateau_record(r, 0)
+    assert 0 < r.record_steps[k] < 0.5 * c.num_steps
+    after = np.median(c.adam_lrs[0] * r.adam_pre[0, k:])
+    assert 0.85 * 38 <= after <= 1.15 * 38
+    assert 0.85 * 38 <= s["late_median_x_lr"][run] <= 1.15 * 38
+    # the raw sharpness is held by nothing: it keeps rising after the plateau began
+    assert s["sharpness_rise_in_plateau"][run] > 2
+    late = r.adam_sharp[0, ae.late(r)]
+    assert np.median(late) > 2 * r.adam_sharp[0, k]
+    # next-token cross-entropy falls from about log(vocab) (logits O(1) at initialisation)
+    assert abs(r.adam_loss[0, 0] - np.log(c.vocab)) < 1.0 and r.adam_loss[0, -1] < np.log(3)
+    assert all(line.endswith("- reproduced") for line in ae.verdict(r))
 
 
 def test_contract(tiny, tmp_path):
@@ -121,8 +149,24 @@ def test_frozen_momentum_threshold_on_a_quadratic(ratio, stable):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("b1", 1.0), ("freeze_step", 15), ("adam_lrs", ()), ("normalization", "sum"), ("n", 0),
-     ("late_fraction", 0.0), ("rmsprop_lrs", (-1.0,)), ("plateau_fraction", 1.5)],
+     ("late_fraction", 0.0), ("rmsprop_lrs", (-1.0,)), ("plateau_fraction", 1.5),
+     ("arch", "cnn"), ("task", "copy"), ("vocab", 2), ("num_heads", 3), ("num_layers", 0),
+     ("context", 0), ("n", 2000)],
 )  # fmt: skip
 def test_bad_config_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"^{field}"):
         ae.Config(**{field: value})
+
+
+def test_the_transformer_takes_more_sequences_than_digits_has():
+    assert ae.Config(arch="transformer", n=2000).n == 2000  # the 1797 cap is the MLP's digits
+    with pytest.raises(ValueError, match=r"^num_iters"):
+        ae.check_inputs(
+            ae.Config(arch="transformer", vocab=3, d_model=2, num_heads=1, num_iters=999)
+        )
+
+
+def test_the_docs_transformer_command_runs_the_transformer_preset():
+    docs = (Path(__file__).resolve().parents[1] / ae.DOCS).read_text().splitlines()
+    line = next(s for s in docs if s.startswith("    hessian-lab") and "arch=transformer" in s)
+    assert sweep.with_overrides(ae.DEFAULT, re.findall(r"--set (\S+)", line)) == ae.TRANSFORMER

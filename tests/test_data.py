@@ -276,16 +276,3 @@ def test_gaussian_mixture():
     assert np.linalg.norm(means[0] - means[1]) > 2.0
     with pytest.raises(ValueError, match="num_classes"):
         data.gaussian_mixture(0, 10, 2, 1)
-
-
-def test_graph_walks_follow_a_fixed_out_degree_graph():
-    ds = data.graph_walks(3, 64, num_nodes=12, length=20, degree=3)
-    assert ds.x.shape == ds.y.shape == (64, 20) and ds.x.dtype == np.int32
-    np.testing.assert_array_equal(ds.x[:, 1:], ds.y[:, :-1])  # y is x shifted by one
-    edges = {(a, b) for a, b in zip(ds.x.ravel(), ds.y.ravel(), strict=True)}
-    out_degree = np.bincount([a for a, _ in edges], minlength=12)
-    assert out_degree.max() <= 3 and out_degree.min() >= 1
-    again = data.graph_walks(3, 64, num_nodes=12, length=20, degree=3)
-    np.testing.assert_array_equal(again.x, ds.x)
-    with pytest.raises(ValueError, match="degree"):
-        data.graph_walks(0, 4, num_nodes=3, degree=4)

@@ -1,8 +1,8 @@
 """Datasets as numpy ``Dataset(x, y)`` tuples: file loaders, synthetic generators, preprocessing.
 
 Nothing is downloaded. ``digits`` ships with scikit-learn; ``mnist`` and ``cifar10`` read the
-standard files from a path the user gives; ``teacher``, ``gaussian_mixture`` and ``graph_walks``
-are seeded generators. ``parse_data``/``load_data`` read a data spec (``digits``,
+standard files from a path the user gives; ``teacher``, ``gaussian_mixture``, ``lcg_sequences`` and
+``graph_walks`` are seeded generators. ``parse_data``/``load_data`` read a data spec (``digits``,
 ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE``, each with ``?split=train|test``), the one string
 that names a dataset on the command line, in a study's config and in Python.
 """
@@ -16,13 +16,14 @@ from ._files import cifar10 as cifar10
 from ._files import digits as digits
 from ._files import mnist as mnist
 from ._files import read_idx as read_idx
+from ._sequences import graph_walks as graph_walks
 from ._sequences import lcg_sequences as lcg_sequences
+from ._sequences import random_graph as random_graph
 from ._spec import DATA_KINDS as DATA_KINDS
 from ._spec import DataSpec as DataSpec
 from ._spec import load_data as load_data
 from ._spec import parse_data as parse_data
 from ._synthetic import gaussian_mixture as gaussian_mixture
-from ._synthetic import graph_walks as graph_walks
 from ._synthetic import teacher as teacher
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "mnist",
     "parse_data",
     "preprocess",
+    "random_graph",
     "random_subset",
     "read_idx",
     "subset_indices",

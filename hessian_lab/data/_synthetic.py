@@ -1,4 +1,4 @@
-"""Seeded synthetic datasets: a random teacher network, a Gaussian mixture, random walks on a graph."""
+"""Seeded synthetic datasets: a random teacher network, a Gaussian mixture."""
 
 from __future__ import annotations
 
@@ -132,46 +132,3 @@ def gaussian_mixture(
     x = means[labels] + std * rng.standard_normal((n, in_dim))
     y = to_one_hot(labels, num_classes, dtype) if one_hot else labels.astype(np.int64)
     return Dataset(x.astype(dtype), y)
-
-
-def graph_walks(
-    key: Any,
-    n: int,
-    *,
-    num_nodes: int = 16,
-    length: int = 50,
-    degree: int = 3,
-) -> Dataset:
-    """Sample random walks on a random directed graph, as next-token sequences.
-
-    Every node gets ``degree`` distinct out-neighbours drawn uniformly (self-loops allowed); a walk
-    starts at a uniform node and moves to a uniform out-neighbour. The next token is a bigram
-    function of the current one, so the best achievable cross-entropy is ``log(degree)``.
-
-    Args:
-      key: a JAX PRNG key or an int seed; the same key gives the same graph and walks.
-      n: number of walks.
-      num_nodes: graph size, the vocabulary of the sequences.
-      length: tokens per input sequence (the transformer's context).
-      degree: out-degree of every node, ``1 <= degree <= num_nodes``.
-
-    Returns:
-      A `Dataset` of int32 tokens: ``x = walks[:, :-1]`` and ``y = walks[:, 1:]``, both
-      ``(n, length)``.
-
-    Raises:
-      ValueError: naming the argument, for bad sizes or ``degree > num_nodes``.
-    """
-    n = _check_int("n", n, 1)
-    num_nodes = _check_int("num_nodes", num_nodes, 1)
-    length = _check_int("length", length, 1)
-    degree = _check_int("degree", degree, 1)
-    if degree > num_nodes:
-        raise ValueError(f"degree: {degree} must not exceed num_nodes={num_nodes}")
-    rng = _rng(_as_key(key))
-    neighbours = np.stack([rng.choice(num_nodes, degree, replace=False) for _ in range(num_nodes)])
-    walks = np.empty((n, length + 1), np.int32)
-    walks[:, 0] = rng.integers(num_nodes, size=n)
-    for t in range(length):
-        walks[:, t + 1] = neighbours[walks[:, t], rng.integers(degree, size=n)]
-    return Dataset(walks[:, :-1], walks[:, 1:])
