@@ -189,14 +189,18 @@ def _arg_axis(module: Any, option: str, value: str) -> list[tuple[str, str]]:
 
 @app.command("phase-diagram")
 def phase_diagram(
-    kind: Annotated[PhaseKind, typer.Argument(help="uv: UV model; early: early-training FCNs.")],
+    kind: Annotated[
+        PhaseKind,
+        typer.Argument(help="uv: UV model; early: early-training MLPs, CNNs or your network."),
+    ],
     out: Annotated[Path, OUT],
     x: Annotated[
         str | None,
         typer.Option(
             "--x",
             metavar="FIELD=V1,V2",
-            help="Horizontal axis as FIELD=V1,V2,...: early: widths (hidden units per layer).",
+            help="Horizontal axis as FIELD=V1,V2,...: early: widths (hidden units per layer); "
+            "with --problem: NAME=V1,V2,... sweeps an argument of your function.",
         ),
     ] = None,
     y: Annotated[
@@ -204,7 +208,8 @@ def phase_diagram(
         typer.Option(
             "--y",
             metavar="FIELD=V1,V2",
-            help="Vertical axis as FIELD=V1,V2,...: early: depths (layers with weights).",
+            help="Vertical axis as FIELD=V1,V2,...: early: depths (layers with weights); "
+            "with --problem: a second argument of your function.",
         ),
     ] = None,
     problem: Annotated[
@@ -230,7 +235,13 @@ def phase_diagram(
     **early** (early_phase_diagram): --x widths=V1,V2,... sets the hidden widths (horizontal
     axis), --y depths=V1,V2,... the depths d (vertical axis; layers with weights, the readout
     included, as Kalra & Barkeshli count them: set depth_convention=hidden for hidden layers); the learning-rate
-    axis c = eta * lambda0 is set with --set log2_c_min=, log2_c_max=, num_c=.
+    axis c = eta * lambda0 is set with --set log2_c_min=, log2_c_max=, num_c=. --set arch=cnn
+    trains the Myrtle-style CNN (8x8 digits, or --data mnist:DIR).
+
+    **early with your network**: --problem FILE.py:FUNCTION (with --data SPEC and --arg
+    NAME=VALUE for its fixed arguments); --x NAME=V1,V2,... sweeps any numeric argument of the
+    function (e.g. width) and --y NAME=V1,V2,... optionally a second one (e.g. depth). The
+    problem is built for every cell and checked before any work.
 
     **uv** (uv_model): the grid is kappa x init scale, set with --set phase_kappa_min=,
     phase_kappa_max=, phase_num_kappa=, phase_scale_min=, phase_scale_max=, phase_num_scale=;
@@ -247,6 +258,7 @@ def phase_diagram(
     hessian-lab phase-diagram early --x widths=16,32,64 --y depths=2,3 --out runs/epd-grid
     hessian-lab phase-diagram uv --set phase_num_kappa=16 --set phase_num_scale=12 --out runs/uv
     hessian-lab phase-diagram early --shard 1/4 --out runs/epd-1
+    hessian-lab phase-diagram early --problem my_net.py:make --data mnist:DIR --x width=16,64 --y depth=1,2 --out runs/mine
     ```
     """
     with errors():

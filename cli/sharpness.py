@@ -33,6 +33,11 @@ class LossName(StrEnum):
     xent = "xent"
 
 
+class StateMode(StrEnum):
+    train = "train"
+    eval = "eval"
+
+
 class TraceMethod(StrEnum):
     hutchinson = "hutchinson"
     hutchpp = "hutchpp"
@@ -105,6 +110,7 @@ def sharpness_cmd(
     density_iters: Annotated[int, _opt("density_iters")] = DEFAULT.density_iters,
     density_probes: Annotated[int, _opt("density_probes")] = DEFAULT.density_probes,
     chunk_size: Annotated[int, _opt("chunk_size")] = DEFAULT.chunk_size,
+    mode: Annotated[StateMode, _opt("mode")] = StateMode.train,
     x64: Annotated[bool, _opt("x64", "--x64")] = DEFAULT.x64,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also save a run directory here.")
@@ -117,7 +123,8 @@ def sharpness_cmd(
 
     The network is the built-in MLP, or your own: --problem FILE.py:FUNCTION (or
     package.module:FUNCTION) returns (model, loss, data), see docs/own_network.md; --arg
-    NAME=VALUE passes it arguments. --data names the examples: digits, mnist:DIR,
+    NAME=VALUE passes it arguments. A model with BatchNorm is measured in train mode (the
+    statistics of the n examples, one chunk) or, with --mode eval, on its running statistics. --data names the examples: digits, mnist:DIR,
     cifar10:DIR or npz:FILE, with ?split=test for the test split (default: train).
 
     The Hessian is that of the mean training loss over the first n examples (full_data_hvp);
@@ -133,6 +140,7 @@ def sharpness_cmd(
     hessian-lab sharpness --n 64 --out runs/sharp
     hessian-lab sharpness --problem hessian_lab.problem:example_mlp --arg width=16 -k 2
     hessian-lab sharpness --problem my_problem.py:make --data mnist:data/mnist --n 1000
+    hessian-lab sharpness --problem my_resnet.py:make --n 256 --mode eval
     ```
     """
     with errors():
@@ -143,7 +151,7 @@ def sharpness_cmd(
             seed=seed, checkpoint=None if checkpoint is None else str(checkpoint), k=k,
             num_iters=num_iters, trace_matvecs=trace_matvecs, trace_method=trace_method.value,
             density=density, density_iters=density_iters, density_probes=density_probes,
-            chunk_size=chunk_size, x64=x64,
+            chunk_size=chunk_size, mode=mode.value, x64=x64,
         )  # fmt: skip
         if out is not None:
             stored = sweep.normalize(dataclasses.asdict(options))

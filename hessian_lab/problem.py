@@ -20,7 +20,7 @@ statistics, dropout: a linen Module with collections besides ``params``, an nnx 
 ``BatchStat`` s, an ``(equinox Module, eqx.nn.State)`` pair) needs ``build(..., stateful=True)``:
 the :class:`Problem` then holds a :class:`~hessian_lab.StatefulModel`, a
 :class:`~hessian_lab.StatefulLoss` and the initial ``state``. Without it such a model is refused
-in words (the command line and the studies do not thread model state yet).
+in words (``hessian-lab sharpness`` builds with it; the studies do not thread state yet).
 
 Every check runs before any work: the entry point imports, the arguments match the function's
 signature, what it returns is a model, a loss and data, and ``jax.eval_shape`` of ``init`` and
@@ -211,7 +211,7 @@ def _no_state(collections: list[str], what: str, name: str) -> None:
         raise ValueError(
             f"{name}: the model holds state ({', '.join(collections)}) besides its parameters; "
             f"{what} models with state (BatchNorm, dropout) need problem.build(..., stateful=True)"
-            " (the command line and the studies do not thread model state yet)"
+            "; the studies do not take models with state yet (hessian-lab sharpness does)"
         )
 
 

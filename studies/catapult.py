@@ -5,7 +5,9 @@ sharpness (top Hessian eigenvalue of the training loss) at the seed's initialisa
 
 * the two-layer linear network ``f = v . u x / sqrt(n)`` (``models.uv``, NTP) on one example
   ``x = 1`` with target ``y = 0``, loss ``f^2 / 2``;
-* wide one-hidden-layer ReLU MLPs (``models.mlp``, NTK parameterisation) on a digits subset.
+* wide one-hidden-layer ReLU MLPs (``models.mlp``, NTK parameterisation) on a digits subset;
+  or your own network and data (``problem``, ``data``, ``problem_args``, docs/own_network.md),
+  one point per value of its ``width`` argument in ``problem_widths`` (or one point as given).
 
 With ``y = 0`` the function-space map of the linear net is exact (``s2 = |x|^2 / n``)::
 
@@ -34,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -41,10 +44,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hessian_lab import models
+from hessian_lab import problem as hp
 from hessian_lab.models import ACTIVATIONS
 
+from . import catapult_core as core
 from . import catapult_plots as plots
 from . import kit, problems, stats
+from . import problems_user as pu
+from .catapult_core import c_grid as c_grid
+from .catapult_core import catapult_time_slope as catapult_time_slope
+from .catapult_core import critical as critical
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
@@ -56,12 +65,21 @@ NAME = "catapult"
 PAPER = "Lewkowycz et al. 2020, arXiv 2003.02218"
 DOCS = "docs/studies/catapult.md"
 FAMILIES = ("uv", "mlp")
+# The MLP fields: unused with problem set (the MLP family then trains the user's network).
+MLP_FIELDS = ("mlp_widths", "mlp_depth", "mlp_param", "mlp_activation")
+TINY_MLP = {"mlp_widths": ()}  # the TINY preset's, accepted beside the defaults with problem
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob of the catapult study. ``c = eta * lambda0``; c grids are log2-spaced."""
 
+    problem: str = knob("", pu.PROBLEM_DOC + " (in place of the MLP)")
+    data: str = knob("digits", pu.DATA_DOC + " (the built-in MLP: digits only)")
+    problem_args: tuple[str, ...] = knob((), pu.ARGS_DOC)
+    problem_widths: tuple[int, ...] = knob(
+        (), "values of your function's `width` argument, one point each (empty: one point)"
+    )
     seeds: tuple[int, ...] = knob((0, 1, 2, 3), "linear net: initialisation seeds")
     uv_widths: tuple[int, ...] = knob((64, 256, 1024, 4096), "linear net: widths n, one point each")
     uv_log2_c_min: float = knob(-1.0, "linear net: log2 of the smallest c")
@@ -69,11 +87,11 @@ class Config:
     uv_num_c: int = knob(17, "linear net: values of c (17: spacing 2^(1/4), contains 2 and 4)")
     uv_steps: int = knob(200, "linear net: GD steps T (a multiple of sharpness_every)")
     mlp_widths: tuple[int, ...] = knob((256, 1024), "MLP: widths, one point each (may be empty)")
-    mlp_seeds: tuple[int, ...] = knob((0, 1), "MLP: initialisation seeds")
+    mlp_seeds: tuple[int, ...] = knob((0, 1), "MLP (or your problem): initialisation seeds")
     mlp_depth: int = knob(1, "MLP: hidden layers")
     mlp_param: Literal["sp", "ntk", "mup"] = knob("ntk", "MLP: parameterisation")
     mlp_activation: str = knob("relu", "MLP: hidden activation")
-    mlp_n: int = knob(64, "MLP: first n digits examples (full batch)")
+    mlp_n: int = knob(64, "MLP (or your problem): first n training examples (full batch)")
     mlp_log2_c_min: float = knob(-1.0, "MLP: log2 of the smallest c")
     mlp_log2_c_max: float = knob(4.5, "MLP: log2 of the largest c")
     mlp_num_c: int = knob(23, "MLP: values of c")
@@ -105,21 +123,39 @@ class Config:
                  "an int >= 1, a multiple of sharpness_every")  # fmt: skip
         kit.check_choice(self, "mlp_param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "mlp_activation", ACTIVATIONS)
-        need(self.mlp_n <= 1797, self, "mlp_n", "<= 1797 (the size of digits)")
+        pu.check_problem_fields(self, MLP_FIELDS, n_field="mlp_n", preset=TINY_MLP)
+        kit.check_int_tuple(self, "problem_widths", allow_empty=True)
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_positive(self, "divergence_loss")
 
 
 def check_inputs(config: Config) -> None:
-    """Before any work: both Lanczos budgets fit the smallest net (``jax.eval_shape``).
+    """Before any work: the user's problem builds at every width, its init depends on the
+    seed (with several ``mlp_seeds``), and both Lanczos budgets fit the smallest net.
 
     Raises:
       ValueError: ``lanczos_iters`` or ``lambda0_iters`` above the smallest parameter count.
     """
     c = config
+    need(bool(c.problem) or c.data.startswith("digits"), c, "data",
+         "digits unless problem is set (the built-in MLP trains on digits)")  # fmt: skip
+    need(
+        bool(c.problem) or not c.problem_widths, c, "problem_widths", "empty unless problem is set"
+    )
+    need(not c.problem_widths or "width" not in hp.parse_args(c.problem_args), c,
+         "problem_widths", "empty when problem_args sets width")  # fmt: skip
     nets = [models.uv(1, w, param="ntp") for w in c.uv_widths]
-    nets += [models.mlp(64, 10, depth=c.mlp_depth, width=w, activation=c.mlp_activation,
-                        param=c.mlp_param) for w in c.mlp_widths]  # fmt: skip
+    if c.problem:
+        declared = inspect.signature(hp.load_entry(c.problem)).parameters
+        need(not c.problem_widths or "width" in declared, c, "problem_widths",
+             f"empty: {c.problem} takes no `width` argument")  # fmt: skip
+        for w in c.problem_widths or (0,):
+            prob = pu.checked(c, lambda c, w=w: core.user_problem(c, w), "mlp_n")
+            pu.check_seeds_vary(prob, c, "mlp_seeds")
+            nets.append(prob.model)
+    else:
+        nets += [models.mlp(64, 10, depth=c.mlp_depth, width=w, activation=c.mlp_activation,
+                            param=c.mlp_param) for w in c.mlp_widths]  # fmt: skip
     limit = min(kit.num_params(net) for net in nets)
     for f in ("lanczos_iters", "lambda0_iters"):
         kit.check_budget(c, f, limit, "the parameter count of the smallest net")
@@ -150,27 +186,17 @@ class Results:
     mlp_diverged: np.ndarray
 
 
-def c_grid(config: Config, family: str) -> np.ndarray:
-    """The family's log2-spaced grid of c."""
-    lo, hi, n = (getattr(config, f"{family}_{k}") for k in ("log2_c_min", "log2_c_max", "num_c"))
-    return 2.0 ** np.linspace(lo, hi, n)
-
-
-def _seeds(config: Config, family: str) -> tuple[int, ...]:
-    return config.seeds if family == "uv" else config.mlp_seeds
-
-
 def points(config: Config) -> list[dict]:
     """One point per (family, width): each is one population over (c, seed)."""
-    return [
-        {"family": f, "width": int(w)} for f in FAMILIES for w in getattr(config, f"{f}_widths")
-    ]
+    return [{"family": f, "width": int(w)} for f in FAMILIES for w in core.widths(config, f)]
 
 
 def _work(config: Config, point: dict) -> int:
     fam = point["family"]
     return (
-        c_grid(config, fam).size * len(_seeds(config, fam)) * (getattr(config, f"{fam}_steps") + 1)
+        c_grid(config, fam).size
+        * len(core.seeds_of(config, fam))
+        * (getattr(config, f"{fam}_steps") + 1)
     )
 
 
@@ -179,6 +205,8 @@ def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.nda
     fam, width = point["family"], int(point["width"])
     if fam == "uv":
         prob = problems.catapult_problem("uv", width=width, normalization=config.normalization)
+    elif config.problem:
+        prob = core.user_problem(config, width)
     else:
         prob = problems.catapult_problem(
             "mlp",
@@ -199,7 +227,7 @@ def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.nda
     counter = kit.StepCounter(_work(config, point), progress)
     runs = runner.train(
         c_grid(config, fam),
-        _seeds(config, fam),
+        core.seeds_of(config, fam),
         divergence_threshold=config.divergence_loss,
         progress=counter.part(counter.total),
     )
@@ -213,13 +241,13 @@ def assemble(config: Config, outs: list[dict]) -> Results:
     out = {}
     for fam in FAMILIES:
         rs = [o for p, o in zip(points(config), outs, strict=True) if p["family"] == fam]
-        C, S = c_grid(config, fam).size, len(_seeds(config, fam))
+        C, S = c_grid(config, fam).size, len(core.seeds_of(config, fam))
         T = getattr(config, f"{fam}_steps") + 1
 
         def stack(k, shape, rs=rs):
             return np.stack([np.asarray(r[k]) for r in rs]) if rs else np.zeros(shape)
 
-        out[f"{fam}_widths"] = np.asarray(getattr(config, f"{fam}_widths"), dtype=np.int64)
+        out[f"{fam}_widths"] = np.asarray(core.widths(config, fam), dtype=np.int64)
         out[f"{fam}_c"] = c_grid(config, fam)
         out[f"{fam}_lambda0"] = stack("lambda0", (0, S))
         out[f"{fam}_eta"] = stack("eta", (0, C, S))
@@ -238,35 +266,13 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     return assemble(config, outs)
 
 
-def critical(results: Results, family: str) -> dict[str, np.ndarray]:
-    """Per (width, seed): ``c_loss`` (first loss catapult) and ``c_max`` (last c before divergence);
-    per (width, c, seed): ``loss_ratio`` = max_t L_t / L_0, ``final_x_lr`` = eta lambda_T,
-    ``t_peak`` (step of the loss maximum) and ``t_return`` (first step after the peak with
-    L_t < L_0); -1 where there is no catapult (or the run diverged).
-    """
-    r = results
-    c, loss = getattr(r, f"{family}_c"), getattr(r, f"{family}_loss")
-    lam, div = getattr(r, f"{family}_sharpness"), getattr(r, f"{family}_diverged")
-    ratio = stats.max_ratio(loss, loss[..., 0])
-    safe = np.where(np.isfinite(loss), loss, -np.inf)
-    t_peak = np.argmax(safe, axis=-1)
-    below = (np.arange(loss.shape[-1]) > t_peak[..., None]) & (loss < loss[..., :1])
-    t_ret = np.where(below.any(-1), np.argmax(below, axis=-1), -1)
-    ok = (ratio > 1) & ~div
-    return {
-        "c_loss": stats.critical_c(c, (ratio > 1) | div),  # a diverged member's loss rose too
-        "c_max": stats.critical_c(c, div, largest_before=True),
-        "loss_ratio": ratio,
-        "final_x_lr": lam[..., -1] * getattr(r, f"{family}_eta"),
-        "t_peak": np.where(ok, t_peak, -1),
-        "t_return": np.where(ok, t_ret, -1),
-    }
-
-
 def family_label(config: Config, family: str) -> str:
-    """A reader's name for a family: ``"linear net"`` or ``"MLP 1x relu (ntk)"``."""
+    """A reader's name for a family: ``"linear net"``, ``"MLP 1x relu (ntk)"`` or the user's
+    problem (``"my_problem.py:make"``)."""
     if family == "uv":
         return "linear net"
+    if config.problem:
+        return pu.label(config)
     return f"MLP {config.mlp_depth}x {config.mlp_activation} ({config.mlp_param})"
 
 
@@ -279,19 +285,6 @@ def figures(results: Results) -> dict[str, Figure]:
     fams = _families(results)
     labels = {f: family_label(results.config, f) for f in fams}
     return plots.draw(results, {f: critical(results, f) for f in fams}, labels)
-
-
-def catapult_time_slope(results: Results) -> dict[float, float]:
-    """Least-squares slope of the mean loss-peak step against ln(width), per c in (2, 4)."""
-    cr, c, widths = critical(results, "uv"), results.uv_c, results.uv_widths
-    out = {}
-    for j in np.flatnonzero((c > 2) & (c < 4)) if widths.size >= 2 else []:
-        t = cr["t_peak"][:, j, :].astype(float)
-        mean = stats.nanmean(np.where(t >= 0, t, np.nan), axis=-1)
-        ok = np.isfinite(mean)
-        if ok.sum() >= 2:
-            out[float(c[j])] = float(np.polyfit(np.log(widths[ok]), mean[ok], 1)[0])
-    return out
 
 
 METRICS = {
@@ -322,7 +315,7 @@ def summary(results: Results) -> dict[str, Any]:
         cr, c, div = critical(r, fam), getattr(r, f"{fam}_c"), getattr(r, f"{fam}_diverged")
         lab = family_label(r.config, fam)
         for i, w in enumerate(getattr(r, f"{fam}_widths")):
-            run = f"{lab} width={w}"
+            run = f"{lab} width={w}" if w else lab
             out["c_loss"][run] = float(stats.nanmean(cr["c_loss"][i]))
             out["c_max"][run] = float(stats.nanmean(cr["c_max"][i]))
             out["lambda0"][run] = float(np.mean(getattr(r, f"{fam}_lambda0")[i]))
@@ -341,11 +334,6 @@ def summary(results: Results) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v}
 
 
-def _within_a_grid_step(values: np.ndarray, c: np.ndarray, ref: float) -> bool:
-    """Every value (per width and seed) lies within one log2 grid step of ``ref``."""
-    return bool(np.all(np.abs(np.log2(values / ref)) <= np.log2(c[1] / c[0]) + 1e-9))
-
-
 def verdict(results: Results) -> list[str]:
     """The linear net's c_loss, c_max, flatter minima and catapult time against the theory."""
     r, out, paper, s = results, [], "Lewkowycz et al.", summary(results)
@@ -355,9 +343,13 @@ def verdict(results: Results) -> list[str]:
         if fam == "uv":
             out.append(kit.compare(f"{lab}: c_loss (mean over widths and seeds)", cl, paper,
                                    "2, within one grid step",
-                                   ok=_within_a_grid_step(cr["c_loss"], c, 2.0)))  # fmt: skip
+                                   ok=core.within_a_grid_step(cr["c_loss"], c, 2.0)))  # fmt: skip
             out.append(kit.compare(f"{lab}: c_max", cm, paper, "4, within one grid step",
-                                   ok=_within_a_grid_step(cr["c_max"], c, 4.0)))  # fmt: skip
+                                   ok=core.within_a_grid_step(cr["c_max"], c, 4.0)))  # fmt: skip
+        elif r.config.problem:  # the paper's c_max is for wide ReLU nets: yours is not judged
+            out.append(kit.compare(f"{lab}: c_loss", cl, paper, "~2", ok=bool(1.8 <= cl <= 3)))
+            out.append(kit.compare(f"{lab}: c_max", cm, paper, "~4 (linear) to ~12 (wide ReLU)",
+                                   ok=None))  # fmt: skip
         else:
             out.append(kit.compare(f"{lab}: c_loss", cl, paper, "~2", ok=bool(1.8 <= cl <= 3)))
             out.append(kit.compare(f"{lab}: c_max", cm, paper, "~12 for wide ReLU nets",

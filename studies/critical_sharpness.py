@@ -6,7 +6,8 @@ value, needs only forward passes (a bracketing line search), no Hessian products
 and for GD it is ``g^T H g / g^T g``, the curvature along the gradient; once GD is at the edge of
 stability the gradient aligns with the top eigenvector, so ``lambda_c`` approaches the sharpness
 ``lambda_max``. This study trains full-batch GD and heavy-ball momentum on the edge-of-stability
-problem (an MLP on the first ``n_train`` digits, MSE) and records both, every ``every`` steps:
+problem (an MLP on the first ``n_train`` digits, MSE; or your own network and data: ``problem``,
+``data``, ``problem_args``, docs/own_network.md) and records both, every ``every`` steps:
 ``lambda_max`` by Lanczos (``lanczos_iters`` Hessian-vector products over the training set) and
 ``lambda_c`` by :func:`hessian_lab.critical_sharpness` along the optimizer's own next update (at
 most ``max_evals`` forward passes, warm-started).
@@ -34,10 +35,12 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab import callbacks, models, optim, population
+from hessian_lab import models
 
+from . import critical_sharpness_core as core
 from . import critical_sharpness_plots as plots
-from . import kit, problems, stats
+from . import kit, stats
+from . import problems_user as pu
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results"]
@@ -48,14 +51,16 @@ PAPER = "Kalra et al. 2026, arXiv 2601.16979"
 DOCS = "docs/studies/critical_sharpness.md"
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "erf", "linear")
 EDGE_TOLERANCE = 0.10  # |median lambda_c / lambda_max - 1| at the edge, the issue's criterion
-EDGE_REACH = 0.95  # lambda_max >= 0.95 x threshold counts as reaching it (Cohen et al.'s band)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob: the problem (the edge-of-stability one), the optimizers, the two measures."""
 
-    n_train: int = knob(500, "first n digits images (the fixed training set, <= 1797)")
+    problem: str = knob("", pu.PROBLEM_DOC)
+    data: str = knob("digits", pu.DATA_DOC)
+    problem_args: tuple[str, ...] = knob((), pu.ARGS_DOC)
+    n_train: int = knob(500, "first n training examples (the fixed training set)")
     depth: int = knob(2, "hidden layers of the MLP")
     width: int = knob(64, "units per hidden layer")
     activation: Literal["tanh", "relu", "gelu", "silu", "erf", "linear"] = knob(
@@ -86,7 +91,7 @@ class Config:
         need(self.alignment_every % self.every == 0, self, "alignment_every", "a multiple of every")
         kit.check_ints(self, "alignment_iters", minimum=max(1, self.alignment_k))
         kit.check_seeds(self, "seed")
-        need(self.n_train <= 1797, self, "n_train", "<= 1797 (the size of digits)")
+        pu.check_problem_fields(self, ("depth", "width", "activation"), n_field="n_train")
         kit.check_choice(self, "activation", ACTIVATIONS)
         for f in ("gd_lrs", "momentum_lrs"):
             if getattr(self, f):
@@ -110,9 +115,12 @@ TINY = Config(
 
 
 def check_inputs(config: Config) -> None:
-    """Before any work: ``lanczos_iters`` <= the parameters, and the runs fit in memory."""
+    """Before any work: the user's problem and data build, ``lanczos_iters`` <= the parameters,
+    and the runs fit in memory."""
     c = config
-    net = models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
+    net = pu.checked_model(c, core.problem, "n_train") or models.mlp(
+        64, 10, depth=c.depth, width=c.width, activation=c.activation
+    )
     dim = kit.num_params(net)
     kit.check_budget(c, "lanczos_iters", dim, "the number of parameters")
     kit.check_budget(c, "alignment_iters", dim, "the number of parameters")
@@ -135,7 +143,7 @@ class Results:
     num_evals: np.ndarray  # (P, K) forward passes of each line search
     diverged: np.ndarray  # (P,) bool
     diverged_step: np.ndarray  # (P,) -1 if not diverged
-    reach_step: np.ndarray  # (P,) first measured step at the edge (see _edge_start; -1: never)
+    reach_step: np.ndarray  # (P,) first measured step at the edge (see core.edge_start; -1: never)
     edge_ratio: np.ndarray  # (P,) median lambda_c / lambda_max from reach_step on
     before_ratio: np.ndarray  # (P,) median lambda_c / lambda_max before reach_step
     trend: np.ndarray  # (P,) Spearman correlation of lambda_c with lambda_max before reach_step
@@ -143,84 +151,18 @@ class Results:
     elapsed: np.ndarray  # () seconds
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    keep = np.isfinite(a) & np.isfinite(b)
-    if keep.sum() < 3:
-        return float("nan")
-    ra, rb = (np.argsort(np.argsort(v[keep])).astype(float) for v in (a, b))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _edge_start(sharp, loss, steps, threshold) -> int:
-    """Index of the first measurement at the edge of stability, or -1.
-
-    The sharpness first reaches ``EDGE_REACH`` of ``threshold`` at ``reach`` (Cohen et al.'s
-    runs hover in [0.95, 1.1] of it; ReLU nets sit just below). If the loss then rises from one
-    step to the next, the edge starts after the first such rise: the oscillation along the top
-    eigenvector has to grow out of rounding first (in float64 ~150 steps on digits, while the
-    sharpness overshoots), and until then the gradient is not yet aligned. A run that hovers
-    without the loss ever rising is at the edge from ``reach``.
-    """
-    hit = np.flatnonzero(sharp >= EDGE_REACH * threshold)
-    if not hit.size:
-        return -1
-    rises = np.flatnonzero(np.diff(loss) > 0)
-    rises = rises[rises >= steps[hit[0]]]
-    if not rises.size:
-        return int(hit[0])
-    after = np.flatnonzero(steps > rises[0])
-    return int(after[0]) if after.size else -1
-
-
-def _train_group(prob, config, opt_name, lrs, beta, progress):
-    opt = optim.make_optimizer(opt_name, learning_rate=1.0)
-    cbs = [
-        callbacks.sharpness(prob.loss_fn, every=config.every, num_iters=config.lanczos_iters),
-        callbacks.critical_sharpness(
-            prob.loss_fn, "batch", optimizer=opt, every=config.every, max_evals=config.max_evals
-        ),
-    ]
-    if config.alignment_k:
-        k, iters = config.alignment_k, config.alignment_iters
-        every = config.alignment_every
-        cbs.append(callbacks.alignment(prob.loss_fn, every=every, k=k, num_iters=iters))
-    pstep = population.make_step(prob.loss_fn, opt, mode="loop", callbacks=cbs, chunk_size=200)
-    lrs = np.asarray(lrs, float)
-    return population.train_population(
-        pstep,
-        prob.model.init,
-        prob.data,
-        learning_rates=lrs,
-        seeds=np.full(lrs.shape, config.seed, dtype=int),
-        num_steps=config.num_steps,
-        hyperparams=None if opt_name == "gd" else {"momentum": np.full(lrs.shape, beta)},
-        divergence_threshold=config.divergence_threshold,
-        progress=progress,
-    )
-
-
 def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -> Results:
     """Train every run with both measures (no I/O); ``progress`` counts training steps."""
     check_inputs(config)
     t0 = time.perf_counter()
-    prob = problems.make_problem(
-        n_train=config.n_train,
-        depth=config.depth,
-        width=config.width,
-        activation=config.activation,
-        param="sp",
-        normalization="per_example",
-        cifar_path=None,
-    )
+    prob = core.problem(config)
     groups = [("gd", config.gd_lrs, 0.0), ("momentum", config.momentum_lrs, config.beta)]
     groups = [(o, lrs, b) for o, lrs, b in groups if len(lrs)]
     counter = kit.StepCounter(sum(len(g[1]) for g in groups) * config.num_steps, progress)
     steps = np.arange(0, config.num_steps, config.every)
     parts, meta = [], []
     for opt_name, lrs, beta in groups:
-        res = _train_group(
+        res = core.train_group(
             prob, config, opt_name, lrs, beta, counter.part(len(lrs) * config.num_steps)
         )
         parts.append(res)
@@ -240,14 +182,14 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     reach, edge, before, trend = [], [], [], []
     loss = cat(lambda p: np.asarray(p.metrics["loss"]))
     for i in range(lrs_all.size):
-        k = -1 if diverged[i] else _edge_start(sharp[i], loss[i], steps, crit[i] / lrs_all[i])
+        k = -1 if diverged[i] else core.edge_start(sharp[i], loss[i], steps, crit[i] / lrs_all[i])
         ratio = crit_s[i] / sharp[i]
         reach.append(int(steps[k]) if k >= 0 else -1)
         edge.append(float(np.nanmedian(ratio[k:])) if k >= 0 else float("nan"))
         pre = slice(0, k if k >= 0 else len(steps))
         ok = not diverged[i] and np.any(np.isfinite(ratio[pre]))
         before.append(float(np.nanmedian(ratio[pre])) if ok else float("nan"))
-        trend.append(_spearman(crit_s[i][pre], sharp[i][pre]) if not diverged[i] else np.nan)
+        trend.append(core.spearman(crit_s[i][pre], sharp[i][pre]) if not diverged[i] else np.nan)
     return Results(
         config=config,
         optimizers=opts.astype(str),

@@ -17,6 +17,10 @@ included, as the paper does (``depth_convention="layers"``; its ``d = 8`` is 7 h
   rises above ``L_0`` (at s = 0.01, 0.02, ..., 1 by default, as the paper samples it);
 * ``c_max`` = the largest c that does not diverge (the grid value below the first divergence).
 
+**Your own network.** With ``problem`` (an entry point ``FILE.py:FUNCTION``), ``data`` and
+``problem_args`` the cells are your function's values of ``x_arg`` (``x_values``) and, if set,
+``y_arg`` (``y_values``), e.g. ``width`` and ``depth``; the built-in net's fields are then unused.
+
 A diverged member counts as all three events (its loss and sharpness blew up) and is left out of
 every other statistic. Critical values are computed per seed and averaged over seeds. Expected:
 ``c_loss <= c_sharp <= c_barrier <= c_max``; ``c_loss ~ 2`` at small ``d/w``, rising above 2
@@ -44,16 +48,17 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab import models
 from hessian_lab.models import ACTIVATIONS
 
 from . import early_phase_diagram_core as core
 from . import early_phase_diagram_plots as plots
 from . import kit, problems, stats
+from . import problems_user as pu
 from .early_phase_diagram_core import STORED_DEFAULTS as STORED_DEFAULTS
 from .kit import knob, need
 
-__all__ = ["CRITICAL", "D8", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "PHASE_AXES", "TINY"]
+__all__ = ["CNN", "CNN_GPU", "CRITICAL", "D8", "DEFAULT", "DOCS", "METRICS", "NAME", "PAPER"]
+__all__ += ["PHASE_AXES", "PROBLEM_AXES", "TINY"]
 __all__ += ["Config", "Results", "assemble", "c_grid", "cell_label", "check_inputs", "critical"]
 __all__ += ["STORED_DEFAULTS", "figures", "load", "paper_depths", "points", "problem"]
 __all__ += ["run", "run_point", "runner"]
@@ -63,6 +68,11 @@ NAME = "early_phase_diagram"
 PAPER = "Kalra & Barkeshli 2023, arXiv 2302.12250"
 DOCS = "docs/studies/early_phase_diagram.md"
 PHASE_AXES = ("widths", "depths")  # phase-diagram's --x and --y
+PROBLEM_AXES = ("x_arg", "x_values", "y_arg", "y_values")  # --x NAME=V1,... with --problem
+# The built-in net's fields: unused (kept at DEFAULT's or TINY's values) with problem set
+NET_FIELDS = ("arch", "depth_convention", "depths", "widths", "param", "activation",
+              "normalization")  # fmt: skip
+TINY_NET = {"depths": (2,), "widths": (64, 512)}
 CRITICAL = ("c_loss", "c_sharp", "c_barrier", "c_max")
 
 
@@ -70,7 +80,14 @@ CRITICAL = ("c_loss", "c_sharp", "c_barrier", "c_max")
 class Config:
     """Every knob of the phase-diagram sweep (``c = eta * lambda0`` on a log2 grid)."""
 
-    arch: Literal["mlp", "cnn"] = knob("mlp", "network: MLP, or the Myrtle-style CNN on 8x8 images")
+    problem: str = knob("", pu.PROBLEM_DOC)
+    data: str = knob("digits", pu.DATA_DOC)
+    problem_args: tuple[str, ...] = knob((), pu.ARGS_DOC)
+    x_arg: str = knob("width", "with problem: the argument of your function along --x")
+    x_values: tuple[int | float, ...] = knob((), "with problem: the values of x_arg, one per cell")
+    y_arg: str = knob("", "with problem: a second argument along --y (empty: none)")
+    y_values: tuple[int | float, ...] = knob((), "with problem: the values of y_arg")
+    arch: Literal["mlp", "cnn"] = knob("mlp", "network: MLP, or the Myrtle-style CNN (no norm)")
     depth_convention: Literal["layers", "hidden"] = knob(
         "layers", "what depths count: layers with weights, readout included (the paper's d), "
         "or hidden (conv) layers"
@@ -79,7 +96,7 @@ class Config:
     widths: tuple[int, ...] = knob((16, 32, 64, 128), "widths w (units or channels); --x axis")
     param: Literal["sp", "ntk", "mup"] = knob("sp", "parameterisation: standard, NTK or muP")
     activation: str = knob("relu", "hidden activation")
-    n: int = knob(128, "first n digits examples (full batch)")
+    n: int = knob(128, "first n examples of data (full batch)")
     normalization: Literal["per_example", "per_output"] = knob(
         "per_output", "MSE convention: also / outputs (Kalra & Barkeshli), or 1/(2n) sum ||f-y||^2"
     )
@@ -112,7 +129,9 @@ class Config:
         kit.check_int_tuple(self, "widths")
         kit.check_choice(self, "param", ("sp", "ntk", "mup"))
         kit.check_choice(self, "activation", ACTIVATIONS)
-        need(kit.is_int(self.n) and 2 <= self.n <= 1797, self, "n", "an int in [2, 1797]")
+        kit.check_ints(self, "n", minimum=2)
+        pu.check_problem_fields(self, NET_FIELDS, n_field="n", preset=TINY_NET)
+        core.check_axes(self)
         kit.check_choice(self, "normalization", ("per_example", "per_output"))
         kit.check_seeds(self, "seeds")
         need(np.isfinite(self.log2_c_min), self, "log2_c_min", "a finite number")
@@ -135,52 +154,39 @@ class Config:
 
 
 def check_inputs(config: Config) -> None:
-    """Before any work: both Lanczos budgets fit the smallest cell's net (``jax.eval_shape``).
-
-    Raises:
-      ValueError: ``lanczos_iters`` or ``lambda0_iters`` above the smallest parameter count.
-    """
-    c = config
-    kw = dict(depth=c.hidden(min(c.depths)), width=min(c.widths), activation=c.activation,
-              param=c.param)  # fmt: skip
-    net = models.mlp(64, 10, **kw) if c.arch == "mlp" else models.cnn((8, 8, 1), 10, **kw)
-    for f in ("lanczos_iters", "lambda0_iters"):
-        kit.check_budget(c, f, kit.num_params(net), "the parameter count of the smallest cell")
+    """Before any work: the data load, your problem builds in every cell (its init follows the
+    seed if there are several), both Lanczos budgets fit the smallest net (``eval_shape``).
+    Raises ValueError naming the field (``problem``, ``data``, ``x_values``, ``seeds``, ...)."""
+    core.check_inputs(config, points(config), lambda c, p: problem(c, *_cell(c, p)))
 
 
 DEFAULT = Config()
-TINY = Config(
-    depths=(2,),
-    widths=(64, 512),
-    n=64,
-    seeds=(0,),
-    log2_c_min=0.5,
-    log2_c_max=2.75,
-    num_c=10,
-    num_steps=10,
-    lanczos_iters=8,
-    lambda0_iters=20,
-)
+TINY = Config(depths=TINY_NET["depths"], widths=TINY_NET["widths"], n=64, seeds=(0,),
+              log2_c_min=0.5, log2_c_max=2.75, num_c=10, num_steps=10, lanczos_iters=8,
+              lambda0_iters=20)  # fmt: skip
 # The paper's d = 8 over its widths, its T = 10 and its c_sharp measurement (lambda_t on batches
 # of 1/8 of the set lambda_0 is measured on, as 512 of 4096; rule "> 1"), on 512 digits
-D8 = Config(
-    depths=(8,),
-    widths=(256, 512, 1024, 2048),
-    n=512,
-    seeds=(0,),
-    log2_c_min=1.0,
-    log2_c_max=4.25,
-    num_c=14,
-    num_steps=10,
-    lambda0_iters=20,
-    sharp_threshold=1.0,
-    sharpness_batch=64,
-)
+D8 = Config(depths=(8,), widths=(256, 512, 1024, 2048), n=512, seeds=(0,), log2_c_min=1.0,
+            log2_c_max=4.25, num_c=14, num_steps=10, lambda0_iters=20, sharp_threshold=1.0,
+            sharpness_batch=64)  # fmt: skip
+# The CNN over width (issue #15): d = 2 (one 3x3 conv layer, average pools, the readout) on 64
+# digits as 8x8 images, c on a 2^0.15 grid around 2; minutes on a 2-core CPU
+CNN = Config(arch="cnn", depths=(2,), widths=(4, 8, 16, 32, 64), n=64, log2_c_min=0.75,
+             log2_c_max=3.0, num_c=16, num_steps=10, lanczos_iters=8, lambda0_iters=20)  # fmt: skip
+# ... and deeper and wider, on 512 digits with a 2^0.1 grid and three seeds: for a GPU (not run)
+CNN_GPU = dataclasses.replace(
+    CNN, depths=(2, 3, 4), widths=(8, 16, 32, 64, 128, 256, 512), n=512, seeds=(0, 1, 2),
+    log2_c_min=0.8, log2_c_max=3.5, num_c=28,
+)  # fmt: skip
 
 
 @dataclasses.dataclass
 class Results:
-    """Arrays over (D depths, W widths, C values of c, S seeds, T + 1 recorded steps)."""
+    """Arrays over (D depths, W widths, C values of c, S seeds, T + 1 recorded steps).
+
+    With ``problem`` set, ``widths`` holds ``x_values`` and ``depths`` the ``y_values`` (NaN
+    without a y axis), as floats.
+    """
 
     config: Any
     depths: np.ndarray  # (D,)
@@ -200,22 +206,27 @@ def c_grid(config: Config) -> np.ndarray:
 
 
 def points(config: Config) -> list[dict]:
-    """One point per (depth, width) cell."""
-    return [{"depth": int(d), "width": int(w)} for d in config.depths for w in config.widths]
+    """One point per (depth, width) cell; with ``problem``, per (y_values, x_values) cell."""
+    c = config
+    if c.problem:
+        ys = [{c.y_arg: y} for y in c.y_values] if c.y_arg else [{}]
+        return [{**y, c.x_arg: x} for y in ys for x in c.x_values]
+    return [{"depth": int(d), "width": int(w)} for d in c.depths for w in c.widths]
 
 
-def problem(config: Config, depth: int, width: int) -> problems.Problem:
+def _cell(config: Config, point: dict) -> tuple[Any, Any]:
+    if config.problem:
+        return point.get(config.y_arg), point[config.x_arg]
+    return int(point["depth"]), int(point["width"])
+
+
+def problem(config: Config, depth: Any, width: Any) -> problems.Problem:
     """The training problem of one cell, ``depth`` as in ``config.depths`` (built anew on every
-    call: hold on to it)."""
-    return problems.catapult_problem(
-        config.arch,
-        width=width,
-        depth=config.hidden(depth),
-        n=config.n,
-        param=config.param,
-        activation=config.activation,
-        normalization=config.normalization,
-    )
+    call: hold on to it). With ``problem`` set: your function at ``x_arg = width`` (and
+    ``y_arg = depth``)."""
+    if config.problem:
+        return core.user_cell(config, width, depth)
+    return core.builtin_problem(config, config.hidden(depth), width)
 
 
 def runner(config: Config, prob: problems.Problem) -> problems.CatapultRunner:
@@ -237,7 +248,7 @@ def _work(config: Config) -> int:
 
 def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.ndarray]:
     """Train one cell's (c, seed) population; arrays shaped (C, S, ...). No I/O."""
-    prob = problem(config, int(point["depth"]), int(point["width"]))
+    prob = problem(config, *_cell(config, point))
     counter = kit.StepCounter(_work(config), progress)
     runs = runner(config, prob).train(
         c_grid(config),
@@ -252,16 +263,21 @@ def run_point(config: Config, point: dict, *, progress=None) -> dict[str, np.nda
 
 def assemble(config: Config, outs: list[dict]) -> Results:
     """Stack the cells' arrays into :class:`Results` (``run`` == assemble over all points)."""
-    D, W = len(config.depths), len(config.widths)
+    c = config
+    if c.problem:
+        depths = np.asarray(c.y_values if c.y_arg else [np.nan], float)
+        widths = np.asarray(c.x_values, float)
+    else:
+        depths, widths = (np.asarray(v, dtype=np.int64) for v in (c.depths, c.widths))
 
     def stack(k):
         a = np.stack([np.asarray(o[k]) for o in outs])
-        return a.reshape(D, W, *a.shape[1:])
+        return a.reshape(depths.size, widths.size, *a.shape[1:])
 
     return Results(
         config=config,
-        depths=np.asarray(config.depths, dtype=np.int64),
-        widths=np.asarray(config.widths, dtype=np.int64),
+        depths=depths,
+        widths=widths,
         c=c_grid(config),
         lambda0=stack("lambda0"),
         eta=stack("eta"),
@@ -294,7 +310,10 @@ def critical(results: Results) -> dict[str, np.ndarray]:
 
 
 def paper_depths(results: Results) -> np.ndarray:
-    """Return the paper's ``d`` (layers with weights, readout included) of ``results.depths``."""
+    """Return the paper's ``d`` (layers with weights, readout included) of ``results.depths``
+    (with ``problem`` set: ``depths`` as they are, the values of ``y_arg``)."""
+    if results.config.problem:
+        return np.asarray(results.depths)
     conv = results.config.depth_convention
     return np.asarray([core.paper_depth(d, conv) for d in results.depths], dtype=np.int64)
 
@@ -302,9 +321,10 @@ def paper_depths(results: Results) -> np.ndarray:
 def figures(results: Results) -> dict[str, Figure]:
     """The phase diagram in (c, d/w) with critical curves; lambda_T/lambda_0 against c.
 
-    ``d`` is the paper's (layers with weights) whatever ``depth_convention`` the run used.
+    ``d`` is the paper's (layers with weights) whatever ``depth_convention`` the run used. With
+    ``problem`` set the vertical axis is ``x_arg``, one set of curves per value of ``y_arg``.
     """
-    return plots.draw(results, critical(results), paper_depths(results))
+    return plots.draw(results, critical(results), core.plot_axes(results, paper_depths(results)))
 
 
 def cell_label(depth: int, width: int) -> str:
@@ -331,9 +351,7 @@ METRICS = {
 
 
 def _cells(results: Results):
-    for i, d in enumerate(paper_depths(results)):
-        for j, w in enumerate(results.widths):
-            yield i, j, cell_label(d, w)
+    return core.cell_labels(results, paper_depths(results))
 
 
 def summary(results: Results) -> dict[str, Any]:
@@ -359,22 +377,8 @@ def verdict(results: Results) -> list[str]:
     """c_loss ~ 2 at small d/w and rising with it, the ordering, and sharpness reduction."""
     r, s, paper = results, summary(results), "Kalra & Barkeshli"
     labs = [lab for _, _, lab in _cells(r)]
-    dw = np.asarray([paper_depths(r)[i] / r.widths[j] for i, j, _ in _cells(r)], float)
-    lo, hi = labs[int(np.argmin(dw))], labs[int(np.argmax(dw))]
-    cl, fr, out = s["c_loss"], s["min_final_ratio_below_2"], []
-    if not (paper_depths(r).max() == 8 and set(r.widths.tolist()) <= set(core.PAPER_D8)):
-        # the lazy limit; at the paper's d = 8 its own numbers are the reference (below)
-        out.append(kit.compare(f"c_loss at the smallest d/w ({lo})", cl[lo], paper,
-                               "~2 (lazy limit)", ok=bool(1.8 <= cl[lo] <= 3.0)))  # fmt: skip
-    if hi != lo:  # no judgement where the grid does not resolve it (equal, or no c < 2)
-        ok = None if cl[hi] == cl[lo] else bool(cl[hi] > cl[lo])
-        out.append(kit.compare(f"c_loss from {lo} to {hi}", f"{kit.fmt(cl[lo])} -> {kit.fmt(cl[hi])}",
-                               paper, "rises with d/w", ok=ok))  # fmt: skip
-        ok = bool(fr[hi] < min(fr[lo], 1.0)) if np.isfinite([fr[lo], fr[hi]]).all() else None
-        out.append(kit.compare(
-            f"smallest lambda_T/lambda_0 for c < 2, {lo} -> {hi}",
-            f"{kit.fmt(fr[lo])} -> {kit.fmt(fr[hi])}", paper,
-            "drops below 1 as d/w grows (sharpness reduction)", ok=ok))  # fmt: skip
+    cells = _cells(r)
+    out = (core.user_verdict if r.config.problem else core.trend)(s, cells, r, paper_depths(r))
     n = len(labs)
     k = sum(s["c_loss"][x] <= s["c_sharp"][x] <= s["c_max"][x] for x in labs)
     out.append(kit.compare("c_loss <= c_sharp <= c_max (seed means)", f"in {k} of {n} cells",
@@ -382,9 +386,10 @@ def verdict(results: Results) -> list[str]:
     k = sum(s["c_barrier"][x] <= s["c_max"][x] for x in labs)
     out.append(kit.compare(f"c_barrier <= c_max ({r.config.barrier_points} points per segment)",
                            f"in {k} of {n} cells", paper, "in every cell", ok=k == n))  # fmt: skip
-    cells = [(lab, paper_depths(r)[i], r.widths[j]) for i, j, lab in _cells(r)]
-    step = (r.config.log2_c_max - r.config.log2_c_min) / (r.config.num_c - 1)
-    out += core.against_paper(s, cells, step)
+    if not r.config.problem:
+        cells = [(lab, paper_depths(r)[i], r.widths[j]) for i, j, lab in _cells(r)]
+        step = (r.config.log2_c_max - r.config.log2_c_min) / (r.config.num_c - 1)
+        out += core.against_paper(s, cells, step)
     div = sum(s["num_diverged"].values())
     return [*out, f"{div} of {r.diverged.size} runs diverged: they mark c_max and count as "
             "catapults, and are left out of every other statistic."]  # fmt: skip

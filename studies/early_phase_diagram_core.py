@@ -13,6 +13,10 @@
   ``d = 8`` (CIFAR-10, one initialisation), for the docs table and the verdict.
 * **Old runs.** :func:`stored_config` reads a ``config.json`` written before ``depth_convention``
   existed with the meaning it was saved under (hidden layers).
+* **Problems.** :func:`builtin_problem` builds the MLP or CNN of a cell on digits (8x8 images)
+  or another data spec (MNIST 28x28x1, CIFAR-10, npz); :func:`user_cell` calls the user's
+  function with the cell's values of the swept arguments (``x_arg``, ``y_arg``);
+  :func:`check_axes` checks those fields and :func:`cell_labels` names the cells.
 
 Example:
   >>> hidden_layers(8, "layers"), hidden_layers(7, "hidden"), paper_depth(7, "hidden")
@@ -28,19 +32,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_lab import hvp, optim, population, top_eigs
+from hessian_lab import data as hd
+from hessian_lab import hvp, losses, models, optim, population, top_eigs
+from hessian_lab import problem as hp
 from hessian_lab.callback_protocol import Callback, random_unit
 
 from . import kit, problems, stats
+from . import problems_user as pu
 
 __all__ = ["DEPTH_CONVENTIONS", "PAPER_D8", "BatchSharpnessRunner", "batch_sharpness"]
 __all__ += [
     "STORED_DEFAULTS",
     "against_paper",
+    "builtin_problem",
+    "cell_labels",
+    "check_axes",
+    "check_inputs",
     "critical",
     "hidden_layers",
     "paper_depth",
+    "plot_axes",
     "stored_config",
+    "trend",
+    "user_cell",
+    "user_verdict",
 ]
 
 DEPTH_CONVENTIONS = ("layers", "hidden")
@@ -192,3 +207,169 @@ def against_paper(summary: dict, cells, log2_step: float) -> list[str]:
             out.append(kit.compare(f"{name} at {lab}", ours, "Kalra & Barkeshli's run",
                                    f"{ref[name]:.3g}, within one grid step", ok=ok))  # fmt: skip
     return out
+
+
+def builtin_problem(config: Any, hidden: int, width: int) -> problems.Problem:
+    """The built-in MLP or CNN with ``hidden`` hidden (conv) layers of ``width``, on ``config.data``.
+
+    On digits it is :func:`problems.catapult_problem` (8x8x1 images). Another data spec (MNIST,
+    CIFAR-10, npz) gives its first ``n`` examples standardised per feature, one-hot targets, the
+    images kept NHWC for the CNN (a channel axis added to greyscale ``(H, W)`` images); MSE with
+    ``config.normalization`` as on digits.
+    """
+    c = config
+    kw = dict(width=width, depth=hidden, param=c.param, activation=c.activation)
+    if hd.parse_data(c.data).kind == "digits":
+        return problems.catapult_problem(c.arch, n=c.n, normalization=c.normalization, **kw)
+    ds = pu.builtin_data(c.data, c.n, standardize="feature")
+    shape = hd.load_data(c.data, n=c.n).x.shape[1:]
+    shape = (*shape, 1) if len(shape) == 2 else shape
+    dtype = jnp.result_type(float)
+    x = jnp.asarray(ds.x.reshape(len(ds.x), *shape) if c.arch == "cnn" else ds.x, dtype)
+    k = ds.y.shape[1]
+    net = models.mlp(x.shape[1], k, **kw) if c.arch == "mlp" else models.cnn(shape, k, **kw)
+    loss_fn = losses.make_loss_fn(net.apply, "mse", normalization=c.normalization)
+    desc = f"{c.data} (first {len(x)}), {c.arch} {hidden}x{width} {c.activation} ({c.param})"
+    return problems.Problem(net, loss_fn, (x, jnp.asarray(ds.y, dtype)), desc)
+
+
+def _value_text(v: Any) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def user_cell(config: Any, x: Any, y: Any = None) -> problems.Problem:
+    """The user's problem at ``x_arg = x`` (and ``y_arg = y``), on the first ``n`` examples.
+
+    The function gets ``problem_args`` and the cell's values (an integral value as an int, so
+    ``width=16`` is 16), and the first seed where it declares ``seed``.
+    """
+    c = config
+    args = (*c.problem_args, f"{c.x_arg}={_value_text(x)}")
+    args += (f"{c.y_arg}={_value_text(y)}",) if c.y_arg else ()
+    return pu.user_problem(c.problem, data=c.data, args=args, seed=c.seeds[0], n=c.n)
+
+
+def check_axes(config: Any) -> None:
+    """``x_arg``, ``x_values``, ``y_arg``, ``y_values``: set with ``problem``, empty without it.
+
+    With ``problem`` the x axis is an argument name and a tuple of distinct numbers (non-empty:
+    :func:`check_inputs`, as the command line sets the name before the values);
+    the y axis is empty or likewise, another argument; neither is also in ``problem_args``.
+    """
+    c = config
+    for f in ("x_values", "y_values"):
+        ok = isinstance(getattr(c, f), tuple | list)
+        ok = ok and all(kit.is_int(v) or isinstance(v, float) for v in getattr(c, f))
+        kit.need(ok, c, f, "a tuple of numbers")
+    if not c.problem:
+        for f in ("x_values", "y_arg", "y_values"):
+            kit.need(not getattr(c, f), c, f, "empty unless problem is set")
+        kit.need(c.x_arg == "width", c, "x_arg", "'width' (the default) unless problem is set")
+        return
+    given = hp.parse_args(c.problem_args)
+    kit.need(isinstance(c.x_arg, str) and c.x_arg.isidentifier(), c, "x_arg",
+             "the name of an argument of your function (--x NAME=V1,V2,...)")  # fmt: skip
+    kit.need(not c.x_values or c.x_arg not in given, c, "x_arg",
+             "an argument not also given in problem_args")  # fmt: skip
+    # empty is checked in check_inputs: the command line sets problem before the axis
+    ok = len(set(c.x_values)) == len(c.x_values)
+    kit.need(ok, c, "x_values", "a tuple of distinct numbers (--x NAME=V1,V2,...)")
+    if not c.y_arg:
+        kit.need(not c.y_values, c, "y_values", "empty when y_arg is empty")
+        return
+    ok = isinstance(c.y_arg, str) and c.y_arg.isidentifier() and c.y_arg != c.x_arg
+    kit.need(ok, c, "y_arg",
+             "empty, or an argument of your function other than x_arg")  # fmt: skip
+    kit.need(not c.y_values or c.y_arg not in given, c, "y_arg",
+             "an argument not also given in problem_args")  # fmt: skip
+    ok = len(set(c.y_values)) == len(c.y_values)
+    kit.need(ok, c, "y_values", "a tuple of distinct numbers (--y NAME=V1,V2,...)")
+
+
+def cell_labels(r: Any, paper_depths: np.ndarray) -> list[tuple[int, int, str]]:
+    """``(i, j, label)`` per cell: ``"d=8 w=256"`` (the paper's d), or ``"width=16 depth=2"``."""
+    c, out = r.config, []
+    for i, d in enumerate(paper_depths):
+        for j, w in enumerate(r.widths):
+            if not c.problem:
+                out.append((i, j, f"d={int(d)} w={int(w)}"))
+                continue
+            lab = f"{c.x_arg}={_value_text(w)}"
+            out.append((i, j, lab + (f" {c.y_arg}={_value_text(d)}" if c.y_arg else "")))
+    return out
+
+
+def user_verdict(summary: dict, cells: list, r: Any = None, depths: Any = None) -> list[str]:
+    """Numbers without judgement along the user's x axis (per row), and the ordering, judged."""
+    paper, out, rows = "Kalra & Barkeshli", [], {}
+    for i, _, lab in cells:
+        rows.setdefault(i, []).append(lab)
+    cl = summary["c_loss"]
+    for labs in rows.values():
+        text = " -> ".join(f"{kit.fmt(cl[lab])}" for lab in labs)
+        out.append(kit.compare(f"c_loss over {labs[0]} ... {labs[-1]}", text, paper,
+                               "rises with d/w (falls toward 2 as width grows)", ok=None))  # fmt: skip
+    return out
+
+
+def plot_axes(r: Any, paper_depths: np.ndarray) -> dict[str, Any]:
+    """What the figures draw against: ``y`` (D, W) vertical values, ``ylabel``, ``short`` (its
+    short name), ``rows`` (one
+    label per row of cells, one set of curves each) and ``name`` (the network).
+
+    Built-in nets: ``d / w`` and ``d = ...``; the user's problem: the values of ``x_arg`` and
+    ``y_arg = ...`` (a single unnamed row without a y axis).
+    """
+    c, d = r.config, np.asarray(paper_depths, float)
+    if not c.problem:
+        return {"y": d[:, None] / r.widths[None, :], "rows": [f"d = {int(v)}" for v in d],
+                "ylabel": "$d / w$ (layers with weights / width)", "short": "d/w",
+                "name": c.arch}  # fmt: skip
+    rows = [f"{c.y_arg} = {_value_text(v)}" for v in d] if c.y_arg else [""]
+    y = np.broadcast_to(np.asarray(r.widths, float)[None, :], (d.size, r.widths.size))
+    return {"y": y, "rows": rows, "ylabel": c.x_arg, "short": c.x_arg, "name": pu.label(c)}
+
+
+def trend(s: dict, cells: list, r: Any, depths: np.ndarray) -> list[str]:
+    """The built-in nets' verdict: c_loss ~ 2 in the lazy limit and rising with d/w; sharpness
+    reduction. ``cells`` from :func:`cell_labels`, ``depths`` the paper's d of each row."""
+    paper, labs = "Kalra & Barkeshli", [lab for _, _, lab in cells]
+    dw = np.asarray([depths[i] / r.widths[j] for i, j, _ in cells], float)
+    lo, hi = labs[int(np.argmin(dw))], labs[int(np.argmax(dw))]
+    cl, fr, out = s["c_loss"], s["min_final_ratio_below_2"], []
+    if not (depths.max() == 8 and set(r.widths.tolist()) <= set(PAPER_D8)):
+        # the lazy limit; at the paper's d = 8 its own numbers are the reference (against_paper)
+        out.append(kit.compare(f"c_loss at the smallest d/w ({lo})", cl[lo], paper,
+                               "~2 (lazy limit)", ok=bool(1.8 <= cl[lo] <= 3.0)))  # fmt: skip
+    if hi != lo:  # no judgement where the grid does not resolve it (equal, or no c < 2)
+        ok = None if cl[hi] == cl[lo] else bool(cl[hi] > cl[lo])
+        out.append(kit.compare(f"c_loss from {lo} to {hi}", f"{kit.fmt(cl[lo])} -> "
+                               f"{kit.fmt(cl[hi])}", paper, "rises with d/w", ok=ok))  # fmt: skip
+        ok = bool(fr[hi] < min(fr[lo], 1.0)) if np.isfinite([fr[lo], fr[hi]]).all() else None
+        out.append(kit.compare(
+            f"smallest lambda_T/lambda_0 for c < 2, {lo} -> {hi}",
+            f"{kit.fmt(fr[lo])} -> {kit.fmt(fr[hi])}", paper,
+            "drops below 1 as d/w grows (sharpness reduction)", ok=ok))  # fmt: skip
+    return out
+
+
+def check_inputs(config: Any, points: list[dict], build: Callable[[Any, dict], Any]) -> None:
+    """The study's ``check_inputs``; ``build(config, point)`` is a cell's problem."""
+    c = config
+    if c.problem:
+        kit.need(len(c.x_values) >= 1, c, "x_values", "a non-empty tuple of numbers with "
+                 "problem set: the values of your function's x_arg (--x NAME=V1,V2,...)")  # fmt: skip
+        kit.need(not c.y_arg or len(c.y_values) >= 1, c, "y_values", "a non-empty tuple of "
+                 "numbers when y_arg is set: its values (--y NAME=V1,V2,...)")  # fmt: skip
+        cells = [pu.checked(c, lambda c, p=p: build(c, p), "n") for p in points]
+        pu.check_seeds_vary(cells[0], c, "seeds")
+        nets = [p.model for p in cells]
+    else:
+        pu.checked(c, lambda c: build(c, points[0]), "n")  # the data load
+        kw = dict(depth=hidden_layers(min(c.depths), c.depth_convention), width=min(c.widths),
+                  activation=c.activation, param=c.param)  # fmt: skip
+        shape = (8, 8, 1)  # the smallest input: a lower bound on the parameters on other data
+        nets = [models.mlp(64, 10, **kw) if c.arch == "mlp" else models.cnn(shape, 10, **kw)]
+    dim = min(kit.num_params(net) for net in nets)
+    for f in ("lanczos_iters", "lambda0_iters"):
+        kit.check_budget(c, f, dim, "the parameter count of the smallest cell")

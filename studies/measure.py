@@ -11,6 +11,11 @@ model), and measures the Hessian of the mean training loss over all ``n`` exampl
 - optionally the spectral density by stochastic Lanczos quadrature
   (:func:`hessian_lab.spectral_density`).
 
+Your own network (``problem``) may hold state (BatchNorm statistics, dropout): ``mode="train"``
+measures the loss the optimizer sees, BatchNorm on the statistics of all ``n`` examples (the
+data as one chunk, whatever ``chunk_size``), ``mode="eval"`` the loss on the running statistics
+(the initial ones, or those of a checkpoint that holds ``{"params", "state"}``); dropout is off.
+
 Every option is checked when :class:`Options` is built, and the model, data, loss and checkpoint
 are all built before the first product is compiled, so bad input fails in a second, in words.
 :func:`save` writes a run directory (``kind`` ``"sharpness"``) that ``hessian-lab report`` reads.
@@ -91,7 +96,12 @@ class Options:
     density: bool = knob(True, "estimate the spectral density (SLQ)")
     density_iters: int = knob(30, "Lanczos steps per SLQ probe")
     density_probes: int = knob(2, "SLQ probes")
-    chunk_size: int = knob(256, "examples per chunk of the HVP")
+    chunk_size: int = knob(256, "examples per chunk of the HVP (train-mode BatchNorm: one chunk)")
+    mode: Literal["train", "eval"] = knob(
+        "train",
+        "a model with state (BatchNorm): train (statistics of the n examples) or eval "
+        "(running statistics)",
+    )
     x64: bool = knob(False, "compute in float64")
 
     def __post_init__(self):
@@ -115,6 +125,7 @@ class Options:
              "one of " + ", ".join(models.ACTIVATIONS))  # fmt: skip
         need(self.param in models.PARAMS, self, "param", "one of " + ", ".join(models.PARAMS))
         need(self.loss in ("mse", "xent"), self, "loss", "mse or xent")
+        need(self.mode in ("train", "eval"), self, "mode", "train or eval")
         need(self.loss != "xent" or self.dataset == "digits", self, "loss",
              "mse for the teacher dataset (xent needs class labels; use dataset digits)")  # fmt: skip
         need(self.normalization in losses.MSE_NORMALIZATIONS, self, "normalization",
@@ -159,10 +170,12 @@ def _deferred(o: Options) -> bool:
 
 def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
     """``(loss_fn, params, batch)``; raises ValueError naming the option, before any compile."""
+    state = None
     if o.problem:
         p = problems.user_problem(o.problem, data=o.data or "digits", args=o.problem_args,
-                                  seed=o.seed, n=o.n)  # fmt: skip
+                                  seed=o.seed, n=o.n, stateful=True)  # fmt: skip
         net, loss_fn, batch = p.model, p.loss_fn, p.data
+        state = p.state
     else:
         if o.data is not None:
             ds = data.load_data(o.data, n=o.n)
@@ -181,13 +194,33 @@ def _problem(o: Options) -> tuple[Callable, Any, tuple[jax.Array, jax.Array]]:
         batch = (jnp.asarray(ds.x), jnp.asarray(ds.y))
     if _deferred(o):
         _check_budgets(o, num_params(net))
+    stateful = state is not None
+    need(stateful or o.mode == "train", o, "mode", "train: eval is for a model with state")
     params = net.init(jax.random.split(jax.random.key(o.seed), 4)[0])
     if o.checkpoint is not None:
-        try:
-            params = trainer.load_checkpoint(o.checkpoint, params)
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"checkpoint: cannot use {o.checkpoint}: {e}") from e
+        params, state = _checkpoint(o, params, state)
+    if stateful:  # the plain loss_fn(params, batch) of that state and mode (module doc)
+        loss_fn = hl.curvature_loss(loss_fn, state, mode=o.mode)
     return loss_fn, params, batch
+
+
+def _checkpoint(o: Options, params: Any, state: Any) -> tuple[Any, Any]:
+    """Parameters (and, for a model with state, running statistics) from ``o.checkpoint``.
+
+    A model with state takes ``{"params": ..., "state": ...}`` (what training returns) or the
+    parameters alone; eval mode needs the statistics, so it refuses the latter.
+    """
+    if state is not None:
+        try:
+            both = trainer.load_checkpoint(o.checkpoint, {"params": params, "state": state})
+            return both["params"], both["state"]
+        except (OSError, KeyError, ValueError):
+            need(o.mode == "train", o, "mode", "train when checkpoint holds only parameters "
+                 "(eval needs the running statistics: save {'params', 'state'})")  # fmt: skip
+    try:
+        return trainer.load_checkpoint(o.checkpoint, params), state
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"checkpoint: cannot use {o.checkpoint}: {e}") from e
 
 
 def _net(o: Options, ds: data.Dataset | None = None) -> models.Model:
@@ -236,7 +269,10 @@ def measure(options: Options, *, progress: Callable[[int, int], None] | None = N
     steps = 3 if options.density else 2
     with jax.enable_x64(True) if options.x64 else contextlib.nullcontext():
         loss_fn, params, batch = _problem(options)
-        H = hl.full_data_hvp(loss_fn, params, batch, chunk_size=min(options.chunk_size, options.n))
+        n = jax.tree.leaves(batch)[0].shape[0]
+        train_bn = isinstance(loss_fn, hl.CurvatureLoss) and loss_fn.mode == "train"
+        H = hl.full_data_hvp(loss_fn, params, batch, chunk_size=n if train_bn else
+                             min(options.chunk_size, n))  # fmt: skip
         keys = jax.random.split(jax.random.key(options.seed), 4)[1:]  # [0] initialised params
         v0 = hl.tree.random_like(keys[0], params)
         eig = hl.top_eigs(H, v0, k=options.k, num_iters=options.num_iters)

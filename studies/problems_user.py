@@ -19,6 +19,9 @@ import dataclasses
 import inspect
 from typing import Any
 
+import jax
+import numpy as np
+
 from hessian_lab import data as hd
 from hessian_lab import problem as hp
 from hessian_lab.problem import Problem
@@ -26,7 +29,8 @@ from hessian_lab.problem import Problem
 from . import kit
 
 __all__ = ["ARGS_DOC", "DATA_DOC", "MLP_FIELDS", "PROBLEM_DOC", "check_problem_fields"]
-__all__ += ["checked_model", "user_problem", "user_problem_of"]
+__all__ += ["builtin_data", "check_seeds_vary", "checked", "checked_model", "label", "user_problem"]
+__all__ += ["user_problem_of"]
 
 PROBLEM_DOC = "your FILE.py:FUNCTION (or module:FUNCTION) -> model, loss, data; empty: built in"
 DATA_DOC = "data spec: digits, mnist:DIR, cifar10:DIR or npz:FILE (?split=test: the test split)"
@@ -37,13 +41,22 @@ _DIGITS = 1797  # examples in sklearn's digits
 
 
 def user_problem(
-    entry: str, *, data: str = "digits", args=(), seed: int = 0, n: int | None = None
+    entry: str,
+    *,
+    data: str = "digits",
+    args=(),
+    seed: int = 0,
+    n: int | None = None,
+    stateful: bool = False,
 ) -> Problem:
     """The problem an entry point returns (:func:`hessian_lab.problem.build`), on a data spec.
 
     The data (their first ``n`` examples) are loaded only for a function that declares ``data``;
     one that does not brings its own, and then ``data`` must be left at "digits" (the default),
-    never silently unused. Errors name ``problem``, ``data``, ``problem_args`` (or ``n``).
+    never silently unused. ``stateful`` accepts a model with state (BatchNorm, dropout): the
+    problem then holds a StatefulModel, a StatefulLoss and the initial ``state``, which only a
+    caller that threads state may take. Errors name ``problem``, ``data``, ``problem_args`` (or
+    ``n``).
     """
     fn = hp.load_entry(entry)
     spec = hd.parse_data(data)
@@ -57,7 +70,9 @@ def user_problem(
         )
     ds = hd.load_data(spec, n=n) if takes_data else None
     about = spec.describe(len(ds.x)) if takes_data else None
-    return hp.build(fn, data=ds, args=args, seed=seed, data_description=about, label=entry)
+    return hp.build(
+        fn, data=ds, args=args, seed=seed, data_description=about, label=entry, stateful=stateful
+    )
 
 
 def user_problem_of(config: Any, n: int | None) -> Problem:
@@ -67,17 +82,60 @@ def user_problem_of(config: Any, n: int | None) -> Problem:
     )
 
 
-def checked_model(config: Any, build: Any, n_field: str) -> Any:
-    """Build ``config``'s problem with ``build(config)`` to check it, if it reads any file.
+def builtin_data(
+    data: str, n: int, *, standardize: str | None = None, dtype: Any = np.float64
+) -> hd.Dataset:
+    """The first ``n`` examples of a data spec as a built-in MLP takes them.
 
-    For the user's problem or a data spec other than digits; returns its model (for the
-    budgets), or None for the built-in digits problem. Errors name ``problem``, ``data``,
-    ``problem_args``, or ``n_field`` (the number of examples kept).
+    Inputs flattened, targets one-hot (10 classes for MNIST and CIFAR-10, else the largest label
+    + 1), then ``standardize`` ("feature", "sample" or None, :func:`hessian_lab.data.preprocess`)
+    in ``dtype``. On digits it is :func:`hessian_lab.data.digits` itself.
+    """
+    spec = hd.parse_data(data)
+    if spec.kind == "digits":
+        return hd.digits(n=n, standardize=standardize, dtype=dtype)
+    raw = hd.load_data(spec, n=n)
+    k = 10 if spec.kind in ("mnist", "cifar10") else int(raw.y.max()) + 1
+    y = hd.to_one_hot(raw.y, k, dtype) if raw.y.ndim == 1 else raw.y
+    ds = hd.Dataset(np.asarray(raw.x, dtype).reshape(len(raw.x), -1), y)
+    return hd.preprocess(ds, standardize=standardize, dtype=dtype)
+
+
+def label(config: Any) -> str:
+    """A reader's name for the user's problem: ``"my_problem.py:make"`` (folders dropped)."""
+    where, _, function = config.problem.rpartition(":")
+    return f"{where.replace(chr(92), '/').rsplit('/', 1)[-1]}:{function}"
+
+
+def check_seeds_vary(problem: Problem, config: Any, field: str) -> None:
+    """Refuse several seeds when the user's model ignores the init key (``field`` names them).
+
+    nnx and equinox modules arrive initialised (:mod:`hessian_lab.problem`): ``init(key)``
+    returns the same parameters for every key, so every seed would repeat one run. Runs
+    ``init`` for two keys (the parameters once more, nothing compiled).
+    """
+    seeds = getattr(config, field)
+    if (len(seeds) if isinstance(seeds, tuple | list) else seeds) < 2:
+        return
+    a, b = (problem.model.init(jax.random.key(k)) for k in (0, 1))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    same = all(bool(np.array_equal(u, v)) for u, v in pairs)
+    kit.need(not same, config, field, "one seed: the model of problem ignores the init key "
+             "(an nnx or equinox module arrives initialised), so every seed would repeat one "
+             "run; vary its `seed` argument through problem_args instead")  # fmt: skip
+
+
+def checked(config: Any, build: Any, n_field: str) -> Any:
+    """``build(config)``, to check it before any work, if it reads any file; else None.
+
+    For the user's problem or a data spec other than digits (None for the built-in digits
+    problem). Errors name ``problem``, ``data``, ``problem_args``, or ``n_field`` (the number of
+    examples kept).
     """
     if not config.problem and config.data.startswith("digits"):
         return None
     try:
-        return build(config).model
+        return build(config)
     except ValueError as e:
         msg = str(e)
         if msg.startswith("n:"):
@@ -85,12 +143,22 @@ def checked_model(config: Any, build: Any, n_field: str) -> Any:
         raise ValueError(msg if msg.startswith(("problem", "data")) else f"data: {msg}") from None
 
 
-def check_problem_fields(config: Any, builtin: tuple[str, ...] = (), *, n_field: str) -> None:
+def checked_model(config: Any, build: Any, n_field: str) -> Any:
+    """The model of :func:`checked` ``(config, build, n_field)`` (for the budgets), or None."""
+    built = checked(config, build, n_field)
+    return None if built is None else built.model
+
+
+def check_problem_fields(
+    config: Any, builtin: tuple[str, ...] = (), *, n_field: str, preset: Any = None
+) -> None:
     """Check a Config's ``problem``, ``data``, ``problem_args`` (syntax only; no file is read).
 
     ``data`` is rewritten in canonical form, split named (``mnist:DIR?split=train``), so the
     stored config records the split. With ``problem`` set, the ``builtin`` fields must keep their
-    defaults: the user's function takes its own arguments in ``problem_args``. On digits,
+    defaults (or the values ``preset``, a mapping, gives them: the TINY preset's, so that
+    ``--preset tiny --set problem=...`` works): the user's function takes its own arguments in
+    ``problem_args``. On digits,
     ``n_field`` is at most 1797. A Config with the older ``cifar_path`` field keeps ``data`` at
     digits when that is set. Raises ValueError naming the field.
     """
@@ -102,7 +170,7 @@ def check_problem_fields(config: Any, builtin: tuple[str, ...] = (), *, n_field:
     if config.problem:
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
         for f in builtin:
-            if getattr(config, f) != defaults[f]:
+            if getattr(config, f) not in (defaults[f], (preset or {}).get(f, defaults[f])):
                 raise ValueError(
                     f"{f}: describes the built-in MLP and is unused with problem set; pass "
                     f"your function's arguments as problem_args=NAME=VALUE,..."

@@ -11,7 +11,9 @@ Agarwala & Pennington 2024 (arXiv 2404.19261). Two parts:
   threshold (:func:`noise_kernel_threshold`, :func:`second_moment_threshold`).
 * **MLP on digits**: SGD at several batch sizes and one learning rate; sharpness (full training
   set, Lanczos) and the NTK trace are tracked ("conservative sharpening": sharpness grows more
-  slowly at small batch; the NTK trace settles where ``eta c_B tr(NTK) / 2 ~ 1``).
+  slowly at small batch; the NTK trace settles where ``eta c_B tr(NTK) / 2 ~ 1``). Or your own
+  network and data in its place (``problem``, ``data``, ``problem_args``, docs/own_network.md):
+  the same curves, without the noise kernel (its normalisation is the digits MLP's MSE).
 
 The NTK is normalised like the loss: ``K = J J^T / n`` for the per-example MSE (its non-zero
 eigenvalues are those of the Gauss-Newton ``J^T J / n``), ``J J^T / (n o)`` for the per-output
@@ -38,9 +40,8 @@ from typing import Any, Literal
 import numpy as np
 from matplotlib.figure import Figure
 
-from hessian_lab import models
-
 from . import kit, stats
+from . import problems_user as pu
 from . import stochastic_eos_core as core
 from . import stochastic_eos_plots as plots
 from .kit import knob, need
@@ -63,6 +64,9 @@ ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "erf")
 class Config:
     """Every knob: the linear-regression sweep (``lin_*``, ``grid_*``) and the MLP (``mlp_*``)."""
 
+    problem: str = knob("", pu.PROBLEM_DOC + " (in place of the MLP)")
+    data: str = knob("digits", pu.DATA_DOC + " (the built-in MLP: digits only)")
+    problem_args: tuple[str, ...] = knob((), pu.ARGS_DOC)
     normalization: Literal["per_example", "per_output"] = knob(
         "per_example", "MSE convention: 1/(2n) sum ||f-y||^2, or also / outputs"
     )
@@ -78,7 +82,7 @@ class Config:
     grid_hi: float = knob(1.5, "log2 of the grid's high end / the same reference")
     grid_per_octave: int = knob(8, "learning rates per factor 2 of the grid")
     blowup: float = knob(1000.0, "a run diverged when its minibatch loss exceeds blowup x L_0")
-    mlp_n: int = knob(256, "MLP: digits training examples")
+    mlp_n: int = knob(256, "MLP (or your problem): training examples")
     mlp_depth: int = knob(2, "MLP: hidden layers")
     mlp_width: int = knob(64, "MLP: units per hidden layer")
     mlp_activation: Literal["tanh", "relu", "gelu", "silu", "erf"] = knob(
@@ -118,21 +122,20 @@ class Config:
         kit.check_choice(self, "mlp_activation", ACTIVATIONS)
         need(self.every <= self.mlp_steps, self, "every", "<= mlp_steps")
         need(self.batch_sharpness_every <= self.every, self, "batch_sharpness_every", "<= every")
+        pu.check_problem_fields(self, core.MLP_FIELDS, n_field="mlp_n")
 
 
 def check_inputs(config: Config) -> None:
-    """Before any work: with an MLP part, ``num_iters`` is at most the MLP's parameter count.
+    """Before any work: with an MLP part, ``num_iters`` is at most the MLP's parameter count;
+    ``problem`` comes with ``mlp_batch_sizes``, builds, has at least ``max(mlp_batch_sizes)``
+    examples, and its init depends on the seed (with several ``mlp_seeds``); the built-in MLP
+    takes digits only. Cross-field checks live here, not in the Config, so that the order of
+    ``--set`` options does not matter.
 
     Raises:
       ValueError: naming the field.
     """
-    c = config
-    if c.mlp_batch_sizes:
-        net = models.mlp(64, core.OUTPUTS, depth=c.mlp_depth, width=c.mlp_width,
-                         activation=c.mlp_activation)  # fmt: skip
-        dim = kit.num_params(net)
-        kit.check_budget(c, "num_iters", dim, "the MLP's number of parameters")
-        kit.check_memory(c, "mlp_width", dim, 8 + c.num_iters)
+    core.check_mlp(config)
 
 
 DEFAULT = Config()
@@ -296,11 +299,12 @@ def summary(results: Results) -> dict[str, Any]:
     }
     if r.mlp_batch_sizes.size:
         sharp, kern, _, bsharp = mlp_curves(r)
+        o = np.nan if c.problem else core.OUTPUTS  # the kernel is the digits MLP's (module doc)
         late = r.mlp_record_steps >= 0.75 * r.mlp_record_steps[-1]  # the last quarter
         mlab = [_label(int(b), c.mlp_n) for b in r.mlp_batch_sizes]
         mper = lambda v: {k: float(x) for k, x in zip(mlab, v, strict=True)}  # noqa: E731
         cb = np.asarray([core.batch_noise(int(b), c.mlp_n) for b in r.mlp_batch_sizes])
-        init = c.mlp_lr * cb * r.mlp_ntk_trace[:, :, 0].mean(1) / (2 * core.OUTPUTS)
+        init = c.mlp_lr * cb * r.mlp_ntk_trace[:, :, 0].mean(1) / (2 * o)
         out["mlp_noise_kernel_at_init"] = mper(init)
         out["mlp_noise_kernel_final"] = mper(kern[:, -1])
         out["mlp_sharpness_x_lr_final"] = mper(c.mlp_lr * sharp[:, -1])
@@ -354,24 +358,21 @@ def verdict(results: Results) -> list[str]:
         div, k0 = bool(r.mlp_diverged[i].any()), s["mlp_noise_kernel_at_init"][key]
         # Only an order of magnitude for an MLP: measured, B=1 diverges at 1.8-2.0x the estimate.
         ok = div if k0 > 2 else (not div if k0 < 1 else None)
-        out.append(
-            kit.compare(
-                f"MLP {key} {'diverged' if div else 'trained'}; eta c_B tr(K)/(2o) at init",
-                k0,
-                paper,
-                "an order of magnitude: > 2 diverges, < 1 trains",
-                ok=ok,
-            )
-        )
+        name, done = core.mlp_name(r.config), "diverged" if div else "trained"
+        if r.config.problem:
+            out.append(f"{name} {key} {done} (the noise kernel is the digits MLP's).")
+        else:
+            out.append(kit.compare(f"{name} {key} {done}; eta c_B tr(K)/(2o) at init", k0, paper,
+                                   "an order of magnitude: > 2 diverges, < 1 trains", ok=ok))  # fmt: skip
         if not div:
             trained.append((key, s["mlp_sharpness_x_lr_final"][key]))
         if not div and b < r.config.mlp_n:
-            out.append(core.batch_sharpness_verdict(key, s))
+            out.append(core.batch_sharpness_verdict(key, s, name=name))
     if len(trained) >= 2:
         vals = [v for _, v in trained]
         out.append(
             kit.compare(
-                "MLP eta*sharpness at the end, by batch size",
+                f"{core.mlp_name(r.config)} eta*sharpness at the end, by batch size",
                 ", ".join(f"{k}: {kit.fmt(v)}" for k, v in trained),
                 paper,
                 "smaller batches sharpen less (conservative sharpening)",

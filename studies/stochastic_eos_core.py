@@ -19,12 +19,14 @@ from hessian_lab import data as hd
 from hessian_lab.optim import make_optimizer
 
 from . import kit
+from . import problems_user as pu
 
 __all__ = ["OUTPUTS", "batch_noise", "lin_grid", "lin_point", "lin_problem", "mlp_point"]
 __all__ += ["mlp_curves", "noise_kernel_threshold", "point_steps", "second_moment_threshold"]
-__all__ += ["batch_sharpness_verdict", "window_mean"]
+__all__ += ["MLP_FIELDS", "batch_sharpness_verdict", "check_mlp", "mlp_name", "window_mean"]
 
 OUTPUTS = 10  # digits classes: outputs of the MLP
+MLP_FIELDS = ("mlp_depth", "mlp_width", "mlp_activation")  # unused with problem set
 
 
 def batch_noise(batch_size: int, n: int) -> float:
@@ -146,13 +148,51 @@ def lin_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
     }
 
 
+def mlp_name(c) -> str:
+    """A reader's name for the MLP part's network: "MLP", or the user's problem."""
+    return pu.label(c) if c.problem else "MLP"
+
+
+def user_problem(c):
+    """The user's problem on its first ``mlp_n`` examples (its ``seed`` argument: 0)."""
+    return pu.user_problem(c.problem, data=c.data, args=c.problem_args, seed=0, n=c.mlp_n)
+
+
+def check_mlp(c) -> None:
+    """The MLP part's checks before any work (``stochastic_eos.check_inputs``)."""
+    kit.need(bool(c.problem) or c.data.startswith("digits"), c, "data",
+             "digits unless problem is set (the built-in MLP trains on digits)")  # fmt: skip
+    kit.need(not c.problem or bool(c.mlp_batch_sizes), c, "mlp_batch_sizes",
+             "at least one batch size with problem set (the MLP part trains it)")  # fmt: skip
+    if not c.mlp_batch_sizes:
+        return
+    if c.problem:
+        prob = pu.checked(c, user_problem, "mlp_n")
+        pu.check_seeds_vary(prob, c, "mlp_seeds")
+        n, net = prob.data[0].shape[0], prob.model
+        kit.need(max(c.mlp_batch_sizes) <= n, c, "mlp_batch_sizes",
+                 f"at most the {n} examples of problem")  # fmt: skip
+    else:
+        net = models.mlp(64, OUTPUTS, depth=c.mlp_depth, width=c.mlp_width,
+                         activation=c.mlp_activation)  # fmt: skip
+    dim = kit.num_params(net)
+    kit.check_budget(c, "num_iters", dim, "the MLP's number of parameters")
+    kit.check_memory(c, "problem" if c.problem else "mlp_width", dim, 8 + c.num_iters)
+
+
 def mlp_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
-    """SGD on the digits MLP at ``mlp_lr``: sharpness, NTK trace and full loss every ``every``;
-    batch sharpness every ``batch_sharpness_every`` steps, averaged over each window of ``every``."""
-    ds = hd.digits(n=c.mlp_n, standardize="feature", dtype=_fdt())
-    net = models.mlp(64, OUTPUTS, depth=c.mlp_depth, width=c.mlp_width, activation=c.mlp_activation)
-    loss_fn = losses.make_loss_fn(net.apply, "mse", normalization=c.normalization)
-    e = c.every
+    """SGD on the digits MLP (or the user's problem) at ``mlp_lr``: sharpness, NTK trace and full
+    loss every ``every``; batch sharpness every ``batch_sharpness_every`` steps, averaged over
+    each window of ``every``."""
+    if c.problem:
+        net, loss_fn, (x, y) = user_problem(c)[:3]
+    else:
+        ds = hd.digits(n=c.mlp_n, standardize="feature", dtype=_fdt())
+        net = models.mlp(64, OUTPUTS, depth=c.mlp_depth, width=c.mlp_width,
+                         activation=c.mlp_activation)  # fmt: skip
+        loss_fn = losses.make_loss_fn(net.apply, "mse", normalization=c.normalization)
+        x, y = ds.x, ds.y
+    n, e = x.shape[0], c.every
     cbs = [
         callbacks.sharpness(loss_fn, every=e, num_iters=c.num_iters),
         callbacks.traces(loss_fn, net.apply, every=e, num_matvecs=2, ntk_iters=2),
@@ -162,20 +202,20 @@ def mlp_point(c, batch_size: int, *, progress=None) -> dict[str, np.ndarray]:
     pstep = population.make_step(
         loss_fn,
         make_optimizer("gd", learning_rate=c.mlp_lr),
-        batch_size=None if batch_size == c.mlp_n else batch_size,
+        batch_size=None if batch_size == n else batch_size,
         callbacks=cbs,
         chunk_size=500,
     )
     res = population.train_population(
         pstep,
         net.init,
-        (ds.x, ds.y),
+        (x, y),
         learning_rates=np.full(c.mlp_seeds, c.mlp_lr),
         seeds=np.arange(c.mlp_seeds),
         num_steps=c.mlp_steps,
         progress=progress,
     )
-    out = OUTPUTS if c.normalization == "per_output" else 1  # ntk_trace is per-example
+    out = OUTPUTS if c.normalization == "per_output" and not c.problem else 1  # per-example
     rec = slice(0, None, e)
     return {
         "sharpness": res.metrics["sharpness"][:, rec],
@@ -210,19 +250,20 @@ def mlp_curves(r) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ok = ~r.mlp_diverged[i]
         if ok.any():
             cb = batch_noise(int(b), c.mlp_n)
+            o = np.nan if c.problem else OUTPUTS  # the kernel is the digits MLP's (study doc)
             curves[0][i] = r.mlp_sharpness[i][ok].mean(0)
-            curves[1][i] = c.mlp_lr * cb * r.mlp_ntk_trace[i][ok].mean(0) / (2 * OUTPUTS)
+            curves[1][i] = c.mlp_lr * cb * r.mlp_ntk_trace[i][ok].mean(0) / (2 * o)
             curves[2][i] = r.mlp_full_loss[i][ok].mean(0)
             curves[3][i] = r.mlp_batch_sharpness[i][ok].mean(0)
     return tuple(curves)
 
 
-def batch_sharpness_verdict(key: str, s: dict) -> str:
+def batch_sharpness_verdict(key: str, s: dict, *, name: str = "MLP") -> str:
     """Batch sharpness at 2/eta (within 15%) with lambda_max below it, once SGD is at the edge."""
     bs, lm = s["mlp_batch_sharpness_x_lr"][key], s["mlp_sharpness_x_lr_late"][key]
     at_edge = bs >= 1.6  # below that the run has not sharpened up to the stochastic edge
     return kit.compare(
-        f"MLP {key}: eta * batch sharpness, last quarter (eta * lambda_max {kit.fmt(lm)})",
+        f"{name} {key}: eta * batch sharpness, last quarter (eta * lambda_max {kit.fmt(lm)})",
         bs,
         "Andreyev & Beneventano 2024",
         "2 within 15%, lambda_max below"

@@ -4,6 +4,8 @@ Kalra & Barkeshli 2024 (arXiv 2406.09405). An MLP on scikit-learn's digits (MSE,
 in SP (O(1) initial outputs) and muP (O(1/width) outputs) is trained with the linear warmup
 ``eta_t = eta_init + (eta_trgt - eta_init) t / T_wrm``. Learning rates are given in units of the
 initial sharpness, ``c = eta lambda0`` (lambda0 by Lanczos on the training set, per seed).
+``problem``/``data``/``problem_args`` train your own network instead of the two MLPs
+(docs/own_network.md); then "trainable" compares with its loss at initialisation.
 
 What ``run`` measures (the runs are in :mod:`hessian_lab.studies.warmup_core`):
 
@@ -36,12 +38,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import kit
+from . import problems_user as pu
 from . import warmup_core as core
 from . import warmup_plots as plots
 from .kit import knob, need
 
 __all__ = ["DEFAULT", "DOCS", "METRICS", "NAME", "PAPER", "TINY", "Config", "Results", "figures"]
-__all__ += ["check_inputs", "load", "run", "save", "summary", "verdict"]
+__all__ += ["check_inputs", "load", "names", "run", "save", "summary", "verdict"]
 
 NAME = "warmup"
 PAPER = "Kalra & Barkeshli 2024, arXiv 2406.09405"
@@ -50,11 +53,18 @@ PARAMS = {"sp": "SP", "mup": "muP"}
 OPTIMIZER_NAMES = {"adam": "Adam", "gi_adam": "GI-Adam"}
 
 
+# The TINY preset's MLP: accepted (unused) beside the defaults when problem is set.
+TINY_MLP = {"depth": 1, "width": 16, "params": ("sp",)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every knob of the warmup study. Rates for GD are in units of c = eta lambda0."""
 
-    n: int = knob(256, "digits examples (standardised per sample)")
+    problem: str = knob("", pu.PROBLEM_DOC)
+    data: str = knob("digits", pu.DATA_DOC)
+    problem_args: tuple[str, ...] = knob((), pu.ARGS_DOC)
+    n: int = knob(256, "training examples (the MLP's standardised per sample)")
     depth: int = knob(2, "hidden layers of the MLP")
     width: int = knob(64, "units per hidden layer")
     normalization: Literal["per_output", "per_example"] = knob(
@@ -101,7 +111,8 @@ class Config:
         kit.check_ints(self, "traj_steps", "num_c", "post_steps", "init_search_steps")
         kit.check_ints(self, "adam_num_eta", "adam_steps", "chunk_size", "adam_warmup_steps")
         kit.check_ints(self, "traj_warmup_steps", "search_bisect_iters", minimum=0)
-        need(self.n <= 1797, self, "n", "<= 1797 (the digits examples)")
+        mlp = ("depth", "width", "params", "mup_bias")
+        pu.check_problem_fields(self, mlp, n_field="n", preset=TINY_MLP)
         kit.check_choice(self, "normalization", ("per_output", "per_example"))
         need(len(self.params) >= 1 and set(self.params) <= set(PARAMS)
              and len(set(self.params)) == len(self.params), self, "params",
@@ -125,21 +136,26 @@ class Config:
 
 
 def check_inputs(config: Config) -> None:
-    """Before any work: ``lanczos_iters`` fits each trained net (``jax.eval_shape``).
+    """Before any work: the user's problem and data build, its init depends on the seed (with
+    several ``seeds``), and ``lanczos_iters`` fits each trained net (``jax.eval_shape``).
 
     Raises:
       ValueError: naming the field.
     """
-    limit = min(kit.num_params(core.model(config, p)[0]) for p in config.params)
+    with jax.enable_x64(True):
+        probs = pu.checked(config, core.problems_of, "n")  # None on digits, built in
+        if config.problem:
+            pu.check_seeds_vary(probs["problem"], config, "seeds")
+    nets = [core.model(config, p)[0] for p in config.params] if probs is None else [
+        prob.model for prob in probs.values()]  # fmt: skip
+    limit = min(kit.num_params(net) for net in nets)
     kit.check_budget(config, "lanczos_iters", limit, "the parameter count of the smallest net")
 
 
 DEFAULT = Config()
 TINY = Config(  # SP only: each parameterisation costs two compiled programs (the muP half is DEFAULT's)
+    **TINY_MLP,
     n=32,
-    depth=1,
-    width=16,
-    params=("sp",),
     seeds=(0,),
     lanczos_iters=10,
     traj_c_trgt=(16.0,),
@@ -166,14 +182,15 @@ TINY = Config(  # SP only: each parameterisation costs two compiled programs (th
 
 @dataclasses.dataclass
 class Results:
-    """Arrays of one run. Axes: M params (sp/mup), S seeds, C trajectory targets, T steps,
+    """Arrays of one run. Axes: M networks (params: sp/mup; or the user's problem), S seeds, C trajectory targets, T steps,
     I eta_init modes (zero, catapult), W warmup lengths, E target rates, K search step counts,
     O optimizers (adam, gi_adam), U warmup (constant, linear), A Adam rates."""
 
     config: Any
     lam0: np.ndarray  # (M, S) sharpness at initialisation (Lanczos)
     loss0: np.ndarray  # (M, S)
-    loss_const: np.ndarray  # () loss of the best constant predictor (trainability scale)
+    loss_const: np.ndarray  # () trainability scale: best constant predictor's loss (your problem:
+    # the loss at initialisation, first seed)
     traj_loss: np.ndarray  # (M, C, T)
     traj_lr: np.ndarray  # (M, C, T) eta_t
     traj_sharpness: np.ndarray  # (M, C, T) NaN off-cadence
@@ -203,9 +220,9 @@ def run(config: Config, *, progress: Callable[[int, int], None] | None = None) -
     t0 = time.perf_counter()
     counter = kit.StepCounter(core.total_steps(config), progress)
     with jax.enable_x64(True):
-        data = core.dataset(config)
-        out = core.gd_part(config, data, counter)
-        out |= core.adam_part(config, data, counter)
+        probs = core.problems_of(config)
+        out = core.gd_part(config, probs, counter)
+        out |= core.adam_part(config, probs["problem" if config.problem else "sp"], counter)
     counter.finish()
     return Results(config=config, elapsed=np.asarray(time.perf_counter() - t0), **out)
 
@@ -214,9 +231,9 @@ def figures(results: Results) -> dict[str, Figure]:
     """Sharpness vs 2/eta_t, trainable range, catapult search, Adam vs GI-Adam."""
     r = results
     return {
-        "warmup_sharpness": plots.sharpness(r, [PARAMS[p] for p in r.config.params]),
-        "warmup_trainability": plots.trainability(r, [PARAMS[p] for p in r.config.params]),
-        "warmup_catapult_search": plots.search(r, [PARAMS[p] for p in r.config.params]),
+        "warmup_sharpness": plots.sharpness(r, names(r.config)),
+        "warmup_trainability": plots.trainability(r, names(r.config)),
+        "warmup_catapult_search": plots.search(r, names(r.config)),
         "warmup_adam": plots.adam(r, list(OPTIMIZER_NAMES.values())),
     }
 
@@ -239,8 +256,13 @@ METRICS = {
 }
 
 
+def names(cfg) -> list[str]:
+    """Readers' names of the networks trained: SP, muP, or the user's problem."""
+    return [pu.label(cfg) if v == "problem" else PARAMS[v] for v in core.variants(cfg)]
+
+
 def _traj_label(cfg, m: int, c: int) -> str:
-    return f"{PARAMS[cfg.params[m]]} c_trgt={cfg.traj_c_trgt[c]:g}"
+    return f"{names(cfg)[m]} c_trgt={cfg.traj_c_trgt[c]:g}"
 
 
 def _trajectory(r: Results, m: int, c: int) -> dict[str, float]:
@@ -266,36 +288,36 @@ def _max_trainable_eta(r: Results, o: int, u: int) -> float:
 def summary(results: Results) -> dict[str, Any]:
     """lambda0, sharpness along warmup, trainable c per T_wrm, search accuracy, GI-Adam ratio."""
     r, cfg = results, results.config
-    M, C = len(cfg.params), len(cfg.traj_c_trgt)
+    M, C = len(core.variants(cfg)), len(cfg.traj_c_trgt)
     traj = {_traj_label(cfg, m, c): _trajectory(r, m, c) for m in range(M) for c in range(C)}
     per_traj = lambda k: {lab: t[k] for lab, t in traj.items()}  # noqa: E731
     c_tr, search, diverged = {}, {}, {}
-    for m, p in enumerate(cfg.params):
+    for m, p in enumerate(names(cfg)):
         for i, mode in enumerate(("0", "catapult")):
             for w, tw in enumerate(cfg.warmup_grid):
-                c_tr[f"{PARAMS[p]} T_wrm={tw}, eta_init={mode}"] = float(r.c_trainable[m, i, w])
+                c_tr[f"{p} T_wrm={tw}, eta_init={mode}"] = float(r.c_trainable[m, i, w])
         for k, ks in enumerate(cfg.search_steps):
             ratio = r.search_estimate[m, :, k] * r.lam0[m] / 2
-            search[f"{PARAMS[p]} k={ks}"] = float(np.mean(ratio))
-        diverged[f"{PARAMS[p]} trainability"] = int(np.sum(r.diverged[m]))
-        diverged[f"{PARAMS[p]} trajectories"] = int(np.sum(r.traj_diverged[m]))
+            search[f"{p} k={ks}"] = float(np.mean(ratio))
+        diverged[f"{p} trainability"] = int(np.sum(r.diverged[m]))
+        diverged[f"{p} trajectories"] = int(np.sum(r.traj_diverged[m]))
     diverged["Adam and GI-Adam"] = int(np.sum(r.adam_diverged))
-    names = list(OPTIMIZER_NAMES.values())
+    opts = list(OPTIMIZER_NAMES.values())
     return {
-        "lambda0": {PARAMS[p]: float(np.median(r.lam0[m])) for m, p in enumerate(cfg.params)},
+        "lambda0": {p: float(np.median(r.lam0[m])) for m, p in enumerate(names(cfg))},
         "sharpness_final_over_lambda0": per_traj("final"),
         "sharpness_max_over_lambda0": per_traj("max"),
         "eta_lambda_final": per_traj("eta_lambda"),
         "catapult_steps": per_traj("catapults"),
         "c_trainable": c_tr,
         "search_over_2_lambda0": search,
-        "precond_sharpness0": {n: float(r.precond0[o]) for o, n in enumerate(names)},
+        "precond_sharpness0": {n: float(r.precond0[o]) for o, n in enumerate(opts)},
         "gi_adam_precond_ratio": float(r.precond0[0] / r.precond0[1]),
         "gi_adam_precond_ratio_eps0": float(r.precond0_eps0[0] / r.precond0_eps0[1]),
         "expected_ratio": float(1 / np.sqrt(1 - cfg.b2)),
         "max_trainable_eta": {
             f"{n}, {w}": _max_trainable_eta(r, o, u)
-            for o, n in enumerate(names)
+            for o, n in enumerate(opts)
             for u, w in enumerate(core.WARMUPS)
         },
         "num_diverged": diverged,
@@ -307,29 +329,32 @@ def verdict(results: Results) -> list[str]:
     """Sharpness along warmup, trainable range, catapult search, GI-Adam: ours beside the paper's."""
     r, cfg, s = results, results.config, summary(results)
     kb, out = "Kalra & Barkeshli", []
-    for m, p in enumerate(cfg.params):
+    for m, (p, name) in enumerate(zip(core.variants(cfg), names(cfg), strict=True)):
         for c in range(len(cfg.traj_c_trgt)):
             lab = _traj_label(cfg, m, c)
             if r.traj_diverged[m, c]:
                 out.append(f"{lab}: the trajectory diverged (not counted).")
                 continue
             t = _trajectory(r, m, c)
-            shape = "fell" if p == "sp" else "rose"
-            change = t["final"] if p == "sp" else t["max"]
-            ok = (change < 1 if p == "sp" else change > 1.1) and 1 <= t["eta_lambda"] <= 4.5
-            first = "falls on its own" if p == "sp" else "rises (progressive sharpening)"
+            shape = {"sp": "fell", "mup": "rose"}.get(p, "ended")  # yours: either, not judged
+            change = t["max"] if p == "mup" else t["final"]
+            ok = {"sp": change < 1, "mup": change > 1.1}.get(p, True)
+            ok = ok and 1 <= t["eta_lambda"] <= 4.5
+            first = {"sp": "falls on its own", "mup": "rises (progressive sharpening)"}.get(
+                p, "SP: falls, muP: rises"
+            )
             out.append(kit.compare(
                 f"{lab}: sharpness {shape} to {kit.fmt(change)} lambda0, then eta_t lambda_t at "
                 "the end", t["eta_lambda"], kb, f"{first}, then lambda_t tracks 2/eta_t: "
                 "eta lambda ~ 2 (we accept [1, 4.5])", ok=ok))  # fmt: skip
         zero = r.c_trainable[m, 0]
         out.append(kit.compare(
-            f"{PARAMS[p]}: largest trainable c_trgt for T_wrm = {cfg.warmup_grid[0]} .. "
+            f"{name}: largest trainable c_trgt for T_wrm = {cfg.warmup_grid[0]} .. "
             f"{cfg.warmup_grid[-1]}", " -> ".join(kit.fmt(z) for z in zero), kb,
             "longer warmups train larger target rates", ok=bool(zero[-1] > zero[0])))  # fmt: skip
         ratio = float(np.mean(r.eta_init[m] * r.lam0[m] / 2))  # the k = init_search_steps estimate
         out.append(kit.compare(
-            f"{PARAMS[p]}: catapult-search estimate (k={cfg.init_search_steps}) / (2/lambda0)",
+            f"{name}: catapult-search estimate (k={cfg.init_search_steps}) / (2/lambda0)",
             ratio, "Kalra & Barkeshli 2023", "the loss-catapult threshold, >= 1 (= 1 without "
             "early sharpness reduction)", ok=ratio >= 0.9))  # fmt: skip
     expected, ratio = s["expected_ratio"], s["gi_adam_precond_ratio"]

@@ -19,34 +19,65 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_lab import callbacks as cbk
-from hessian_lab import data as hld
 from hessian_lab import models
 from hessian_lab.losses import make_loss_fn, mse
 from hessian_lab.lr_search import catapult_search
 from hessian_lab.optim import constant, gi_adam_init, make_optimizer
 from hessian_lab.population import make_step, member_keys, train_population
+from hessian_lab.problem import Problem
 from hessian_lab.trainer import make_step as make_train_step
 from hessian_lab.trainer import train
 
+from . import problems_user as pu
+
 __all__ = ["INIT_MODES", "OPTIMIZERS", "WARMUPS", "adam_part", "c_trainable", "constant_loss"]
-__all__ += ["dataset", "gd_part", "model", "search_cost", "total_steps"]
+__all__ += ["gd_part", "loss_scale", "model", "problems_of", "search_cost", "total_steps"]
+__all__ += ["variants"]
 
 INIT_MODES = ("zero", "catapult")  # eta_init of the trainability sweep
 OPTIMIZERS = ("adam", "gi_adam")
 WARMUPS = ("constant", "warmup")  # the Adam runs: constant rate, linear warmup
 
 
-def dataset(config):
-    """Return the first ``config.n`` digits, standardised per sample, one-hot targets (float64)."""
-    ds = hld.digits(n=config.n, standardize="sample", dtype=np.float64)
-    return (jnp.asarray(ds.x, jnp.float64), jnp.asarray(ds.y, jnp.float64))
+def variants(config) -> tuple[str, ...]:
+    """The networks the GD part trains: the MLP per ``params`` entry, or ``("problem",)``."""
+    return ("problem",) if config.problem else tuple(config.params)
 
 
-def model(config, param):
+def model(config, param, in_dim: int = 64, out_dim: int = 10):
     """Return ``(net, loss_fn)``: the MLP in parameterisation ``param`` and its MSE loss."""
     bias = config.mup_bias if param == "mup" else True
-    net = models.mlp(64, 10, depth=config.depth, width=config.width, param=param, bias=bias)
+    net = models.mlp(in_dim, out_dim, depth=config.depth, width=config.width, param=param,
+                     bias=bias)  # fmt: skip
     return net, make_loss_fn(net.apply, "mse", normalization=config.normalization)
+
+
+def problems_of(config) -> dict[str, Problem]:
+    """``{variant: Problem}`` for :func:`variants` and the Adam part (SP, or the user's problem).
+
+    The built-in MLP trains on the first ``n`` examples of ``data`` (digits by default),
+    standardised per sample, one-hot targets; the user's function gets the data as they are
+    and the first seed. Call under ``jax.enable_x64(True)``: everything is float64.
+    """
+    if config.problem:
+        return {"problem": pu.user_problem(config.problem, data=config.data, seed=config.seeds[0],
+                                           args=config.problem_args, n=config.n)}  # fmt: skip
+    ds = pu.builtin_data(config.data, config.n, standardize="sample")
+    data = (jnp.asarray(ds.x, jnp.float64), jnp.asarray(ds.y, jnp.float64))
+    out = {}
+    for param in dict.fromkeys((*config.params, "sp")):
+        net, loss_fn = model(config, param, ds.x.shape[1], ds.y.shape[1])
+        out[param] = Problem(net, loss_fn, data, f"mlp ({param}) on {config.data}")
+    return out
+
+
+def loss_scale(config, prob: Problem) -> float:
+    """The loss that trainability is measured against: the best constant predictor's for the
+    built-in MSE, the loss at initialisation (first seed) for the user's problem."""
+    if config.problem:
+        p0 = prob.model.init(member_keys(config.seeds[0])[0])
+        return float(prob.loss_fn(p0, prob.data))
+    return constant_loss(config, prob.data)
 
 
 def constant_loss(config, data) -> float:
@@ -80,7 +111,7 @@ def total_steps(config) -> int:
         searches += search_cost(c, c.init_search_steps)
     members = 2 * len(c.warmup_grid) * c.num_c * S
     per_param = S + S * searches + members * _sweep_steps(c) + len(c.traj_c_trgt) * c.traj_steps
-    return len(c.params) * per_param + 4 + 4 * c.adam_num_eta * c.adam_steps
+    return len(variants(c)) * per_param + 4 + 4 * c.adam_num_eta * c.adam_steps
 
 
 def _done(counter, size: int) -> None:
@@ -89,14 +120,14 @@ def _done(counter, size: int) -> None:
         report(size, size)
 
 
-def gd_part(config, data, counter):
+def gd_part(config, probs, counter):
     """Sharpness at init, catapult searches, trainability sweep and trajectories, per model."""
     cfg = config
-    M, S, C = len(cfg.params), len(cfg.seeds), len(cfg.traj_c_trgt)
+    M, S, C = len(variants(cfg)), len(cfg.seeds), len(cfg.traj_c_trgt)
     W, K = len(cfg.warmup_grid), len(cfg.search_steps)
     c_grid = np.geomspace(cfg.c_min, cfg.c_max, cfg.num_c)
     E, T = c_grid.size, cfg.traj_steps
-    l_const = constant_loss(cfg, data)
+    l_const = loss_scale(cfg, probs[variants(cfg)[0]])
     thr = cfg.divergence_factor * l_const
     out = {
         "lam0": np.zeros((M, S)),
@@ -116,8 +147,8 @@ def gd_part(config, data, counter):
         "search_estimate": np.zeros((M, S, K)),
         "search_trials": np.zeros((M, S, K), np.int64),
     }
-    for m, param in enumerate(cfg.params):
-        net, loss_fn = model(cfg, param)
+    for m, param in enumerate(variants(cfg)):
+        net, loss_fn, data = probs[param][:3]
         opt = make_optimizer("gd", learning_rate=constant(1.0))
         inits = [net.init(member_keys(s)[0]) for s in cfg.seeds]
         cbs = (
@@ -203,15 +234,16 @@ def gd_part(config, data, counter):
     return out
 
 
-def adam_part(config, data, counter):
-    """Adam and GI-Adam, constant rate and linear warmup, on the SP model (first seed).
+def adam_part(config, prob, counter):
+    """Adam and GI-Adam, constant rate and linear warmup, on ``prob`` (the SP MLP or the user's
+    problem; first seed).
 
     GI-Adam is Adam started from ``gi_adam_init(state, g0)`` with the full-batch g0: the same
     update as ``make_optimizer("gi_adam")`` in full-batch training, but one compiled program for
     both, and the step-0 preconditioner the callback reads is already GI-Adam's.
     """
     cfg = config
-    net, loss_fn = model(cfg, "sp")
+    net, loss_fn, data = prob[:3]
     p0 = net.init(member_keys(cfg.seeds[0])[0])
     opt = make_optimizer("adam", learning_rate=constant(1.0), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     g0 = jax.jit(jax.grad(loss_fn))(p0, data)
@@ -219,7 +251,7 @@ def adam_part(config, data, counter):
     zero_grad = any(bool(jnp.any(g == 0)) for g in jax.tree.leaves(g0))
     etas = np.geomspace(cfg.adam_eta_min, cfg.adam_eta_max, cfg.adam_num_eta)
     A, T = etas.size, cfg.adam_steps
-    thr = cfg.divergence_factor * constant_loss(cfg, data)
+    thr = cfg.divergence_factor * loss_scale(cfg, prob)
     cbs = (
         cbk.preconditioned_sharpness(
             loss_fn, every=cfg.sharpness_every, num_iters=cfg.lanczos_iters

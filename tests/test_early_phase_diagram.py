@@ -11,6 +11,7 @@ import pytest
 import study_contract
 from jax.flatten_util import ravel_pytree
 
+from hessian_lab import population
 from hessian_lab.callbacks import StepInfo
 from hessian_lab.studies import configs, problems, stats
 from hessian_lab.studies import early_phase_diagram as epd
@@ -199,3 +200,83 @@ def test_against_the_paper_within_one_grid_step():
 
 def test_contract(tiny, tmp_path):
     study_contract.check_dynamic(epd, tiny[0], tmp_path)
+
+
+# A CNN cell (d = 2: one conv layer of 4 channels and the readout, 90 parameters) on 16 digits
+CNN_CELL = epd.Config(arch="cnn", depths=(2,), widths=(4,), n=16, seeds=(0,), log2_c_min=0.5,
+                      log2_c_max=3.5, num_c=7, num_steps=6, lanczos_iters=6, lambda0_iters=30,
+                      barrier_points=10)  # fmt: skip
+
+
+def test_cnn_cell_against_dense_hessian_and_hand_written_gd():
+    # lambda0 is the top eigenvalue of the dense Hessian (jax.hessian + eigh) of the CNN's loss
+    # at the seed's init; every member's loss curve is plain GD at eta = c / lambda0 written out
+    # here; c_loss is the smallest c whose hand-written curve rises above L_0
+    res = epd.run(CNN_CELL)
+    prob = epd.problem(CNN_CELL, 2, 4)
+    params = prob.model.init(population.member_keys(0)[0])
+    assert prob.data[0].shape == (16, 8, 8, 1)  # 8x8 images, NHWC
+    lam0 = _dense_top(prob, params)
+    np.testing.assert_allclose(res.lambda0[0, 0, 0], lam0, rtol=1e-4)
+    grad = jax.jit(jax.value_and_grad(prob.loss_fn))
+    first = np.nan
+    for k, c in enumerate(res.c):
+        p, losses = params, []
+        for _ in range(CNN_CELL.num_steps + 1):
+            value, g = grad(p, prob.data)
+            losses.append(float(value))
+            p = jax.tree.map(lambda a, b, eta=c / lam0: a - eta * b, p, g)
+        if res.diverged[0, 0, k, 0]:
+            assert max(losses) > losses[0]
+        else:
+            np.testing.assert_allclose(res.loss[0, 0, k, 0], losses, rtol=2e-3)
+        if np.isnan(first) and (res.diverged[0, 0, k, 0] or max(losses[1:]) > losses[0]):
+            first = c
+    assert epd.summary(res)["c_loss"]["d=2 w=4"] == pytest.approx(first)
+    assert first > 2.0  # a narrow net: above the lazy limit's 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"x_values": (4, 8)}, "x_values"),  # an axis of the user's function needs problem
+        ({"y_arg": "depth"}, "y_arg"),
+        ({"problem": "p.py:make", "x_values": (4, 4)}, "x_values"),
+        ({"problem": "p.py:make", "x_values": (4,), "x_arg": "1w"}, "x_arg"),
+        ({"problem": "p.py:make", "x_values": (4,), "problem_args": ("width=3",)}, "x_arg"),
+        (
+            {
+                "problem": "p.py:make",
+                "x_values": (4,),
+                "y_arg": "d",
+                "y_values": (1,),
+                "problem_args": ("d=3",),
+            },
+            "y_arg",
+        ),
+        ({"problem": "p.py:make", "x_values": (4,), "y_arg": "width"}, "y_arg"),
+        ({"problem": "p.py:make", "x_values": (4,), "y_values": (1,)}, "y_values"),
+        ({"problem": "p.py:make", "x_values": (4,), "widths": (8,)}, "widths"),  # built-in field
+        ({"problem": "p.py", "x_values": (4,)}, "problem"),
+        ({"data": "digits:x"}, "data"),
+        ({"data": "mnist:/x", "n": 1}, "n"),
+    ],
+)
+def test_bad_problem_fields_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        epd.Config(**kw)
+
+
+@pytest.mark.parametrize(("kw", "field"), [({}, "x_values"), ({"x_values": (4,)}, "y_values")])
+def test_axes_without_values_fail_before_any_work(kw, field):
+    # the command line sets the name (x_arg, y_arg) before the values: checked in check_inputs
+    cfg = epd.Config(problem="absent.py:make", y_arg="depth", **kw)
+    with pytest.raises(ValueError, match=f"^{field}: must be a non-empty tuple"):
+        epd.check_inputs(cfg)
+
+
+def test_user_points_sweep_the_functions_arguments():
+    cfg = epd.Config(problem="p.py:make", x_values=(4, 8.5), y_arg="depth", y_values=(1, 2))
+    assert epd.points(cfg) == [{"depth": 1, "width": 4}, {"depth": 1, "width": 8.5},
+                               {"depth": 2, "width": 4}, {"depth": 2, "width": 8.5}]  # fmt: skip
+    assert epd.PROBLEM_AXES == ("x_arg", "x_values", "y_arg", "y_values")

@@ -62,6 +62,29 @@ def vector_loss(data):
 '''
 
 
+BN_PROBLEM = """
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+class Net(nn.Module):
+    width: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dtype = jnp.result_type(float)  # float64 under x64
+        h = nn.Dense(self.width, param_dtype=dtype)(x)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.5, param_dtype=dtype)(h)
+        return nn.Dense(10, param_dtype=dtype)(jnp.tanh(h))
+
+
+def make(data, width=2):
+    x = data.x.reshape(len(data.x), -1)
+    return Net(width), "mse", (x, np.eye(10, dtype=x.dtype)[data.y])
+"""
+
+
 def _idx(a: np.ndarray) -> bytes:
     return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
 
@@ -71,6 +94,7 @@ def files(tmp_path_factory):
     """A problem file and MNIST-format IDX files (4x4 images): 12 train, 6 test examples."""
     root = tmp_path_factory.mktemp("user")
     (root / "my_problem.py").write_text(PROBLEM)
+    (root / "bn_problem.py").write_text(BN_PROBLEM)
     rng = np.random.default_rng(0)
     arrays = {}
     for prefix, n in (("train", 12), ("t10k", 6)):
@@ -345,10 +369,132 @@ def test_edge_of_stability_on_the_users_problem(files, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_phase_diagram_refuses_a_problem_the_study_cannot_take_yet(files, tmp_path):
-    root, _ = files
-    out = tmp_path / "pd"
-    r = _cli("phase-diagram", "early", "--problem", f"{root}/my_problem.py:make",
-             "--x", "width=2,4", "--out", out)  # fmt: skip
-    assert r.exit_code == 2 and r.stderr.startswith("error: --problem: early_phase_diagram")
-    assert not out.exists()
+# --- the other studies that train a network -----------------------------------------------------
+
+
+def _study(name, out, root, *sets):
+    """``study run NAME --preset tiny`` on the problem file (width 2) and the MNIST-format files."""
+    return _cli("study", "run", name, "--preset", "tiny", "--out", out, "--no-report", "-q",
+                "--set", f"problem={root}/my_problem.py:make", "--set", f"data=mnist:{root}",
+                "--set", "problem_args=width=2", *[a for s in sets for a in ("--set", s)])  # fmt: skip
+
+
+def test_warmup_on_the_users_problem(files, tmp_path):
+    from hessian_lab.studies import warmup
+
+    root, arrays = files
+    r = _study("warmup", tmp_path / "w", root, "n=10", "lanczos_iters=40", "traj_steps=8",
+               "traj_warmup_steps=4", "post_steps=4", "num_c=2", "search_steps=1",
+               "init_search_steps=1", "adam_warmup_steps=2", "adam_steps=4", "chunk_size=10")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = warmup.load(tmp_path / "w")
+    assert warmup.names(res.config) == ["my_problem.py:make"] and res.lam0.shape == (1, 1)
+    ref = _reference_eigs(*arrays["train"], width=2, n=10)[0]
+    np.testing.assert_allclose(res.lam0[0, 0], ref, rtol=1e-6)
+    assert any(s.startswith("my_problem.py:make") for s in warmup.verdict(res))
+
+
+def test_critical_sharpness_on_the_users_problem(files, tmp_path):
+    from hessian_lab.studies import critical_sharpness as cs
+
+    root, arrays = files
+    r = _study("critical_sharpness", tmp_path / "c", root, "n_train=10", "num_steps=20",
+               "lanczos_iters=40", "alignment_k=0")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = cs.load(tmp_path / "c")
+    ref = _reference_eigs(*arrays["train"], width=2, n=10)[0]
+    np.testing.assert_allclose(res.sharpness[0, 0], ref, rtol=1e-6)
+    assert np.isfinite(res.critical_sharpness[0, 0]) and res.critical_sharpness[0, 0] > 0
+
+
+def test_catapult_on_the_users_problem_sweeps_its_width(files, tmp_path):
+    from hessian_lab.studies import catapult
+
+    root, arrays = files
+    small = ("mlp_n=10", "mlp_num_c=3", "mlp_steps=10", "uv_num_c=2", "uv_steps=10",
+             "uv_widths=32", "lambda0_iters=40")  # fmt: skip
+    bad = _cli("study", "run", "catapult", "--out", tmp_path / "bad", "--set",
+               f"problem={root}/my_problem.py:make", "--set", f"data=mnist:{root}", "--set",
+               "mlp_n=10")  # fmt: skip
+    assert bad.exit_code == 2 and "mlp_seeds: " in bad.stderr and "init key" in bad.stderr
+    sweep = catapult.TINY.__class__(
+        problem="p.py:make", problem_widths=(2, 3), problem_args=("depth=1",)
+    )  # two widths: two points (each is one compiled population, so the run below has one)
+    assert [p for p in catapult.points(sweep) if p["family"] == "mlp"] == [
+        {"family": "mlp", "width": 2},
+        {"family": "mlp", "width": 3},
+    ]
+    r = _cli("study", "run", "catapult", "--preset", "tiny", "--out", tmp_path / "k",
+             "--no-report", "-q", "--set", f"problem={root}/my_problem.py:make", "--set",
+             f"data=mnist:{root}", "--set", "problem_widths=2", "--set", "mlp_seeds=0",
+             *[a for s in small for a in ("--set", s)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = catapult.load(tmp_path / "k")
+    ref = _reference_eigs(*arrays["train"], width=2, n=10)[0]  # the function's default is 3
+    assert res.mlp_widths.tolist() == [2]
+    np.testing.assert_allclose(res.mlp_lambda0[0, 0], ref, rtol=1e-6)
+    np.testing.assert_allclose(res.mlp_eta[0, :, 0], res.mlp_c / ref, rtol=1e-6)
+    assert "my_problem.py:make width=2" in catapult.summary(res)["c_loss"]
+    clash = _cli("study", "run", "catapult", "--out", tmp_path / "clash", "--set",
+                 f"problem={root}/my_problem.py:make", "--set", "problem_widths=2", "--set",
+                 "problem_args=width=3")  # fmt: skip
+    assert (
+        clash.exit_code == 2
+        and "problem_widths: must be empty when problem_args sets width" in clash.stderr
+    )
+
+
+def test_stochastic_eos_on_the_users_problem(files, tmp_path):
+    from hessian_lab.studies import stochastic_eos as se
+
+    root, arrays = files
+    r = _study("stochastic_eos", tmp_path / "s", root, "mlp_n=10", "mlp_batch_sizes=5",
+               "every=5", "mlp_steps=10", "num_iters=40", "lin_n=8", "lin_dim=2",
+               "lin_steps=20", "lin_seeds=1")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = se.load(tmp_path / "s")
+    ref = _reference_eigs(*arrays["train"], width=2, n=10)[0]
+    np.testing.assert_allclose(res.mlp_sharpness[0, 0, 0], ref, rtol=1e-6)
+    assert np.all(np.isnan(se.mlp_curves(res)[1]))  # no noise kernel: it is the digits MLP's
+    none = _study("stochastic_eos", tmp_path / "none", root)  # TINY has no MLP part
+    assert none.exit_code == 2 and "error: mlp_batch_sizes: " in none.stderr, none.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_sharpness_of_a_batchnorm_problem_in_train_and_eval_mode(files):
+    """The CLI's top eigenvalues equal a dense Hessian of flax's own train/eval-mode loss."""
+    pytest.importorskip("flax")
+    root, labels = files[0], files[1]["train"][1]
+    entry, n = f"{root}/bn_problem.py:make", 10
+    ds = data.load_data(f"mnist:{root}", n=n)  # float32 in [0, 1], as the CLI reads them
+    x, y = np.asarray(ds.x, np.float64).reshape(n, -1), np.eye(10)[labels[:n]]
+    with jax.enable_x64(True):
+        p = problem.build(entry, data=ds, stateful=True)
+        params = p.model.init(jax.random.split(jax.random.key(0), 4)[0])  # the CLI's init
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        module = problem.load_entry(entry)(data=data.Dataset(x, labels[:n]))[0]
+        stats = jax.tree.map(jnp.asarray, p.state)  # the initial running statistics
+
+        def loss(theta, train):
+            variables = {"params": unravel(theta), **stats}
+            if train:
+                out = module.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+            else:
+                out = module.apply(variables, x, train=False)
+            return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+
+        hess = jax.jit(jax.hessian(loss), static_argnums=1)
+        ref = {
+            mode: np.linalg.eigvalsh(np.asarray(hess(flat, mode == "train")))[::-1]
+            for mode in ("train", "eval")
+        }
+    assert abs(ref["train"][0] - ref["eval"][0]) > 1e-3 * ref["train"][0]  # the modes differ
+    for mode in ("train", "eval"):
+        r = _cli("sharpness", "--problem", entry, "--data", f"mnist:{root}", "--n", n,
+                 "--chunk-size", 4, "--mode", mode, "-k", 2, "--num-iters", 40,
+                 "--trace-matvecs", 4, "--no-density", "--x64", "--json")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        got = json.loads(r.stdout.strip().splitlines()[-1])["eigenvalues"]
+        np.testing.assert_allclose(got, ref[mode][:2], rtol=1e-8, err_msg=mode)
+    bad = _cli("sharpness", "--problem", f"{root}/my_problem.py:make", "--mode", "eval")
+    assert bad.exit_code == 2 and "error: --mode: must be train" in bad.stderr, bad.stderr
