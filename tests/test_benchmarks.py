@@ -49,3 +49,17 @@ def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
     assert "critical_sharpness(every=1)" in out and "goal >= 5x" in out
     assert "sharpness(subset=100, every=10, num_iters=20)" in out
     assert "subset sharpness vs full-set sharpness over the 2 measurements" in out
+
+
+def test_bench_models_prints_every_ratio_and_the_logits_count(capsys):
+    tiny = "--repeats 1 --loop 2 --n 8 --image 8 --width 4 --depth 1 --vocab 16 --batch 2"
+    tiny += " --context 4 --d-model 8 --layers 1 --heads 2 --big-vocab 64 --big-batch 2"
+    _load("bench_models").main([*tiny.split(), "--big-context", "4", "--big-d-model", "8"])
+    out = capsys.readouterr().out
+    for row in (
+        "cnn: hvp / gradient, time",
+        "transformer: ggn / gradient, time",
+        "vocab: ggn, temporaries in logits arrays",
+        "closed-form xent GGN vs hl.ggn: relative difference",
+    ):
+        assert row in out, row
