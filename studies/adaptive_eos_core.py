@@ -17,12 +17,11 @@ import optax
 
 import hessian_lab as hl
 from hessian_lab import callbacks, losses, models, trainer
-from hessian_lab import data as hd
 from hessian_lab import tree as tu
 from hessian_lab.optim import make_optimizer
 from hessian_lab.problem import Problem
 
-from . import kit, problems
+from . import kit, problems, problems_builtin
 
 __all__ = ["ARCHS", "TASKS", "Curves", "FrozenState", "Steps", "frozen_momentum", "frozen_state"]
 __all__ += ["diagonal_preconditioned_sharpness", "make_model", "make_problem", "make_steps"]
@@ -35,13 +34,7 @@ TASKS = ("walks", "lcg")
 def make_model(c) -> models.Model:
     """The network of config ``c`` (see :func:`make_problem`), without its data."""
     if c.arch == "transformer":
-        return models.transformer(
-            c.vocab,
-            context=c.context,
-            d_model=c.d_model,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-        )
+        return problems_builtin.sequence_transformer(c)
     return models.mlp(64, 10, depth=c.depth, width=c.width, activation=c.activation)
 
 
@@ -65,10 +58,7 @@ def make_problem(c) -> Problem:
             activation=c.activation,
             normalization=c.normalization,
         )
-    if c.task == "walks":
-        ds = hd.graph_walks(c.seed, c.n, num_nodes=c.vocab, length=c.context)
-    else:
-        ds = hd.lcg_sequences(c.seed, c.n, modulus=c.vocab, length=c.context)
+    ds = problems_builtin.token_sequences(c.task, c.seed, c.n, vocab=c.vocab, context=c.context)
     model = make_model(c)
     desc = (
         f"transformer {c.num_layers} x d={c.d_model} ({c.num_heads} heads) on {c.n} {c.task} "

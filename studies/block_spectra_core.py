@@ -35,6 +35,8 @@ from hessian_lab import tree as tu
 from hessian_lab._lanczos import tridiagonal_eigh, tridiagonalize
 from hessian_lab.problem import Problem
 
+from . import problems_builtin
+
 __all__ = ["Spectra", "densities", "make_model", "make_problem", "masked_spectra"]
 __all__ += ["matrix_blocks", "mean_offdiagonal"]
 
@@ -44,13 +46,7 @@ ARCHS = ("transformer", "mlp", "cnn")
 def make_model(arch: str, c) -> models.Model:
     """The ``arch`` network of config ``c`` (see :func:`make_problem`)."""
     if arch == "transformer":
-        return models.transformer(
-            c.vocab,
-            context=c.context,
-            d_model=c.d_model,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-        )
+        return problems_builtin.sequence_transformer(c)
     kw = dict(depth=c.depth, width=c.width, activation="relu")
     if arch == "mlp":
         return models.mlp(64, 10, **kw)
@@ -71,9 +67,9 @@ def make_problem(arch: str, c) -> Problem:
     """
     dtype = jnp.result_type(float)
     if arch == "transformer":
-        gen = hd.lcg_sequences if c.sequences == "lcg" else hd.graph_walks
-        size = {"modulus": c.vocab} if c.sequences == "lcg" else {"num_nodes": c.vocab}
-        ds = gen(c.seed, c.n_sequences, length=c.context, **size)
+        ds = problems_builtin.token_sequences(
+            c.sequences, c.seed, c.n_sequences, vocab=c.vocab, context=c.context
+        )
         desc = (
             f"transformer {c.num_layers} x d={c.d_model} ({c.num_heads} heads) on "
             f"{c.n_sequences} {c.sequences} sequences (vocab {c.vocab}, length {c.context})"

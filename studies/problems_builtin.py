@@ -115,3 +115,24 @@ def pool_images(x: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"downsample: {k} exceeds the image size {h}x{w}")
     x = np.asarray(x, np.float64)[:, : h - h % k, : w - w % k]
     return x.reshape(n, h // k, k, w // k, k, c).mean(axis=(2, 4))
+
+
+def sequence_transformer(c) -> models.Model:
+    """``models.transformer`` of a config with ``vocab``, ``context``, ``d_model``, ``num_layers``
+    and ``num_heads`` fields (pre-LayerNorm, decoder-only)."""
+    return models.transformer(
+        c.vocab,
+        context=c.context,
+        d_model=c.d_model,
+        num_layers=c.num_layers,
+        num_heads=c.num_heads,
+    )
+
+
+def token_sequences(task: str, seed: int, n: int, *, vocab: int, context: int) -> hd.Dataset:
+    """``n`` next-token sequences of ``context`` tokens from ``seed``: random walks on a random
+    out-degree-3 graph of ``vocab`` nodes (``"walks"``) or full-period linear congruential
+    sequences modulo ``vocab`` (``"lcg"``)."""
+    if task == "lcg":
+        return hd.lcg_sequences(seed, n, modulus=vocab, length=context)
+    return hd.graph_walks(seed, n, num_nodes=vocab, length=context)
