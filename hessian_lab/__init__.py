@@ -25,6 +25,7 @@ from ._blocks import block_spectra as block_spectra
 from ._blocks import js_distances as js_distances
 from ._blocks import leaf_paths as leaf_paths
 from ._central_flow import gd_central_flow as gd_central_flow
+from ._conv_layout import in_loop as in_loop
 from ._critical import CriticalResult as CriticalResult
 from ._critical import critical_sharpness as critical_sharpness
 from ._critical import critical_sharpness_callback as critical_sharpness_callback
@@ -95,6 +96,7 @@ __all__ = [
     "gd_central_flow",
     "ggn",
     "hvp",
+    "in_loop",
     "js_distances",
     "leaf_paths",
     "linearized_hvp",

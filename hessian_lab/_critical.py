@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import tree as tu
+from ._conv_layout import in_loop
 from .callback_protocol import Callback, StepInfo, check_every
 from .optim import current_learning_rate
 
@@ -135,9 +136,11 @@ def _search(f, loss0, s, eta0, max_evals: int, rtol: float) -> CriticalResult:
         model = jnp.where(found, model, jnp.clip(model, floor, 64 * c.lo))
         return jnp.where(c.n == 0, eta0, model)
 
+    f_in_loop = in_loop(f)  # forward passes in the while loop: fast convolutions on CPU
+
     def body(c: _Line) -> _Line:
         eta = propose(c)
-        fe = jnp.asarray(f(eta), dt)
+        fe = jnp.asarray(f_in_loop(eta), dt)
         rose = fe >= 0
         lo, flo = jnp.where(rose, c.lo, eta), jnp.where(rose, c.flo, fe)
         hi, fhi = jnp.where(rose, eta, c.hi), jnp.where(rose, fe, c.fhi)

@@ -7,8 +7,7 @@ The Hessian of the mean loss over ``n`` examples split into chunks ``C_j`` of si
 so weighting each chunk's product by its size gives exactly the full-data Hessian, for an
 unequal last chunk too. This is *not* the mean of per-batch top eigenvalues: by convexity of
 lambda_max that average is biased upward. Chunks are read with ``dynamic_slice`` inside a
-``lax.scan``, so the peak temporary memory is set by ``chunk_size``, not by ``n`` (except for
-convolutional losses on CPU, whose chunks are unrolled for speed: :func:`chunked_mean`).
+``lax.scan``, so the peak temporary memory is set by ``chunk_size``, not by ``n``.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
 
 from . import tree as tu
+from ._conv_layout import in_loop
 from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
 from ._stateful import check_chunking
 
@@ -82,38 +81,6 @@ def _check_chunk_size(chunk_size: Any, n: int, data: PyTree = None) -> int:
     return chunk_size
 
 
-_UNROLL_MAX = 32  # chunks of a convolutional loss unrolled on CPU; more fall back to a scan
-
-
-def _has_conv(jaxpr: Any) -> bool:
-    """Whether a jaxpr, or any jaxpr nested in its equations, holds a convolution."""
-    if any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns):
-        return True
-    return any(_has_conv(sub) for sub in jex.subjaxprs(jaxpr))
-
-
-def _loop_body(fn: Callable, chunk: PyTree, num_chunks: int) -> tuple[Callable, bool]:
-    """``fn`` traced once on ``chunk`` (the per-chunk body), and whether to unroll the loop.
-
-    XLA:CPU (jax 0.10) emits a convolution inside a loop body (scan, fori_loop, map) as a
-    generic loop nest instead of its library kernel: a full-data HVP of a 3-layer CNN on 500
-    MNIST images in chunks of 100 took 7.0x as long in a scan as in one chunk, and 0.7x when
-    the five chunks were unrolled (benchmarks/peers/panel.py's CNN). So on CPU a loss with a
-    convolution has its loop unrolled, up to ``_UNROLL_MAX`` chunks. Unrolled chunks do not
-    share their temporaries on CPU: the peak memory is then about that of one chunk of ``n``
-    examples (183 MB against 33 MB scanned and 206 MB unchunked, in that example). GPUs and
-    convolution-free losses keep the scan, whose peak is one chunk's.
-    """
-    closed, out = jax.make_jaxpr(fn, return_shape=True)(chunk)
-    treedef = jax.tree.structure(out)
-
-    def body(chunk: PyTree) -> PyTree:
-        return jax.tree.unflatten(treedef, jex.jaxpr_as_fun(closed)(*jax.tree.leaves(chunk)))
-
-    cpu = jax.default_backend() == "cpu"
-    return body, cpu and num_chunks <= _UNROLL_MAX and _has_conv(closed.jaxpr)
-
-
 def chunked_mean(
     fn: Callable[[PyTree], PyTree], data: PyTree, *, chunk_size: int, like: PyTree
 ) -> PyTree:
@@ -121,8 +88,8 @@ def chunked_mean(
 
     ``fn(chunk)`` must return a pytree shaped like ``like``; chunks are read with
     ``dynamic_slice``, the last one holds the remainder ``n mod chunk_size``. ``fn`` is traced
-    once per chunk shape. On CPU a loss with convolutions has its chunks unrolled instead of
-    scanned (:func:`_loop_body`). Validates nothing: callers check ``data`` and ``chunk_size``
+    once per chunk shape, with its convolutions in the layout XLA:CPU runs fast inside a loop
+    (:func:`hessian_lab._conv_layout.in_loop`). Validates nothing: callers check ``data`` and ``chunk_size``
     first (:func:`num_examples`).
     """
     n = num_examples(data)
@@ -130,14 +97,14 @@ def chunked_mean(
     num_full, rem = divmod(n, c)
     if num_full == 1 and not rem:
         return fn(data)
-    per_chunk, unroll = _loop_body(fn, jax.tree.map(lambda x: x[:c], data), num_full + bool(rem))
+    per_chunk = in_loop(fn)
 
     def body(acc, i):
         chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * c, c), data)
         return tu.axpy(c / n, per_chunk(chunk), acc), None
 
     acc = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
-    acc, _ = jax.lax.scan(body, acc, jnp.arange(num_full), unroll=unroll)
+    acc, _ = jax.lax.scan(body, acc, jnp.arange(num_full))
     if rem:
         tail = jax.tree.map(lambda x: x[num_full * c :], data)
         acc = tu.axpy(rem / n, fn(tail), acc)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree as tu
+from ._conv_layout import in_loop
 from ._operators import Operator
 
 PyTree = Any
@@ -155,8 +156,14 @@ def flat_problem(matvec: Any, like: PyTree, *, name: str = "v0") -> FlatProblem:
         _check_output(out, like, name)  # at trace time: shapes and dtypes are static
         return tu.to_flat(out).astype(dtype)
 
+    # estimators call mv inside loop bodies: keep a CNN's convolutions fast there on CPU (an
+    # Operator's own call already does)
     return FlatProblem(
-        mv, int(flat.shape[0]), dtype, lambda t: tu.to_flat(t).astype(dtype), unravel
+        mv if isinstance(matvec, Operator) else in_loop(mv),
+        int(flat.shape[0]),
+        dtype,
+        lambda t: tu.to_flat(t).astype(dtype),
+        unravel,
     )
 
 

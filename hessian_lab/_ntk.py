@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from . import tree as tu
+from ._conv_layout import in_loop
 from ._full_data import num_examples
 from ._lanczos import EigResult, top_eigs
 from ._matvec import NonFiniteError, check_finite_products, check_int, check_k_iters, nan_unless
@@ -89,7 +90,7 @@ def ntk_trace(
         lambda a: jnp.reshape(a[: num_full * chunk_size], (num_full, chunk_size, *a.shape[1:])),
         x,
     )
-    total = jnp.sum(jax.lax.map(chunk_sum, head))
+    total = jnp.sum(jax.lax.map(in_loop(chunk_sum), head))  # fast convolutions on CPU
     if rem:
         total = total + chunk_sum(jax.tree.map(lambda a: a[num_full * chunk_size :], x))
     total = total * scale

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from . import tree as tu
+from ._conv_layout import in_loop
 
 __all__ = [
     "Operator",
@@ -44,7 +45,8 @@ class Operator:
     name: str = "operator"
 
     def __call__(self, v: PyTree) -> PyTree:
-        return self.fn(v)
+        # in a loop body (Lanczos, a user's fori_loop) a CNN's product stays fast on CPU
+        return in_loop(self.fn)(v)
 
 
 def shape_struct(tree: PyTree) -> PyTree:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from ._conv_layout import in_loop
 from ._stateful import StatefulLoss
 from .callback_protocol import StepInfo, run_callbacks
 from .optim import current_learning_rate
@@ -132,7 +133,7 @@ def make_scan(loss_fn, optimizer, callbacks, accuracy_fn, batch_size):
             return carry, {k: jnp.full(s.shape, jnp.nan, s.dtype) for k, s in shapes.items()}
 
         active = ~carry.done & (step < args.num_steps)
-        return lax.cond(active, run, skip, carry)
+        return lax.cond(active, in_loop(run), skip, carry)  # fast convolutions in the scan
 
     def scan(carry, args, key, start, length):
         steps = start + jnp.arange(length, dtype=start.dtype)

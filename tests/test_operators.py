@@ -70,10 +70,11 @@ def test_full_data_hvp_is_hessian_of_mean_loss_for_unequal_chunks(
 
 
 @pytest.mark.parametrize("chunk_size", [2, 3])
-def test_chunked_conv_hvp_matches_dense_and_unrolls_on_cpu_only_below_the_cap(chunk_size, getkey):
-    # a convolutional loss: on CPU its chunks are unrolled (no while loop in the compiled
-    # product) up to _UNROLL_MAX chunks, and scanned beyond; the numbers are the same.
-    from hessian_lab import _full_data, models
+def test_chunked_conv_hvp_matches_dense_in_a_scan_with_canonical_convolutions(chunk_size, getkey):
+    # a convolutional loss keeps its chunk scan (a while loop in the compiled product), and on
+    # CPU every convolution in it is in XLA:CPU's library layout (hessian_lab._conv_layout)
+    from hessian_lab import models
+    from hessian_lab._conv_layout import conv_layouts
 
     net = models.cnn((4, 4, 1), 2, depth=1, width=2, activation="tanh")
     params = net.init(getkey())
@@ -90,19 +91,10 @@ def test_chunked_conv_hvp_matches_dense_and_unrolls_on_cpu_only_below_the_cap(ch
         return hl.full_data_hvp(loss_fn, p, (x, y), chunk_size=chunk_size)(v)
 
     np.testing.assert_allclose(_flat(jax.jit(product)(params, v)), H @ _flat(v), rtol=1e-10)
-
-    def looped():
-        return "while" in jax.jit(lambda p, v: product(p, v)).lower(params, v).as_text()
-
-    assert looped() == (jax.default_backend() != "cpu")
-    cap = _full_data._UNROLL_MAX
-    try:
-        _full_data._UNROLL_MAX = 4  # 5 chunks of 2: above the cap, scanned
-        assert looped() == (chunk_size == 2)
-        again = jax.jit(lambda p, v: product(p, v))(params, v)
-        np.testing.assert_allclose(_flat(again), H @ _flat(v), rtol=1e-10)
-    finally:
-        _full_data._UNROLL_MAX = cap
+    compiled = jax.jit(product).lower(params, v).compile().as_text()
+    assert "while" in compiled
+    layouts = conv_layouts(compiled)
+    assert layouts and (jax.default_backend() != "cpu" or layouts == {"b01f_01io->b01f"})
 
 
 def test_linearized_full_data_hvp_reuses_one_linearisation_in_lanczos(getkey):
