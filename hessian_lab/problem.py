@@ -20,7 +20,9 @@ statistics, dropout: a linen Module with collections besides ``params``, an nnx 
 ``BatchStat`` s, an ``(equinox Module, eqx.nn.State)`` pair) needs ``build(..., stateful=True)``:
 the :class:`Problem` then holds a :class:`~hessian_lab.StatefulModel`, a
 :class:`~hessian_lab.StatefulLoss` and the initial ``state``. Without it such a model is refused
-in words (``hessian-lab sharpness`` builds with it; the studies do not thread state yet).
+in words (``hessian-lab sharpness`` builds with it, and so do the studies that carry state:
+edge_of_stability, momentum, critical_sharpness). A :class:`~hessian_lab.StatefulModel` itself
+(``hl.models.cnn(norm="batchnorm")``) is taken as it is.
 
 Every check runs before any work: the entry point imports, the arguments match the function's
 signature, what it returns is a model, a loss and data, and ``jax.eval_shape`` of ``init`` and
@@ -53,7 +55,7 @@ import numpy as np
 
 from . import losses
 from ._problem_checks import check_shapes, unpack
-from ._stateful import curvature_loss, stateful_loss
+from ._stateful import StatefulModel, curvature_loss, stateful_loss
 from ._stateful_frameworks import stateful_model
 from .models import Model, mlp
 
@@ -211,7 +213,8 @@ def _no_state(collections: list[str], what: str, name: str) -> None:
         raise ValueError(
             f"{name}: the model holds state ({', '.join(collections)}) besides its parameters; "
             f"{what} models with state (BatchNorm, dropout) need problem.build(..., stateful=True)"
-            "; the studies do not take models with state yet (hessian-lab sharpness does)"
+            " (hessian-lab sharpness and the studies edge_of_stability, momentum and "
+            "critical_sharpness take them)"
         )
 
 
@@ -315,8 +318,13 @@ def build(
     x, y = _as_jax(x), _as_jax(y)
     call = ", ".join(f"{k}={v!r}" for k, v in shown.items())
     described = f"{text}({call}) on {data_description or f'{x.shape[0]} examples'}"
+    if isinstance(model, StatefulModel) and stateful is not True:
+        _no_state(["a StatefulModel's state"], "StatefulModel", name)
     try:
-        net = stateful_model(model, x) if stateful is True else None
+        if isinstance(model, StatefulModel):
+            net = model
+        else:
+            net = stateful_model(model, x) if stateful is True else None
         loss_fn = None if net is None else stateful_loss(net.apply, loss)
     except Exception as e:
         msg = " ".join(str(e).split())[:300]

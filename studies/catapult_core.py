@@ -39,8 +39,9 @@ def user_problem(config, width: int) -> Problem:
     """The user's problem at ``width`` (0: as ``problem_args`` give it), first ``mlp_n``
     examples, its ``seed`` argument the first of ``mlp_seeds``."""
     args = (*config.problem_args, f"width={width}") if width else config.problem_args
-    return pu.user_problem(config.problem, data=config.data, args=args,
-                           seed=config.mlp_seeds[0], n=config.mlp_n)  # fmt: skip
+    seed = config.mlp_seeds[0]
+    return pu.user_problem(config.problem, data=config.data, args=args, seed=seed,
+                           n=config.mlp_n, study="catapult")  # fmt: skip
 
 
 def critical(results, family: str) -> dict[str, np.ndarray]:

@@ -20,9 +20,10 @@ EDGE_REACH = 0.95  # lambda_max >= 0.95 x threshold counts as reaching it (Cohen
 
 
 def problem(config) -> Problem:
-    """The training problem: the user's ``problem``, or the built-in MLP (MSE) on ``data``."""
+    """The training problem: the user's ``problem`` (its model may hold state, BatchNorm
+    statistics, which the runs carry), or the built-in MLP (MSE) on ``data``."""
     if config.problem:
-        return pu.user_problem_of(config, config.n_train)
+        return pu.user_problem_of(config, config.n_train, stateful=True)
     return problems.make_problem(
         n_train=config.n_train,
         depth=config.depth,
@@ -91,4 +92,5 @@ def train_group(prob, config, opt_name, lrs, beta, progress):
         hyperparams=None if opt_name == "gd" else {"momentum": np.full(lrs.shape, beta)},
         divergence_threshold=config.divergence_threshold,
         progress=progress,
+        state=prob.state,
     )

@@ -246,7 +246,8 @@ def user_cell(config: Any, x: Any, y: Any = None) -> problems.Problem:
     c = config
     args = (*c.problem_args, f"{c.x_arg}={_value_text(x)}")
     args += (f"{c.y_arg}={_value_text(y)}",) if c.y_arg else ()
-    return pu.user_problem(c.problem, data=c.data, args=args, seed=c.seeds[0], n=c.n)
+    return pu.user_problem(c.problem, data=c.data, args=args, seed=c.seeds[0], n=c.n,
+                           study="early_phase_diagram")  # fmt: skip
 
 
 def check_axes(config: Any) -> None:

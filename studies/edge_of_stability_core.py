@@ -52,10 +52,11 @@ def problem(config) -> problems.Problem:
 
     The built-in one is ``config.arch`` (an MLP, or a CNN with ``depth`` conv layers of
     ``width`` channels, optionally BatchNorm or LayerNorm) on ``data``, MSE; a Config without
-    ``arch`` (an older one, or another study's) gets the MLP.
+    ``arch`` (an older one, or another study's) gets the MLP. The user's model may hold state
+    (BatchNorm statistics): the SharpnessRunner threads it.
     """
     if config.problem:
-        return problems.user_problem_of(config, config.n_train)
+        return problems.user_problem_of(config, config.n_train, stateful=True)
     return problems.make_problem(
         n_train=config.n_train,
         depth=config.depth,

@@ -30,7 +30,7 @@ from . import kit
 
 __all__ = ["ARGS_DOC", "DATA_DOC", "MLP_FIELDS", "PROBLEM_DOC", "check_problem_fields"]
 __all__ += ["builtin_data", "check_seeds_vary", "checked", "checked_model", "label", "user_problem"]
-__all__ += ["user_problem_of"]
+__all__ += ["STATE_STUDIES", "user_problem_of"]
 
 PROBLEM_DOC = "your FILE.py:FUNCTION (or module:FUNCTION) -> model, loss, data; empty: built in"
 DATA_DOC = "data spec: digits, mnist:DIR, cifar10:DIR or npz:FILE (?split=test: the test split)"
@@ -38,6 +38,9 @@ ARGS_DOC = "arguments of the problem function, NAME=VALUE"
 # Fields that describe the built-in MLP: unused (and so refused when changed) with a problem.
 MLP_FIELDS = ("depth", "width", "activation", "param", "normalization")
 _DIGITS = 1797  # examples in sklearn's digits
+# The studies whose training carries model state (BatchNorm statistics): the SharpnessRunner's
+# and critical_sharpness's populations thread it; the others refuse a model with state.
+STATE_STUDIES = ("edge_of_stability", "momentum", "critical_sharpness")
 
 
 def user_problem(
@@ -48,6 +51,7 @@ def user_problem(
     seed: int = 0,
     n: int | None = None,
     stateful: bool = False,
+    study: str = "this study",
 ) -> Problem:
     """The problem an entry point returns (:func:`hessian_lab.problem.build`), on a data spec.
 
@@ -55,8 +59,9 @@ def user_problem(
     one that does not brings its own, and then ``data`` must be left at "digits" (the default),
     never silently unused. ``stateful`` accepts a model with state (BatchNorm, dropout): the
     problem then holds a StatefulModel, a StatefulLoss and the initial ``state``, which only a
-    caller that threads state may take. Errors name ``problem``, ``data``, ``problem_args`` (or
-    ``n``).
+    caller that threads state may take; without it such a model is refused in words, naming
+    ``study`` and the studies that take it (:data:`STATE_STUDIES`). Errors name ``problem``,
+    ``data``, ``problem_args`` (or ``n``).
     """
     fn = hp.load_entry(entry)
     spec = hd.parse_data(data)
@@ -70,15 +75,27 @@ def user_problem(
         )
     ds = hd.load_data(spec, n=n) if takes_data else None
     about = spec.describe(len(ds.x)) if takes_data else None
-    return hp.build(
-        fn, data=ds, args=args, seed=seed, data_description=about, label=entry, stateful=stateful
+    # Built as stateful always, so that a model with state is refused here, naming the study.
+    built = hp.build(
+        fn, data=ds, args=args, seed=seed, data_description=about, label=entry, stateful=True
     )
+    if built.state is not None and not stateful:
+        raise ValueError(
+            f"problem: {entry} has model state (BatchNorm statistics, dropout), which {study} "
+            f"does not carry; {', '.join(STATE_STUDIES)} and `hessian-lab sharpness` take it"
+        )
+    return built
 
 
-def user_problem_of(config: Any, n: int | None) -> Problem:
+def user_problem_of(config: Any, n: int | None, *, stateful: bool = False) -> Problem:
     """:func:`user_problem` of a Config's ``problem``, ``data``, ``problem_args`` and ``seed``."""
     return user_problem(
-        config.problem, data=config.data, args=config.problem_args, seed=config.seed, n=n
+        config.problem,
+        data=config.data,
+        args=config.problem_args,
+        seed=config.seed,
+        n=n,
+        stateful=stateful,
     )
 
 

@@ -155,7 +155,8 @@ def mlp_name(c) -> str:
 
 def user_problem(c):
     """The user's problem on its first ``mlp_n`` examples (its ``seed`` argument: 0)."""
-    return pu.user_problem(c.problem, data=c.data, args=c.problem_args, seed=0, n=c.mlp_n)
+    return pu.user_problem(c.problem, data=c.data, args=c.problem_args, seed=0, n=c.mlp_n,
+                           study="stochastic_eos")  # fmt: skip
 
 
 def check_mlp(c) -> None:

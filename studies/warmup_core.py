@@ -61,7 +61,8 @@ def problems_of(config) -> dict[str, Problem]:
     """
     if config.problem:
         return {"problem": pu.user_problem(config.problem, data=config.data, seed=config.seeds[0],
-                                           args=config.problem_args, n=config.n)}  # fmt: skip
+                                           args=config.problem_args, n=config.n,
+                                           study="warmup")}  # fmt: skip
     ds = pu.builtin_data(config.data, config.n, standardize="sample")
     data = (jnp.asarray(ds.x, jnp.float64), jnp.asarray(ds.y, jnp.float64))
     out = {}
