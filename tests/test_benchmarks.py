@@ -26,7 +26,8 @@ def _load(name):
 
 def test_bench_core_prints_every_target(capsys):
     tiny = "--n 64 --chunk-size 16 --in-dim 12 --width 8 --depth 2 --out-dim 3 --starts 2"
-    tiny += " --num-iters 6 --ref-iters 24 --budgets 3 6 --memory-factor 2 --repeats 1"
+    # one budget, equal to --num-iters: the accuracy rows reuse the timed Lanczos compilation
+    tiny += " --num-iters 6 --ref-iters 24 --budgets 6 --memory-factor 2 --repeats 1"
     _load("bench_core").main([*tiny.split(), "--compile-repeats", "1"])
     out = capsys.readouterr().out
     for row in (
@@ -60,6 +61,6 @@ def test_bench_models_prints_every_ratio_and_the_logits_count(capsys):
         "cnn: hvp / gradient, time",
         "transformer: ggn / gradient, time",
         "vocab: ggn, temporaries in logits arrays",
-        "closed-form xent GGN vs hl.ggn: relative difference",
+        "vocab: ggn - grad, temporaries in logits arrays",
     ):
         assert row in out, row

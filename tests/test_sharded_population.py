@@ -16,6 +16,7 @@ import pytest
 
 from hessian_lab import losses, models, optim, population
 
+FOUR = "--xla_force_host_platform_device_count=4"
 FOUR_DEVICES = textwrap.dedent(
     """
     import jax
@@ -90,7 +91,10 @@ FOUR_DEVICES = textwrap.dedent(
 @pytest.mark.slow
 def test_four_devices_sharded_population_equals_vmapped():
     """Metrics, stop/divergence steps and final states agree on 4 simulated CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # 4 devices, plus the suite's other XLA flags (conftest: the unoptimised LLVM back end,
+    # some 40% less CPU time for the child), as tests/test_multiprocess.py passes them on
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join([*flags, FOUR])}
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-c", FOUR_DEVICES], env=env, capture_output=True, text=True, timeout=600
