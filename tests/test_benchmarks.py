@@ -53,13 +53,15 @@ def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
 
 
 def test_bench_models_prints_every_ratio_and_the_logits_count(capsys):
-    tiny = "--repeats 1 --loop 2 --n 8 --image 8 --width 4 --depth 1 --vocab 16 --batch 2"
-    tiny += " --context 4 --d-model 8 --layers 1 --heads 2 --big-vocab 64 --big-batch 2"
+    # cnn (every case, the loops included) and vocab (the transformer's builder at other
+    # sizes): between them every code path of the script; `transformer` only recombines them
+    tiny = "--problems cnn vocab --repeats 1 --loop 2 --n 8 --image 8 --width 4 --depth 1"
+    tiny += " --heads 2 --big-vocab 64 --big-batch 2"
     _load("bench_models").main([*tiny.split(), "--big-context", "4", "--big-d-model", "8"])
     out = capsys.readouterr().out
     for row in (
         "cnn: hvp / gradient, time",
-        "transformer: ggn / gradient, time",
+        "cnn: ggn x2 in a loop / gradient, time",
         "vocab: ggn, temporaries in logits arrays",
         "vocab: ggn - grad, temporaries in logits arrays",
     ):
