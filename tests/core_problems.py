@@ -69,3 +69,26 @@ def make_problem(key, act="tanh", loss="mse", n=10, sizes=(3, 5, 4, 2)):
         return out_loss(apply(p, batch[0]), batch[1])
 
     return params, apply, out_loss, loss_fn, (x, y)
+
+
+# The head of a user problem file with a flax linen BatchNorm network (tests of user entry
+# points append their own ``make``): Dense(width) - BatchNorm - tanh - Dense(outputs), float64
+# under x64.
+FLAX_BN_NET = """
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+class Net(nn.Module):
+    width: int
+    outputs: int
+    momentum: float
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dtype = jnp.result_type(float)  # float64 under x64
+        h = nn.Dense(self.width, param_dtype=dtype)(x)
+        bn = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, param_dtype=dtype)
+        return nn.Dense(self.outputs, param_dtype=dtype)(jnp.tanh(bn(h)))
+"""

@@ -16,6 +16,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_problems import FLAX_BN_NET
 from typer.testing import CliRunner
 
 from hessian_lab import data, problem
@@ -62,27 +63,15 @@ def vector_loss(data):
 '''
 
 
-BN_PROBLEM = """
-import flax.linen as nn
-import jax.numpy as jnp
-import numpy as np
-
-
-class Net(nn.Module):
-    width: int
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        dtype = jnp.result_type(float)  # float64 under x64
-        h = nn.Dense(self.width, param_dtype=dtype)(x)
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.5, param_dtype=dtype)(h)
-        return nn.Dense(10, param_dtype=dtype)(jnp.tanh(h))
-
+BN_PROBLEM = (
+    FLAX_BN_NET
+    + """
 
 def make(data, width=2):
     x = data.x.reshape(len(data.x), -1)
-    return Net(width), "mse", (x, np.eye(10, dtype=x.dtype)[data.y])
+    return Net(width, outputs=10, momentum=0.5), "mse", (x, np.eye(10, dtype=x.dtype)[data.y])
 """
+)
 
 
 def _idx(a: np.ndarray) -> bytes:

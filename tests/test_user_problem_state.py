@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_problems import FLAX_BN_NET
 from jax.flatten_util import ravel_pytree
 from typer.testing import CliRunner
 
@@ -21,22 +22,9 @@ from hessian_lab.population import member_keys
 
 nn = pytest.importorskip("flax.linen")
 
-PROBLEM = """
-import flax.linen as nn
-import jax.numpy as jnp
-import numpy as np
-
-
-class Net(nn.Module):
-    width: int
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        dtype = jnp.result_type(float)  # float64 under x64
-        h = nn.Dense(self.width, param_dtype=dtype)(x)
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.8, param_dtype=dtype)(h)
-        return nn.Dense(2, param_dtype=dtype)(jnp.tanh(h))
-
+PROBLEM = (
+    FLAX_BN_NET
+    + """
 
 def loss(out, y):
     return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
@@ -46,8 +34,9 @@ def make(width=3):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(96, 5))
     y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)
-    return Net(width), loss, (x, y)
+    return Net(width, outputs=2, momentum=0.8), loss, (x, y)
 """
+)
 
 SMALL = {"lrs": (0.5,), "num_steps": 21, "sharpness_every": 10, "lanczos_iters": 30,
          "flow_time": 0.0, "short_window": 5, "long_window": 10}  # fmt: skip
