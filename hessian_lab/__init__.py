@@ -61,6 +61,8 @@ from ._stateful import StatefulModel as StatefulModel
 from ._stateful import curvature_loss as curvature_loss
 from ._stateful import stateful_loss as stateful_loss
 from ._stateful_frameworks import stateful_model as stateful_model
+from ._subsample import SubsampleStart as SubsampleStart
+from ._subsample import subsample_start as subsample_start
 from ._trace import TraceResult as TraceResult
 from ._trace import trace as trace
 
@@ -78,6 +80,7 @@ __all__ = [
     "Operator",
     "StatefulLoss",
     "StatefulModel",
+    "SubsampleStart",
     "TraceResult",
     "adam_preconditioner",
     "alignment",
@@ -113,6 +116,7 @@ __all__ = [
     "spectral_density",
     "stateful_loss",
     "stateful_model",
+    "subsample_start",
     "top_eigs",
     "trace",
     "tree",
