@@ -20,8 +20,8 @@ import hessian_lab as hl
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 # One CPU device per process (a GPU machine would otherwise hand its GPUs to gloo's CPU job), and
-# the suite's other XLA flags (conftest's back-end optimisation level), so that the workers
-# compile exactly as this process does and float32 results agree to rounding.
+# the suite's other XLA flags (conftest's back-end optimisation level and fusion emitter), so that
+# the workers compile exactly as this process does and float32 results agree to rounding.
 _FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(_FLAGS)}
 
