@@ -1,15 +1,8 @@
 """Data-parallel operators: equal to the single-device ones; memory-based chunk sizes.
 
-Several devices on a CPU need ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before jax
-starts, which this (already started) pytest process cannot do: the 4-device check runs in a
-subprocess with the same strict settings as tests/conftest.py.
+Here on a one-device mesh; the check on 4 simulated devices runs in a subprocess, in
+tests/test_four_devices.py (with the sharded population's).
 """
-
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -27,114 +20,6 @@ from hessian_lab._sharding import (
     sharded_full_data_ggn,
     sharded_full_data_hvp,
 )
-
-TESTS_DIR = pathlib.Path(__file__).parent
-
-FOUR = "--xla_force_host_platform_device_count=4"
-FOUR_DEVICES = textwrap.dedent(
-    """
-    import sys
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    jax.config.update("jax_enable_x64", True)
-    jax.config.update("jax_numpy_rank_promotion", "raise")
-    sys.path.insert(0, sys.argv[1])
-    from core_problems import make_problem
-
-    import hessian_lab as hl
-    from hessian_lab._sharding import shard_data, sharded_full_data_hvp
-
-    assert jax.device_count() == 4, jax.devices()
-    mesh = jax.make_mesh((4,), ("data",))  # Explicit axes (the default)
-    auto = jax.make_mesh((2, 2), ("data", "model"), (jax.sharding.AxisType.Auto,) * 2)
-    params, _, _, loss_fn, (x, y) = make_problem(jax.random.key(0), n=103, sizes=(4, 6, 3))
-    v0 = hl.tree.random_like(jax.random.key(1), params)
-
-    def estimates(H):
-        return (
-            hl.top_eigs(H, v0, k=3, num_iters=12).values,
-            hl.trace(H, jax.random.key(2), params, num_matvecs=8).value,
-            hl.spectral_density(H, jax.random.key(3), params, num_iters=8, num_probes=2).density,
-        )
-
-    @jax.jit
-    def run(p, x, y):
-        out = {}
-        for n in (103, 100):  # 103 = 4 * 25 + 3 left over; 100 splits evenly
-            d = (x[:n], y[:n])
-            single = estimates(hl.full_data_hvp(loss_fn, p, d, chunk_size=7))
-            sharded = estimates(sharded_full_data_hvp(loss_fn, p, d, mesh=mesh, chunk_size=7))
-            out[f"n={n}"] = (single, sharded)
-            lin = sharded_full_data_hvp(loss_fn, p, d, mesh=mesh, chunk_size=7, linearize=True)
-            out[f"n={n}, linearized"] = (single, estimates(lin))
-        # a 2 x 2 mesh with Auto axes: data split over "data" only, replicated over "model"
-        d = (x, y)
-        out["auto"] = (
-            hl.full_data_hvp(loss_fn, p, d, chunk_size=5)(v0),
-            sharded_full_data_hvp(loss_fn, p, d, mesh=auto, chunk_size=5)(v0),
-        )
-        return out
-
-    for case, (single, sharded) in run(params, x, y).items():
-        for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
-            scale = max(float(np.max(np.abs(a))), 1.0)
-            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * scale, err_msg=str(case))
-
-    # data placed on the mesh beforehand, eager call
-    data = shard_data((x[:100], y[:100]), mesh)
-    assert len(data[0].sharding.device_set) == 4
-    H = sharded_full_data_hvp(loss_fn, params, data, mesh=mesh, chunk_size=25)
-    # the reference on unplaced data (chunks of 25 cannot be sliced from data split 4 ways)
-    ref = hl.full_data_hvp(loss_fn, params, (x[:100], y[:100]), chunk_size=25)(v0)
-    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(H(v0)), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
-    # full_data_hvp on the placed data cannot slice chunks of 25 or 6 from 4 shards: it says so
-    # up front, pointing to the sharded operator (instead of JAX's ShardingTypeError from inside
-    # dynamic_slice)
-    for chunk in (25, 6):
-        try:
-            hl.full_data_hvp(loss_fn, params, data, chunk_size=chunk)
-        except ValueError as e:
-            assert str(e).startswith("chunk_size") and "across 4 devices" in str(e), e
-            assert "sharded_full_data_hvp" in str(e), e
-        else:
-            raise AssertionError(f"no ValueError for chunk_size={chunk} on data split 4 ways")
-
-    for kwargs, word in [
-        (dict(data=(x[:3], y[:3]), chunk_size=1), "data"),
-        (dict(data=(x, y), chunk_size=26), "chunk_size"),
-    ]:
-        try:
-            sharded_full_data_hvp(loss_fn, params, kwargs["data"], mesh=mesh,
-                                  chunk_size=kwargs["chunk_size"])
-        except ValueError as e:
-            assert str(e).startswith(word), e
-        else:
-            raise AssertionError(f"no ValueError for {kwargs}")
-    print("OK")
-    """
-)
-
-
-@pytest.mark.slow
-def test_four_devices_match_single_device_estimators():
-    """top_eigs, trace and spectral_density agree to float64 rounding on 4 simulated devices."""
-    # 4 devices, plus the suite's other XLA flags (conftest: the unoptimised LLVM back end,
-    # some 40% less CPU time for the child), as tests/test_multiprocess.py passes them on
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env = {**os.environ, "XLA_FLAGS": " ".join([*flags, FOUR])}
-    env.pop("JAX_PLATFORMS", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", FOUR_DEVICES, str(TESTS_DIR)],
-        env={**env, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("OK")
 
 
 def _one_device_mesh():
