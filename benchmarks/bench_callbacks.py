@@ -49,12 +49,21 @@ def _round_robin(fns, rounds):
     return times
 
 
-def main(num_steps: int = 200, rounds: int = 7, subset: int = 450):
-    ds = data.digits()
+def main(
+    num_steps: int = 200,
+    rounds: int = 7,
+    subset: int = 450,
+    *,
+    n: int | None = None,
+    width: int = 128,
+):
+    """Print the table; ``n`` (the first n digits; None: all 1797) and ``width`` shrink the
+    problem for the smoke test (tests/test_benchmarks.py), not for measuring."""
+    ds = data.digits(n=n)
     d = (ds.x, ds.y)
     sub = data.random_subset(ds, subset, seed=0)  # the examples sharpness(subset=) measures
     sub = (sub.x, sub.y)
-    net = models.mlp(64, 10, depth=1, width=128)
+    net = models.mlp(64, 10, depth=1, width=width)
     loss_fn = losses.make_loss_fn(net.apply, "mse")
     params = net.init(jax.random.key(0))
     opt = optim.make_optimizer("gd", learning_rate=0.05)

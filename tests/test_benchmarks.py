@@ -44,7 +44,8 @@ def test_bench_core_prints_every_target(capsys):
 
 def test_bench_callbacks_prints_ratios_floors_and_subset_error(capsys):
     pytest.importorskip("sklearn")
-    _load("bench_callbacks").main(num_steps=20, rounds=1, subset=100)
+    # 20 steps: two measurements at every=10; 300 examples, width 16: the same programs, smaller
+    _load("bench_callbacks").main(num_steps=20, rounds=1, subset=100, n=300, width=16)
     out = capsys.readouterr().out
     assert out.count("ratio") == 7 and out.count("floor") == 5
     assert "critical_sharpness(every=1)" in out and "goal >= 5x" in out
