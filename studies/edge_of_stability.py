@@ -125,15 +125,15 @@ DEFAULT = Config()
 TINY = Config(
     lrs=(0.35, 0.4),
     num_steps=700,
-    sharpness_every=10,
+    sharpness_every=20,
     lanczos_iters=12,
     flow_step=0.05,
-    flow_time=50.0,
+    flow_time=20.0,
     long_window=100,
 )
 # A CNN on digits (8x8 images), for the tests: one learning rate, 2/eta = 1.2 lambda_0.
 TINY_CNN = Config(arch="cnn", n_train=64, width=8, lrs=(0.33,), num_steps=250,
-                  sharpness_every=10, lanczos_iters=8, flow_time=0.0, long_window=50)  # fmt: skip
+                  sharpness_every=10, lanczos_iters=6, flow_time=0.0, long_window=50)  # fmt: skip
 # GD on a CNN on real MNIST (docs/studies/edge_of_stability.md): the first 1000 images of the
 # IDX files in data/mnist (the test split: --set data=mnist:DIR?split=... for your own copy),
 # pooled to 7x7, conv 2x8 tanh, MSE; minutes per run on a CPU. CNN_BN_MNIST: with BatchNorm.
