@@ -9,10 +9,15 @@ separately. Hessian-vector products over the whole dataset are counted (hessian-
 their product). Errors are relative to a 60-step float64 Lanczos reference of ``lambda_max``.
 
 Each peer runs at its best settings: torch with 1 and with 2 intra-op threads; ``eigsh`` at
-tolerances 1e-2 .. 1e-4; PyHessian at tolerances 1e-3 .. 1e-6 (its power iteration on the whole
-dataset as one batch, its faster mode). hessian-lab runs its chunked and its linearised
-full-data product at several Lanczos lengths. The summary takes, per method, the fastest setting
-whose error is at most ``--target`` (1e-4), and prints the ratios.
+tolerances 1e-2 .. 1e-4 with scipy's Krylov space (``ncv`` 20) and a short one (10); PyHessian
+at tolerances 1e-4, 5e-5, 2e-5, 1e-5, 1e-6 (its power iteration on the whole dataset as one
+batch, its faster mode). hessian-lab runs its linearised full-data product at 11 .. 20 Lanczos
+steps and its chunked one at 15 and 20, from the same random start as eigsh; and its linearised
+product at 3 .. 8 steps from ``hl.subsample_start``'s vector (15 Lanczos steps on n/20 or n/10
+examples, counted as that fraction of a full product each, and timed with the rest). The summary takes, per method, the fastest setting whose
+error is at most ``--target`` (1e-4), and prints the ratios. Then the floor: the FLOP rate
+hessian-lab's product reaches (XLA's FLOP count of a product, over its measured time) beside a
+plain float32 matrix product's on the same machine.
 
 Optional extra, never imported by the library or tests:
 ``pip install torch==2.13.0 curvlinops-for-pytorch pyhessian``.
@@ -44,9 +49,13 @@ import hessian_lab as hl  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from panel import PANEL  # noqa: E402
 
-HL_ITERS = (11, 12, 13, 14, 15, 20)  # linearised; the chunked product at 15 and 20
+HL_ITERS = tuple(range(11, 21))  # linearised; the chunked product at HL_CHUNKED_ITERS
+HL_CHUNKED_ITERS = (15, 20)
+HL_SUBSETS = (20, 10)  # hl.subsample_start on n/20 and n/10 examples, 15 steps, then:
+HL_WARM_ITERS = tuple(range(3, 9))  # linearised full-data Lanczos steps from its vector
 EIGSH_TOLS = (1e-2, 1e-3, 1e-4)
-PYHESSIAN_TOLS = (1e-4, 1e-5, 1e-6)
+EIGSH_NCV = (None, 10)  # ARPACK's Krylov space: scipy's default (20 for k=1) and a short one
+PYHESSIAN_TOLS = (1e-4, 5e-5, 2e-5, 1e-5, 1e-6)
 
 
 def reference(p, *, chunk, iters, dtype):
@@ -61,30 +70,36 @@ def reference(p, *, chunk, iters, dtype):
     return np.asarray(top, float), float(bottom[0])
 
 
-def hessian_lab_cases(p, v0, *, chunk):
-    """``name -> (run, setup s, compile s)`` for the chunked and linearised products."""
+def hessian_lab_cases(p, v0, *, chunk, key):
+    """``name -> (run, setup s, compile s)``: the chunked and linearised products from ``v0``,
+    and the linearised one from :func:`hl.subsample_start`'s vector (its subset products
+    counted as ``size / n`` of a full one each)."""
     cases = {}
     n = jax.tree.leaves(p.data)[0].shape[0]
-    for lin, size in ((False, chunk), (True, n)):
-        for iters in HL_ITERS if lin else HL_ITERS[-2:]:
-            fn = jax.jit(
-                lambda params, data, v, iters=iters, lin=lin, size=size: hl.top_eigs(
-                    hl.full_data_hvp(p.loss, params, data, chunk_size=size, linearize=lin),
-                    v,
-                    k=1,
-                    num_iters=iters,
-                )
-            )
-            t = time.perf_counter()
-            compiled = fn.lower(p.params, p.data, v0).compile()
-            t_compile = time.perf_counter() - t
+    settings = [(False, chunk, iters, None) for iters in HL_CHUNKED_ITERS]
+    settings += [(True, n, iters, None) for iters in HL_ITERS]
+    settings += [(True, n, iters, n // d) for d in HL_SUBSETS for iters in HL_WARM_ITERS]
+    for lin, size, iters, subset in settings:
 
-            def run(compiled=compiled):
-                out = jax.block_until_ready(compiled(p.params, p.data, v0))
-                return float(out.values[0]), int(out.num_matvecs)
+        def fn(params, data, v, lin=lin, size=size, iters=iters, subset=subset):
+            op = hl.full_data_hvp(p.loss, params, data, chunk_size=size, linearize=lin)
+            if subset is None:
+                return hl.top_eigs(op, v, k=1, num_iters=iters), 0
+            start = hl.subsample_start(p.loss, params, data, key, size=subset)
+            return hl.top_eigs(op, start.vector, k=1, num_iters=iters), start.num_matvecs
 
-            mode = "linearized" if lin else f"chunk {chunk}"
-            cases[f"hessian-lab {iters} steps, {mode}"] = (run, 0.0, t_compile)
+        t = time.perf_counter()
+        compiled = jax.jit(fn).lower(p.params, p.data, v0).compile()
+        t_compile = time.perf_counter() - t
+
+        def run(compiled=compiled, subset=subset):
+            out, sub = jax.block_until_ready(compiled(p.params, p.data, v0))
+            products = int(out.num_matvecs) + (0 if subset is None else int(sub) * subset / n)
+            return float(out.values[0]), products
+
+        mode = "linearized" if lin else f"chunk {chunk}"
+        start = "" if subset is None else f" from a {subset}-example start"
+        cases[f"hessian-lab {iters} steps{start}, {mode}"] = (run, 0.0, t_compile)
     return cases
 
 
@@ -108,14 +123,18 @@ def curvlinops_cases(p, start, *, chunk, threads):
     v0 = np.asarray(start, H.dtype)
     cases = {}
     for tol in EIGSH_TOLS:
+        for ncv in EIGSH_NCV:
 
-        def run(tol=tol):
-            torch.set_num_threads(threads)
-            count[0] = 0
-            vals = spla.eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
-            return float(vals[-1]) * p.curvlinops_scale, count[0]
+            def run(tol=tol, ncv=ncv):
+                torch.set_num_threads(threads)
+                count[0] = 0
+                vals = spla.eigsh(
+                    op, k=1, which="LA", tol=tol, v0=v0, ncv=ncv, return_eigenvectors=False
+                )
+                return float(vals[-1]) * p.curvlinops_scale, count[0]
 
-        cases[f"curvlinops + eigsh tol={tol:g}, {threads} thr"] = (run, t_setup, 0.0)
+            space = "" if ncv is None else f" ncv={ncv}"
+            cases[f"curvlinops + eigsh tol={tol:g}{space}, {threads} thr"] = (run, t_setup, 0.0)
     return cases
 
 
@@ -154,6 +173,32 @@ def pyhessian_cases(p, *, threads, seed):
     return cases
 
 
+def matmul_rate(size=2048, repeats=5):
+    """GFLOP/s of a ``size``-cubed float32 matrix product in JAX: the CPU's practical peak."""
+    a = jnp.ones((size, size), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+    jax.block_until_ready(f(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def product_flops(p, v0):
+    """XLA's FLOP count of one linearised product: a full-batch HVP's minus a gradient's (the
+    gradient is the part ``jax.linearize`` computes once)."""
+
+    def flops(fn, *args):
+        return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+
+    def hvp(params, data, v):
+        return jax.jvp(lambda q: jax.grad(p.loss)(q, data), (params,), (v,))[1]
+
+    return flops(hvp, p.params, p.data, v0) - flops(jax.grad(p.loss), p.params, p.data)
+
+
 def run_problem(p, args):
     n = jax.tree.leaves(p.data)[0].shape[0]
     chunk = min(args.chunk_size, n)
@@ -173,7 +218,7 @@ def run_problem(p, args):
     )
     v0 = hl.tree.random_like(jax.random.key(args.seed), p.params)
     start = np.asarray(hl.tree.ravel(v0)[0])
-    cases = hessian_lab_cases(p, v0, chunk=chunk)
+    cases = hessian_lab_cases(p, v0, chunk=chunk, key=jax.random.key(args.seed + 1))
     for threads in args.threads:
         cases |= curvlinops_cases(p, start, chunk=chunk, threads=threads)
         cases |= pyhessian_cases(p, threads=threads, seed=args.seed)
@@ -190,7 +235,7 @@ def run_problem(p, args):
             times[name].append(time.perf_counter() - t)
         print(f"  repeat {r + 1}/{args.repeats} done, load {os.getloadavg()[0]:.1f}", flush=True)
     print(
-        f"\n{'method':46s} {'setup s':>7s} {'compile s':>9s} {'time s':>7s} {'matvecs':>7s} "
+        f"\n{'method':60s} {'setup s':>7s} {'compile s':>9s} {'time s':>7s} {'matvecs':>7s} "
         f"{'rel err':>8s}"
     )
     rows = []
@@ -199,13 +244,25 @@ def run_problem(p, args):
         err = abs(value - lam) / abs(lam)
         t_run = statistics.median(times[name])
         rows.append((name, t_run, err))
-        print(f"{name:46s} {setup:7.2f} {comp:9.2f} {t_run:7.3f} {matvecs:7d} {err:8.1e}")
+        print(f"{name:60s} {setup:7.2f} {comp:9.2f} {t_run:7.3f} {matvecs:7.4g} {err:8.1e}")
     best = {}
     for family in ("hessian-lab", "curvlinops", "PyHessian"):
         ok = [(t, name) for name, t, err in rows if name.startswith(family) and err <= args.target]
         best[family] = min(ok) if ok else (float("nan"), "(none reached the target)")
         print(f"best {family} at {args.target:g}: {best[family][0]:.3f} s  [{best[family][1]}]")
     ours = best["hessian-lab"][0]
+    per_product, name_lin = min(
+        (t / results[name][1], name)
+        for name, t, _ in rows
+        if name.endswith("linearized") and "start" not in name
+    )
+    gflop = product_flops(p, v0) / 1e9
+    print(
+        f"floor: a linearised product is {gflop:.2f} GFLOP (XLA's count); at "
+        f"{per_product * 1e3:.0f} ms each ({name_lin}) that is {gflop / per_product:.0f} GFLOP/s; "
+        f"a float32 2048^3 matrix product here runs at {matmul_rate():.0f} GFLOP/s",
+        flush=True,
+    )
     print(
         f"RATIO {p.name}: curvlinops / hessian-lab = {best['curvlinops'][0] / ours:.1f}x, "
         f"PyHessian / hessian-lab = {best['PyHessian'][0] / ours:.1f}x "
