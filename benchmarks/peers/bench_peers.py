@@ -14,10 +14,11 @@ at tolerances 1e-4, 5e-5, 2e-5, 1e-5, 1e-6 (its power iteration on the whole dat
 batch, its faster mode). hessian-lab runs its linearised full-data product at 11 .. 20 Lanczos
 steps and its chunked one at 15 and 20, from the same random start as eigsh; and its linearised
 product at 3 .. 8 steps from ``hl.subsample_start``'s vector (15 Lanczos steps on n/20 or n/10
-examples, counted as that fraction of a full product each, and timed with the rest). The summary takes, per method, the fastest setting whose
-error is at most ``--target`` (1e-4), and prints the ratios. Then the floor: the FLOP rate
-hessian-lab's product reaches (XLA's FLOP count of a product, over its measured time) beside a
-plain float32 matrix product's on the same machine.
+examples, counted as that fraction of a full product each, and timed with the rest). The
+summary takes, per method, the fastest setting whose error is at most ``--target`` (1e-4), and
+prints the ratios. Then the floor: the FLOP rate hessian-lab's product reaches (XLA's FLOP count
+of a product, over its measured time) beside a plain float32 matrix product's on the same
+machine.
 
 Optional extra, never imported by the library or tests:
 ``pip install torch==2.13.0 curvlinops-for-pytorch pyhessian``.
