@@ -25,6 +25,11 @@ def _pick(c: np.ndarray, div: np.ndarray) -> list[int]:
     return list(dict.fromkeys(idx))
 
 
+def _width(w: int) -> str:
+    # a user problem without a width argument is recorded as width 0: the model as given
+    return f"width {w}" if w > 0 else "the model as given"
+
+
 def _vlines(ax) -> None:
     ax.axvline(2.0, color="k", lw=1, ls="--", label="$c = 2$")
     ax.axvline(4.0, color="0.5", lw=1, ls="-.", label="$c = 4$")
@@ -49,7 +54,7 @@ def trajectories(r, fams: list[str], labels: dict[str, str]) -> Figure:
         style.threshold(b, 2.0, color="r", label="$\\eta\\lambda = 2$")
         top = 1.1 * float(np.nanmax(c[~div])) if (~div).any() else 4.5
         b.set_ylim(0, max(4.5, top))
-        title = f"{labels[fam]}, width {w}: loss"
+        title = f"{labels[fam]}, {_width(w)}: loss"
         style.finish(a, xlabel="step", ylabel="$L_t / L_0$", title=title, logy=True)
         style.finish(b, xlabel="step", ylabel=style.ETA_LAMBDA, title="sharpness in units of 1/eta")
     return fig
@@ -63,7 +68,7 @@ def regimes(r, fams: list[str], critical: dict[str, dict], labels: dict[str, str
         div = getattr(r, f"{fam}_diverged")
         a, b = axes[2 * row], axes[2 * row + 1]
         for i, w in enumerate(getattr(r, f"{fam}_widths")):
-            col, lab = style.color(i), f"width {w}"
+            col, lab = style.color(i), _width(int(w))
             ratio = np.where(div[i], np.nan, cr["loss_ratio"][i])
             a.plot(c, stats.nanmean(ratio, axis=-1), "o-", ms=3, color=col, label=lab)
             final = np.where(div[i], np.nan, cr["final_x_lr"][i])

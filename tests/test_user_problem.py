@@ -7,6 +7,7 @@ written independently in this file from the same arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import sys
@@ -424,6 +425,17 @@ def test_catapult_on_the_users_problem_sweeps_its_width(files, tmp_path):
     np.testing.assert_allclose(res.mlp_lambda0[0, 0], ref, rtol=1e-6)
     np.testing.assert_allclose(res.mlp_eta[0, :, 0], res.mlp_c / ref, rtol=1e-6)
     assert "my_problem.py:make width=2" in catapult.summary(res)["c_loss"]
+    # a problem without a width argument is recorded as width 0: the figures say "as given"
+    figs = catapult.figures(dataclasses.replace(res, mlp_widths=np.array([0])))
+    texts = [
+        t
+        for fig in figs.values()
+        for ax in fig.axes
+        for t in [ax.get_title()] + [x.get_text() for x in getattr(ax.get_legend(), "texts", [])]
+    ]
+    assert any("the model as given" in t for t in texts)
+    assert not any("width 0" in t for t in texts)
+    assert any("width 32" in t for t in texts)  # the linear net's widths keep their label
     clash = _cli("study", "run", "catapult", "--out", tmp_path / "clash", "--set",
                  f"problem={root}/my_problem.py:make", "--set", "problem_widths=2", "--set",
                  "problem_args=width=3")  # fmt: skip
