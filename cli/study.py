@@ -7,6 +7,7 @@ and hands the run to :func:`hessian_lab.studies.sweep.execute`; the report comes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -136,8 +137,14 @@ def _build_config(
     sets: list[str],
     axes: list[tuple[str, str]],
 ) -> Any:
-    """The preset, then the --config file, then each --set, then the phase-diagram axes."""
+    """The preset, then the --config file, then each --set, then the phase-diagram axes.
+
+    Later sources override earlier ones field by field; the Config is built once from the
+    result, so its cross-field checks see the final combination, not each step on the way.
+    """
     config = module.TINY if preset is Preset.tiny else module.DEFAULT
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, list[str]]] = []  # (how the user typed it, the fields it sets)
     if config_file is not None:
         if config_file.is_dir():
             raise sweep.SweepError(f"--config: {config_file} is a directory, not a JSON file")
@@ -153,21 +160,34 @@ def _build_config(
         if not isinstance(data, dict):
             raise sweep.SweepError(f"--config: {config_file} must hold a JSON object of fields")
         try:
-            config = sweep.with_overrides(config, data)
+            values |= sweep.read_overrides(config, data)
         except sweep.SweepError as e:
             raise sweep.SweepError(f"--config {config_file}: {e}") from e
+        sources.append((f"--config {config_file}", list(data)))
     _check_once(sets, axes)
-    for item in sets:
-        try:
-            config = sweep.with_overrides(config, [item])
-        except sweep.SweepError as e:
-            raise sweep.SweepError(f"--set {item}: {e}") from e
-    for option, item in axes:
-        try:
-            config = sweep.with_overrides(config, [item])
+    for option, item in [("--set", s) for s in sets] + list(axes):
+        try:  # each value read on its own, so an unreadable one names its option
+            values |= sweep.read_overrides(config, [item])
         except sweep.SweepError as e:
             raise sweep.SweepError(f"{option} {item}: {e}") from e
-    return config
+        sources.append((f"{option} {item}", [item.partition("=")[0].strip()]))
+    try:
+        return sweep.replace_checked(config, values)
+    except sweep.SweepError as e:
+        raise sweep.SweepError(f"{_culprits(sources, str(e))}: {e}") from e
+
+
+def _culprits(sources: list[tuple[str, list[str]]], message: str) -> str:
+    """The options that set a field the Config's complaint names (all of them if it names none).
+
+    ``sources``: (the option as the user typed it, the fields it set).
+    """
+    named = [
+        typed
+        for typed, keys in sources
+        if any(re.search(rf"\b{re.escape(k)}\b", message) for k in keys)
+    ]
+    return ", ".join(named or [typed for typed, _ in sources]) or "--preset"
 
 
 def _check_once(sets: list[str], axes: list[tuple[str, str]]) -> None:
@@ -249,8 +269,10 @@ def study_run(
 ) -> None:
     """Run a study into a run directory, resuming a previous run there.
 
-    Settings apply in order: --preset, then --config, then each --set. Values are read by
-    the field's type: 3, 0.1, true, text, none (optional fields), and tuples as 0.1,0.2,0.4;
+    Settings apply in order: --preset, then --config, then each --set, each overriding the
+    one before; the Config is checked once, on the result, so the order of the --set options
+    does not matter. Values are read by the field's type: 3, 0.1, true, text, none (optional
+    fields), and tuples as 0.1,0.2,0.4;
     'hessian-lab study show NAME' lists the fields.
 
     Examples:

@@ -116,15 +116,16 @@ def _read(tp: Any, value: Any, key: str) -> Any:
         raise ValueError(_message(key, e, value)) from None
 
 
-def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) -> Any:
-    """Return ``config`` with fields replaced, each value read according to the field's type.
+def read_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Read ``overrides`` against ``config``'s field types, without building a Config.
 
     ``overrides`` is either ``["key=value", ...]`` (the CLI's ``--set``; tuples are written
     ``0.1,0.2``, booleans ``true``/``false``, optionals ``none``) or a mapping of JSON values.
+    Returns ``{field: value}``; the cross-field checks run when a Config is built from them.
 
     Raises:
-      SweepError: an unknown key (the message lists the allowed ones), an unreadable value, or a
-        value the Config rejects.
+      SweepError: an unknown key (the message lists the allowed ones), a key given twice, or an
+        unreadable value.
     """
     types_ = field_types(type(config), config)
     if isinstance(overrides, Mapping):
@@ -145,10 +146,33 @@ def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) ->
             f"; allowed: {', '.join(types_)}"
         )
     try:
-        values = {k: _read(types_[k], v, k) for k, v in pairs}
+        return {k: _read(types_[k], v, k) for k, v in pairs}
+    except (ValueError, TypeError) as e:
+        raise SweepError(str(e)) from e
+
+
+def replace_checked(config: Any, values: Mapping[str, Any]) -> Any:
+    """``config`` with ``values`` (already read) replaced at once: the Config's checks see the
+    final combination, whatever order the values came in.
+
+    Raises:
+      SweepError: a value or combination the Config rejects.
+    """
+    try:
         return dataclasses.replace(config, **values)
     except (ValueError, TypeError) as e:
         raise SweepError(str(e)) from e
+
+
+def with_overrides(config: Any, overrides: Sequence[str] | Mapping[str, Any]) -> Any:
+    """Return ``config`` with fields replaced, each value read according to the field's type
+    (:func:`read_overrides`), all at once (:func:`replace_checked`).
+
+    Raises:
+      SweepError: an unknown key (the message lists the allowed ones), an unreadable value, or a
+        value the Config rejects.
+    """
+    return replace_checked(config, read_overrides(config, overrides))
 
 
 def config_from_dict(module: ModuleType, stored: Mapping[str, Any]) -> Any:

@@ -45,6 +45,8 @@ from .configs import (
     config_to_dict,
     field_types,
     normalize,
+    read_overrides,
+    replace_checked,
     with_overrides,
 )
 from .rundir import MANIFEST, check_run_dir, read_manifest
@@ -67,6 +69,8 @@ __all__ = [
     "normalize",
     "parse_shard",
     "read_manifest",
+    "read_overrides",
+    "replace_checked",
     "with_overrides",
 ]
 

@@ -46,6 +46,10 @@ class Config:
             raise ValueError(f"num_seeds: must be >= 1, got {self.num_seeds}")
         if self.steps < 2:
             raise ValueError(f"steps: must be >= 2, got {self.steps}")
+        if self.num_seeds > self.steps:  # a cross-field check, as real studies have
+            raise ValueError(
+                f"num_seeds: must be at most steps ({self.steps}), got {self.num_seeds}"
+            )
         if not 0 < self.scale <= 10:
             raise ValueError(f"scale: must be in (0, 10], got {self.scale}")
 

@@ -166,6 +166,28 @@ def test_set_and_config_file(tmp_path):
     _assert_same_arrays(_arrays(tmp_path / "r"), _arrays(tmp_path / "r2"))
 
 
+def test_set_order_does_not_matter_for_cross_field_checks(tmp_path):
+    # num_seeds <= steps: raising both past TINY's steps (8) works whichever comes first
+    stored = []
+    for i, sets in enumerate((["num_seeds=10", "steps=12"], ["steps=12", "num_seeds=10"])):
+        args = [a for s in sets for a in ("--set", s)]
+        result = cli("study", "run", "fake", "--preset", "tiny", *args, "--out",
+                     tmp_path / f"r{i}", "-q", "--no-report")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        stored.append(json.loads((tmp_path / f"r{i}" / "config.json").read_text())["config"])
+    assert stored[0] == stored[1] and stored[0]["num_seeds"] == 10 and stored[0]["steps"] == 12
+    # a value from the --config file counts too, and the error names the option that set it
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"steps": 12}))
+    ok = cli("study", "run", "fake", "--preset", "tiny", "--set", "num_seeds=10", "--config",
+             cfg, "--out", tmp_path / "r2", "-q", "--no-report")  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    bad = cli("study", "run", "fake", "--preset", "tiny", "--set", "num_seeds=10", "--set",
+              "scale=2", "--out", tmp_path / "bad", "-q")  # fmt: skip
+    _assert_one_line_error(bad, 2, "error: --set num_seeds=10: num_seeds: must be at most steps")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.fixture
 def existing(tmp_path):
     """A complete run, a corrupted run and a plain file, to check errors overwrite nothing."""

@@ -126,7 +126,7 @@ def test_phase_diagram_of_the_users_network_on_mnist_files(files, tmp_path):
         (["--problem", "{root}/prob.py:make", "--x", "2,4"], "error: --x: name an argument"),
         (["--problem", "{root}/prob.py:make", "--x", "depth=2,4"], "error: problem_args: "),
         (["--problem", "{root}/prob.py:make", "--arg", "width=3", "--x", "width=2"],
-         "error: --x x_values=2: x_arg: "),  # the swept argument, given twice
+         "error: --arg problem_args=width=3, --x x_arg=width: x_arg: "),  # swept and fixed
         (["--problem", "{root}/prob.py:make"], "error: x_values: "),  # no --x
     ],
 )  # fmt: skip
