@@ -21,7 +21,7 @@ from hessian_lab.studies import registry, sweep
 from hessian_lab.studies.report import write_report
 
 from .sharpness import sharpness_cmd
-from .study import CONFIG, OUT, PRESET, SET, SHARD, Preset, run, study_app
+from .study import CONFIG, OUT, PRESET, SET, SHARD, run, study_app
 from .ui import (
     NO_REPORT,
     QUIET,
@@ -223,7 +223,7 @@ def phase_diagram(
         list[str] | None,
         typer.Option("--arg", metavar="NAME=VALUE", help="Argument of the --problem function."),
     ] = None,
-    preset: Annotated[Preset, PRESET] = Preset.default,
+    preset: Annotated[str, PRESET] = "default",
     set_: Annotated[list[str] | None, SET] = None,
     config_file: Annotated[Path | None, CONFIG] = None,
     shard: Annotated[str | None, SHARD] = None,

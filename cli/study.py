@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,14 +29,9 @@ from .ui import (
     say,
 )
 
-__all__ = ["CONFIG", "OUT", "PRESET", "SET", "SHARD", "Preset", "run", "study_app"]
+__all__ = ["CONFIG", "OUT", "PRESET", "SET", "SHARD", "run", "study_app"]
 
 study_app = typer.Typer(invoke_without_command=True, rich_markup_mode="markdown")
-
-
-class Preset(StrEnum):
-    tiny = "tiny"
-    default = "default"
 
 
 @study_app.callback()
@@ -95,9 +89,9 @@ def study_list(
 @study_app.command("show")
 def study_show(
     name: Annotated[str, typer.Argument(help="Study name (see 'hessian-lab study list').")],
-    preset: Annotated[Preset, typer.Option(help="Which preset's values to show.")] = (
-        Preset.default
-    ),
+    preset: Annotated[
+        str, typer.Option(metavar="NAME", help="Which preset's values to show (listed below).")
+    ] = "default",
 ) -> None:
     """Show a study's Config fields (the keys --set accepts): type, value and meaning.
 
@@ -113,8 +107,9 @@ def study_show(
     with errors():
         module = registry.get(name)
         sweep.check_study(module)
-        config = module.TINY if preset is Preset.tiny else module.DEFAULT
+        config = sweep.preset(module, preset)
         typer.echo(f"{name}: {_describe(module)}")
+        typer.echo(f"presets: {', '.join(sweep.presets(module))} (this is {preset})")
         types_ = sweep.field_types(type(config), config)
         docs = describe(type(config))
         for key, value in sweep.config_to_dict(config).items():
@@ -123,7 +118,7 @@ def study_show(
             line = f"  {key:<24} {tp_name:<28} {value!r}"
             typer.echo(f"{line:<80} {docs[key]}" if docs.get(key) else line)
         if sweep.is_sweep(module):
-            typer.echo(f"sweep points ({preset.value}): {len(module.points(config))}")
+            typer.echo(f"sweep points ({preset}): {len(module.points(config))}")
         axes = getattr(module, "PHASE_AXES", None)
         if axes:
             typer.echo(f"phase-diagram axes: --x {axes[0]}=V1,V2,...  --y {axes[1]}=V1,V2,...")
@@ -132,7 +127,7 @@ def study_show(
 def _build_config(
     module: Any,
     name: str,
-    preset: Preset,
+    preset: str,
     config_file: Path | None,
     sets: list[str],
     axes: list[tuple[str, str]],
@@ -142,7 +137,7 @@ def _build_config(
     Later sources override earlier ones field by field; the Config is built once from the
     result, so its cross-field checks see the final combination, not each step on the way.
     """
-    config = module.TINY if preset is Preset.tiny else module.DEFAULT
+    config = sweep.preset(module, preset)
     values: dict[str, Any] = {}
     sources: list[tuple[str, list[str]]] = []  # (how the user typed it, the fields it sets)
     if config_file is not None:
@@ -206,7 +201,7 @@ def run(
     name: str,
     *,
     out: Path,
-    preset: Preset,
+    preset: str,
     sets: list[str],
     config_file: Path | None,
     shard: str | None,
@@ -248,7 +243,11 @@ def run(
 
 
 OUT = typer.Option("--out", "-o", help="Run directory (created; rerun to resume).")
-PRESET = typer.Option(help="Starting configuration: the study's TINY or DEFAULT.")
+PRESET = typer.Option(
+    metavar="NAME",
+    help="Starting configuration: tiny, default, or another preset of the study "
+    "('hessian-lab study show NAME' lists them).",
+)
 SET = typer.Option(
     "--set", "-s", metavar="KEY=VALUE", help="Override one Config field; repeat for more."
 )
@@ -260,7 +259,7 @@ SHARD = typer.Option(metavar="I/N", help="Run only the sweep points with index %
 def study_run(
     name: Annotated[str, typer.Argument(help="Study name (see 'hessian-lab study list').")],
     out: Annotated[Path, OUT],
-    preset: Annotated[Preset, PRESET] = Preset.default,
+    preset: Annotated[str, PRESET] = "default",
     set_: Annotated[list[str] | None, SET] = None,
     config_file: Annotated[Path | None, CONFIG] = None,
     shard: Annotated[str | None, SHARD] = None,

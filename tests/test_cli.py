@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hessian_lab.cli.app import app
 from hessian_lab.io import load_run
-from hessian_lab.studies import registry
+from hessian_lab.studies import registry, sweep
 
 TESTS = Path(__file__).parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -105,6 +105,28 @@ def test_study_list_and_show():
     with fake_study.registered("axes", fake_study.variant(PHASE_AXES=("lrs", "num_seeds"))):
         shown = cli("study", "show", "axes").stdout
     assert "phase-diagram axes: --x lrs=V1,V2,...  --y num_seeds=V1,V2,..." in shown
+
+
+def test_every_preset_a_study_defines_is_a_preset_option_and_documented():
+    from hessian_lab.studies import edge_of_stability as eos
+
+    found = sweep.presets(eos)
+    assert list(found)[:2] == ["tiny", "default"] and found["cnn_bn_mnist"] is eos.CNN_BN_MNIST
+    assert "tiny_mlp" not in sweep.presets(registry.get("catapult"))  # a dict, not a Config
+    shown = cli("study", "show", "edge_of_stability", "--preset", "cnn_mnist")
+    assert shown.exit_code == 0, shown.output
+    assert "presets: tiny, default, tiny_cnn, cnn_mnist, cnn_bn_mnist" in shown.stdout
+    row = next(line.split() for line in shown.stdout.splitlines() if "downsample" in line)
+    assert row[:3] == ["downsample", "int", str(eos.CNN_MNIST.downsample)] != [
+        "downsample", "int", str(eos.DEFAULT.downsample)]  # fmt: skip
+    _assert_one_line_error(cli("study", "show", "fake", "--preset", "huge"), 2,
+                           "--preset: unknown preset 'huge' for fake; choose from tiny, default")  # fmt: skip
+    text = (TESTS.parent / "docs" / "cli.md").read_text()
+    for name in registry.names():
+        if name == "fake":
+            continue
+        extra = [p for p in sweep.presets(registry.get(name)) if p not in ("tiny", "default")]
+        assert all(f"`{p}`" in text for p in extra), (name, extra)
 
 
 def _counting_run_point(config, point, *, progress=None):
