@@ -100,3 +100,39 @@ def test_a_non_key_is_refused():
     loss, params, data = _problem()
     with pytest.raises(ValueError, match="key: must be a PRNG key"):
         hl.subsample_start(loss, params, data, 0, size=10)
+
+
+def test_a_train_mode_batchnorm_loss_uses_the_subsets_statistics_and_still_warm_starts():
+    """A train-mode BatchNorm curvature loss normalises with the batch's statistics: the start
+    is the top eigenvector of the Hessian with the *subset's* statistics (a different matrix),
+    and full-data Lanczos from it, with the full data's statistics, still reaches lambda_max."""
+    _, params, (x, y) = _problem()
+    params, y = {**params, "gain": jnp.ones(8, jnp.float64)}, y[:, None]
+
+    def apply(p, s, inputs, *, train, key):
+        h = inputs @ p["w1"]
+        mean, var = (h.mean(0, keepdims=True), h.var(0, keepdims=True)) if train else s
+        out = jnp.tanh(p["gain"][None] * (h - mean) / jnp.sqrt(var + 1e-5)) @ p["w2"]
+        return out[:, None], s  # (n, 1) outputs: MSE averages over examples
+
+    state = (jnp.zeros((1, 8)), jnp.ones((1, 8)))  # running statistics: unused in train mode
+    loss = hl.curvature_loss(hl.stateful_loss(apply, "mse"), state)
+
+    def plain(p, batch):  # the same train-mode loss written out, for the dense reference
+        h = batch[0] @ p["w1"]
+        z = (h - h.mean(0, keepdims=True)) / jnp.sqrt(h.var(0, keepdims=True) + 1e-5)
+        out = jnp.tanh(p["gain"][None] * z) @ p["w2"]
+        return 0.5 * jnp.mean((out - batch[1][:, 0]) ** 2)
+
+    np.testing.assert_allclose(float(loss(params, (x, y))), float(plain(params, (x, y))))
+
+    res = hl.subsample_start(loss, params, (x, y), jax.random.key(1), size=40, num_iters=40)
+    idx = np.asarray(res.indices)
+    sub_vals, sub_vecs, _ = _dense_eigh(plain, params, (x[idx], y[idx]))
+    np.testing.assert_allclose(float(res.value), sub_vals[-1], rtol=1e-8)
+    assert abs(np.asarray(hl.tree.ravel(res.vector)[0]) @ sub_vecs[:, -1]) > 1 - 1e-8
+    full_vals = _dense_eigh(plain, params, (x, y))[0]
+    assert abs(sub_vals[-1] - full_vals[-1]) > 1e-3 * full_vals[-1]  # the subset's own matrix
+    op = hl.full_data_hvp(loss, params, (x, y), chunk_size=400)
+    top = hl.top_eigs(op, res.vector, num_iters=12).values[0]
+    np.testing.assert_allclose(float(top), full_vals[-1], rtol=1e-9)
