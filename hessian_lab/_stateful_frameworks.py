@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from ._stateful import StatefulModel
 
-__all__ = ["equinox_model", "linen_model", "nnx_model", "stateful_model"]
+__all__ = ["equinox_model", "linen_dropout_off", "linen_model", "nnx_model", "stateful_model"]
 
 
 def _declares(fn: Any, name: str) -> bool:
@@ -58,18 +58,36 @@ def as_default_float(state: Any) -> Any:
     return jax.tree.map(cast, state)
 
 
-def linen_model(module: Any, x: Any) -> StatefulModel:
-    """A flax linen module with variable collections besides ``params`` (module doc)."""
+def linen_dropout_off() -> Any:
+    """A context in which every flax linen ``nn.Dropout`` call is the identity."""
+    import flax.linen as nn
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, nn.Dropout):
+            return args[0]
+        return next_fun(*args, **kwargs)
+
+    return nn.intercept_methods(interceptor)
+
+
+def linen_model(module: Any, x: Any) -> tuple[StatefulModel, bool]:
+    """A flax linen module with variable collections besides ``params`` (module doc), and
+    whether it needs the adapter even without them: it calls ``nn.Dropout`` or declares
+    ``train`` (a plain ``module.apply`` would have no dropout key, or no ``train``)."""
     import flax.linen as nn
 
     train_kw = _declares(module.__call__, "train")
+
+    dropouts = []  # the Dropout layers the module calls, seen while init is traced
 
     def switches(train: bool, dropout: bool):
         def interceptor(next_fun, args, kwargs, context):
             if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
-            if isinstance(context.module, nn.Dropout) and not dropout:
-                return args[0]  # dropout off: the identity (Dropout holds no variables)
+            if isinstance(context.module, nn.Dropout):
+                dropouts.append(context.module.name)
+                if not dropout:
+                    return args[0]  # dropout off: the identity (Dropout holds no variables)
             if isinstance(context.module, nn.BatchNorm):
                 given = args[1] if len(args) > 1 else kwargs.get("use_running_average")
                 fixed = context.module.use_running_average
@@ -109,7 +127,8 @@ def linen_model(module: Any, x: Any) -> StatefulModel:
             return out, {k: new[k] for k in state}
         return call(variables, inputs, train=train, key=key, mutable=False), state
 
-    return StatefulModel(lambda key: init_variables(key)["params"], apply, state)
+    model = StatefulModel(lambda key: init_variables(key)["params"], apply, state)
+    return model, bool(dropouts) or train_kw
 
 
 def nnx_model(module: Any) -> StatefulModel:
@@ -171,13 +190,16 @@ def equinox_model(model: Any, state: Any) -> StatefulModel:
 def stateful_model(obj: Any, x: Any) -> StatefulModel | None:
     """The :class:`StatefulModel` of a framework model with state, or None if it has none.
 
+    A flax linen module without state that calls ``nn.Dropout`` or declares ``train`` gets one
+    too (with an empty state): ``train`` and the dropout key are what its calls need.
+
     ``obj``: a linen Module, an nnx Module, or an ``(equinox Module, eqx.nn.State)`` pair.
     ``x``: a batch of inputs (linen initialises on ``x[:1]``).
     """
     linen, nnx, eqx = (sys.modules.get(m) for m in ("flax.linen", "flax.nnx", "equinox"))
     if linen is not None and isinstance(obj, linen.Module):
-        model = linen_model(obj, x)
-        return model if model.state else None
+        model, flags = linen_model(obj, x)
+        return model if model.state or flags else None
     if nnx is not None and isinstance(obj, nnx.Module):
         model = nnx_model(obj)
         return model if jax.tree.leaves(model.state) else None

@@ -56,7 +56,7 @@ import numpy as np
 from . import losses
 from ._problem_checks import check_shapes, unpack
 from ._stateful import StatefulModel, curvature_loss, stateful_loss
-from ._stateful_frameworks import stateful_model
+from ._stateful_frameworks import _declares, linen_dropout_off, stateful_model
 from .models import Model, mlp
 
 __all__ = ["Problem", "build", "example_mlp", "load_entry", "parse_args", "parse_entry"]
@@ -225,14 +225,22 @@ def as_model(obj: Any, x: Any, *, name: str = "problem") -> Model:
     """
     linen, nnx, eqx = (_framework(obj, m) for m in ("flax.linen", "flax.nnx", "equinox"))
     if linen is not None and isinstance(obj, linen.Module):
+        # as the stateful adapter calls it with dropout off: train mode, every nn.Dropout the
+        # identity (so a module with dropout needs no key and one with `train` gets it)
         sample = jnp.asarray(x[:1])
+        kw = {"train": True} if _declares(obj.__call__, "train") else {}
 
         def init(key):
-            variables = obj.init(key, sample)
+            with linen_dropout_off():
+                variables = obj.init(key, sample, **kw)
             _no_state(sorted(k for k in variables if k != "params"), "flax linen", name)
             return variables["params"]
 
-        return Model(init, lambda params, inputs: obj.apply({"params": params}, inputs))
+        def apply(params, inputs):
+            with linen_dropout_off():
+                return obj.apply({"params": params}, inputs, **kw)
+
+        return Model(init, apply)
     if nnx is not None and isinstance(obj, nnx.Module):
         graphdef, params, *rest = nnx.split(obj, nnx.Param, ...)
         paths = jax.tree_util.tree_leaves_with_path(rest)

@@ -191,3 +191,102 @@ def test_a_library_statefulmodel_is_taken_as_it_is(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-12)
     with pytest.raises(ValueError, match=r"^problem: .* has model state .* warmup does not carry"):
         pu.user_problem(f"{path}:make", n=32, study="warmup")
+
+
+DROPOUT_PROBLEM = """
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dtype = jnp.result_type(float)
+        h = jnp.tanh(nn.Dense(4, param_dtype=dtype)(x))
+        h = nn.Dropout(0.5, deterministic=not train)(h)
+        return nn.Dense(2, param_dtype=dtype)(h)
+
+
+def loss(out, y):
+    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+
+
+def make():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 5))
+    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)
+    return Net(), loss, (x, y)
+"""
+
+
+def _dropout_reference(p, x, y):
+    """The dropout problem's loss with dropout off, written out."""
+    h = jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None])
+    out = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"][None]
+    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+
+
+def test_a_dropout_only_linen_module_builds_with_and_without_state(tmp_path):
+    # It has no collection besides params, but calls nn.Dropout and declares `train`: a plain
+    # module.apply had no `train` and no dropout key, and both builds failed at init
+    from hessian_lab import curvature_loss, problem
+
+    (tmp_path / "drop.py").write_text(DROPOUT_PROBLEM)
+    stateful = problem.build(f"{tmp_path}/drop.py:make", stateful=True)
+    plain = problem.build(f"{tmp_path}/drop.py:make")
+    params = plain.model.init(jax.random.key(0))
+    x, y = plain.data
+    want = _dropout_reference(params, x, y)
+    np.testing.assert_allclose(plain.loss_fn(params, (x, y)), want, rtol=1e-12)
+    np.testing.assert_allclose(curvature_loss(stateful.loss_fn, stateful.state)(params, (x, y)),
+                               want, rtol=1e-12)  # fmt: skip
+    # with a key the adapter applies the module's dropout, as flax itself does with that key
+    key = jax.random.key(5)
+    out, _ = stateful.model.apply(params, stateful.state, x, train=True, key=key)
+    ns = {}
+    exec(DROPOUT_PROBLEM, ns)  # the problem file's own class
+    flax_out = ns["Net"]().apply({"params": params}, x, train=True, rngs={"dropout": key})
+    np.testing.assert_allclose(out, flax_out, rtol=1e-12)
+    assert not np.allclose(out, stateful.model.apply(params, {}, x, train=True)[0])
+
+
+def test_edge_of_stability_on_a_dropout_only_problem_trains_and_measures_without_dropout(
+    tmp_path,
+):
+    # The studies run full-batch GD as the papers do: a model's dropout is off in training and
+    # in the measurement alike (docs/own_network.md), so the run is plain GD on the dropout-off
+    # loss, checked against a hand-written loop and a dense Hessian.
+    from hessian_lab.studies import edge_of_stability as eos
+
+    (tmp_path / "drop.py").write_text(DROPOUT_PROBLEM)
+    out = tmp_path / "eos"
+    text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={text(v)}")]
+    r = _cli("study", "run", "edge_of_stability", "--preset", "tiny", "--out", out,
+             "--no-report", "-q", "--set", f"problem={tmp_path}/drop.py:make", *sets)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = eos.load(out)
+
+    x, y = map(jnp.asarray, _data())
+
+    class Net(nn.Module):  # the problem's network, to draw the same parameters
+        @nn.compact
+        def __call__(self, v):
+            h = jnp.tanh(nn.Dense(4, param_dtype=jnp.float64)(v))
+            return nn.Dense(2, param_dtype=jnp.float64)(h)
+
+    flat, unravel = ravel_pytree(Net().init(member_keys(0)[0], x[:1])["params"])
+
+    def f(t):
+        return _dropout_reference(unravel(t), x, y)
+
+    grad, hessian = jax.jit(jax.grad(f)), jax.jit(jax.hessian(f))
+    losses, tops = [], []
+    for t in range(21):
+        if t in (0, 10, 20):
+            tops.append(np.linalg.eigvalsh(np.asarray(hessian(flat)))[-1])
+        losses.append(float(f(flat)))
+        flat = flat - 0.5 * grad(flat)
+    np.testing.assert_allclose(res.loss[0], losses, rtol=1e-9)
+    np.testing.assert_allclose(res.sharpness[0], tops, rtol=1e-6)
