@@ -247,7 +247,8 @@ def as_model(obj: Any, x: Any, *, name: str = "problem") -> Model:
         _no_state(sorted({_path(path) for path, _ in paths}), "flax nnx", name)
         return Model(lambda key: params, lambda p, inputs: nnx.merge(graphdef, p, *rest)(inputs))
     if eqx is not None and isinstance(obj, eqx.Module):
-        params, static = eqx.partition(obj, eqx.is_inexact_array)
+        # dropout off (eqx.nn.Dropout needs no key then), as the stateful adapter measures
+        params, static = eqx.partition(eqx.nn.inference_mode(obj), eqx.is_inexact_array)
         return Model(lambda key: params, lambda p, inputs: jax.vmap(eqx.combine(p, static))(inputs))
     if eqx is not None and isinstance(obj, tuple | list) and len(obj) == 2:
         if isinstance(obj[1], eqx.nn.State):

@@ -251,6 +251,40 @@ def test_a_dropout_only_linen_module_builds_with_and_without_state(tmp_path):
     assert not np.allclose(out, stateful.model.apply(params, {}, x, train=True)[0])
 
 
+def test_an_equinox_module_with_dropout_builds_with_dropout_off(tmp_path):
+    eqx = pytest.importorskip("equinox")
+    from hessian_lab import problem
+
+    (tmp_path / "eqx_drop.py").write_text(
+        "import equinox as eqx, jax, jax.numpy as jnp, numpy as np\n"
+        "class Net(eqx.Module):\n"
+        "    a: eqx.nn.Linear\n"
+        "    drop: eqx.nn.Dropout\n"
+        "    b: eqx.nn.Linear\n"
+        "    def __init__(self, key):\n"
+        "        k1, k2 = jax.random.split(key)\n"
+        "        self.a, self.b = eqx.nn.Linear(5, 4, key=k1), eqx.nn.Linear(4, 2, key=k2)\n"
+        "        self.drop = eqx.nn.Dropout(0.5)\n"
+        "    def __call__(self, x, *, key=None):\n"
+        "        return self.b(self.drop(jnp.tanh(self.a(x)), key=key))\n"
+        "def loss(out, y):\n"
+        "    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(1)\n"
+        "    x = rng.normal(size=(96, 5))\n"
+        "    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)\n"
+        "    return Net(jax.random.key(0)), loss, (x, y)\n"
+    )
+    prob = problem.build(f"{tmp_path}/eqx_drop.py:make")  # Dropout without a key: it raised
+    params = prob.model.init(jax.random.key(0))
+    x, y = prob.data
+    a, b = params.a, params.b
+    out = jnp.tanh(x @ a.weight.T + a.bias[None]) @ b.weight.T + b.bias[None]
+    want = 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+    np.testing.assert_allclose(prob.loss_fn(params, (x, y)), want, rtol=1e-12)
+    assert isinstance(params, eqx.Module)
+
+
 def test_edge_of_stability_on_a_dropout_only_problem_trains_and_measures_without_dropout(
     tmp_path,
 ):
