@@ -168,5 +168,6 @@ def test_the_transformer_takes_more_sequences_than_digits_has():
 
 def test_the_docs_transformer_command_runs_the_transformer_preset():
     docs = (Path(__file__).resolve().parents[1] / ae.DOCS).read_text().splitlines()
-    line = next(s for s in docs if s.startswith("    hessian-lab") and "arch=transformer" in s)
-    assert sweep.with_overrides(ae.DEFAULT, re.findall(r"--set (\S+)", line)) == ae.TRANSFORMER
+    line = next(s for s in docs if s.startswith("    hessian-lab") and "transformer" in s)
+    preset = re.search(r"--preset (\S+)", line).group(1)
+    assert sweep.preset(ae, preset) is ae.TRANSFORMER and "--set" not in line
