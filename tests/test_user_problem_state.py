@@ -249,6 +249,12 @@ def test_a_dropout_only_linen_module_builds_with_and_without_state(tmp_path):
     flax_out = ns["Net"]().apply({"params": params}, x, train=True, rngs={"dropout": key})
     np.testing.assert_allclose(out, flax_out, rtol=1e-12)
     assert not np.allclose(out, stateful.model.apply(params, {}, x, train=True)[0])
+    # the studies that carry no state take it too: it has none, and dropout is off there
+    from hessian_lab.studies import problems_user as pu
+
+    prob = pu.user_problem(f"{tmp_path}/drop.py:make", study="catapult")
+    assert prob.state is None
+    np.testing.assert_allclose(prob.loss_fn(params, (x, y)), want, rtol=1e-12)
 
 
 def test_an_equinox_module_with_dropout_builds_with_dropout_off(tmp_path):
