@@ -4,7 +4,8 @@ A study's ``Config`` is a frozen dataclass; :func:`with_overrides` reads each va
 the field's annotation with pydantic's ``TypeAdapter`` (numbers, booleans ``true``/``false``,
 literals by value; on the command line also tuples as ``0.1,0.2`` and optionals as ``none``) and
 lets the Config's own checks reject bad values. :func:`normalize` is the
-JSON form ``write_json`` stores, so a stored config and a new one compare equal.
+JSON form ``write_json`` stores, so a stored config and a new one compare equal. :func:`presets`
+names a study's preset Configs for ``--preset``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ __all__ = [
     "config_to_dict",
     "field_types",
     "normalize",
+    "preset",
+    "presets",
+    "read_overrides",
+    "replace_checked",
     "with_overrides",
 ]
 
@@ -182,3 +187,30 @@ def config_from_dict(module: ModuleType, stored: Mapping[str, Any]) -> Any:
     study's optional ``STORED_DEFAULTS`` mapping, which keeps an old run's meaning, else DEFAULT's.
     """
     return with_overrides(module.DEFAULT, {**getattr(module, "STORED_DEFAULTS", {}), **stored})
+
+
+def presets(module: ModuleType) -> dict[str, Any]:
+    """A study's presets by their command-line names: ``tiny``, ``default``, then every other
+    module-level upper-case Config instance, lower-cased (``CNN_MNIST`` -> ``cnn_mnist``)."""
+    kind = type(module.DEFAULT)
+    found = {"tiny": module.TINY, "default": module.DEFAULT}
+    for name, value in vars(module).items():
+        if name.isupper() and isinstance(value, kind) and name.lower() not in found:
+            found[name.lower()] = value
+    return found
+
+
+def preset(module: ModuleType, name: str) -> Any:
+    """The preset called ``name`` (:func:`presets`).
+
+    Raises:
+      SweepError: no such preset; the message lists the study's presets.
+    """
+    found = presets(module)
+    if name not in found:
+        raise SweepError(
+            f"--preset: unknown preset {name!r} for "
+            f"{getattr(module, 'NAME', module.__name__.rsplit('.', 1)[-1])}; "
+            f"choose from {', '.join(found)}"
+        )
+    return found[name]

@@ -45,6 +45,8 @@ from .configs import (
     config_to_dict,
     field_types,
     normalize,
+    preset,
+    presets,
     read_overrides,
     replace_checked,
     with_overrides,
@@ -143,33 +145,6 @@ def check_study(module: ModuleType) -> None:
     if missing:
         raise StudyError(f"{module.__name__}: not a study, missing {', '.join(missing)}")
     is_sweep(module)
-
-
-def presets(module: ModuleType) -> dict[str, Any]:
-    """A study's presets by their command-line names: ``tiny``, ``default``, then every other
-    module-level upper-case Config instance, lower-cased (``CNN_MNIST`` -> ``cnn_mnist``)."""
-    kind = type(module.DEFAULT)
-    found = {"tiny": module.TINY, "default": module.DEFAULT}
-    for name, value in vars(module).items():
-        if name.isupper() and isinstance(value, kind) and name.lower() not in found:
-            found[name.lower()] = value
-    return found
-
-
-def preset(module: ModuleType, name: str) -> Any:
-    """The preset called ``name`` (:func:`presets`).
-
-    Raises:
-      SweepError: no such preset; the message lists the study's presets.
-    """
-    found = presets(module)
-    if name not in found:
-        raise SweepError(
-            f"--preset: unknown preset {name!r} for "
-            f"{getattr(module, 'NAME', module.__name__.rsplit('.', 1)[-1])}; "
-            f"choose from {', '.join(found)}"
-        )
-    return found[name]
 
 
 def check_inputs(study: str, module: ModuleType, config: Any) -> None:
