@@ -103,16 +103,21 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_edge_of_stability_on_a_batchnorm_problem(entry, tmp_path):
+def _run_eos(entry, out):
+    """edge_of_stability's TINY at the SMALL settings on ``entry``, from the command line."""
     from hessian_lab.studies import edge_of_stability as eos
 
-    out = tmp_path / "eos"
     text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
     sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={text(v)}")]
     r = _cli("study", "run", "edge_of_stability", "--preset", "tiny", "--out", out,
              "--no-report", "-q", "--set", f"problem={entry}", *sets)  # fmt: skip
     assert r.exit_code == 0, r.output
-    res = eos.load(out)
+    return eos.load(out)
+
+
+def test_edge_of_stability_on_a_batchnorm_problem(entry, tmp_path):
+
+    res = _run_eos(entry, tmp_path / "eos")
     loss, top, _ = _gd(0.5, 21, measure=(0, 10, 20))
     np.testing.assert_allclose(res.loss[0], loss, rtol=1e-9)  # GD on the train-mode loss
     assert res.sharp_steps.tolist() == [0, 10, 20] and res.sharpness0[0] == res.sharpness[0, 0]
@@ -297,16 +302,9 @@ def test_edge_of_stability_on_a_dropout_only_problem_trains_and_measures_without
     # The studies run full-batch GD as the papers do: a model's dropout is off in training and
     # in the measurement alike (docs/own_network.md), so the run is plain GD on the dropout-off
     # loss, checked against a hand-written loop and a dense Hessian.
-    from hessian_lab.studies import edge_of_stability as eos
 
     (tmp_path / "drop.py").write_text(DROPOUT_PROBLEM)
-    out = tmp_path / "eos"
-    text = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
-    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={text(v)}")]
-    r = _cli("study", "run", "edge_of_stability", "--preset", "tiny", "--out", out,
-             "--no-report", "-q", "--set", f"problem={tmp_path}/drop.py:make", *sets)  # fmt: skip
-    assert r.exit_code == 0, r.output
-    res = eos.load(out)
+    res = _run_eos(f"{tmp_path}/drop.py:make", tmp_path / "eos")
 
     x, y = map(jnp.asarray, _data())
 
