@@ -31,7 +31,14 @@ import jax.numpy as jnp
 
 from ._stateful import StatefulModel
 
-__all__ = ["equinox_model", "linen_dropout_off", "linen_model", "nnx_model", "stateful_model"]
+__all__ = [
+    "carries_state",
+    "equinox_model",
+    "linen_dropout_off",
+    "linen_model",
+    "nnx_model",
+    "stateful_model",
+]
 
 
 def _declares(fn: Any, name: str) -> bool:
@@ -185,6 +192,15 @@ def equinox_model(model: Any, state: Any) -> StatefulModel:
         return jax.vmap(one, axis_name="batch", out_axes=(0, None))(inputs, keys)
 
     return StatefulModel(lambda key: params, apply, state)
+
+
+def carries_state(state: Any) -> bool:
+    """Whether ``state`` holds anything a run must carry: not empty, and not only the random
+    streams of a flax nnx module (its Dropout's ``RngState``), which dropout off never reads."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(state, nnx.State):
+        state = state.filter(nnx.Not(nnx.RngState))
+    return bool(jax.tree.leaves(state))
 
 
 def stateful_model(obj: Any, x: Any) -> StatefulModel | None:

@@ -57,6 +57,7 @@ from . import losses
 from ._problem_checks import check_shapes, unpack
 from ._stateful import StatefulModel, curvature_loss, stateful_loss
 from ._stateful_frameworks import _declares, linen_dropout_off, stateful_model
+from ._stateful_frameworks import carries_state as carries_state  # for the studies
 from .models import Model, mlp
 
 __all__ = ["Problem", "build", "example_mlp", "load_entry", "parse_args", "parse_entry"]
@@ -242,10 +243,19 @@ def as_model(obj: Any, x: Any, *, name: str = "problem") -> Model:
 
         return Model(init, apply)
     if nnx is not None and isinstance(obj, nnx.Module):
-        graphdef, params, *rest = nnx.split(obj, nnx.Param, ...)
+        # a Dropout's random streams are no state with dropout off (deterministic), as measured
+        graphdef, params, rngs, *rest = nnx.split(obj, nnx.Param, nnx.RngState, ...)
         paths = jax.tree_util.tree_leaves_with_path(rest)
         _no_state(sorted({_path(path) for path, _ in paths}), "flax nnx", name)
-        return Model(lambda key: params, lambda p, inputs: nnx.merge(graphdef, p, *rest)(inputs))
+
+        def apply_nnx(p, inputs):
+            m = nnx.merge(graphdef, p, rngs, *rest, copy=True)
+            for _, sub in nnx.iter_modules(m):
+                if isinstance(sub, nnx.Dropout):
+                    sub.deterministic = True
+            return m(inputs)
+
+        return Model(lambda key: params, apply_nnx)
     if eqx is not None and isinstance(obj, eqx.Module):
         # dropout off (eqx.nn.Dropout needs no key then), as the stateful adapter measures
         params, static = eqx.partition(eqx.nn.inference_mode(obj), eqx.is_inexact_array)

@@ -80,13 +80,13 @@ def user_problem(
         fn, data=ds, args=args, seed=seed, data_description=about, label=entry, stateful=True
     )
     if built.state is not None and not stateful:
-        if jax.tree.leaves(built.state):
+        if hp.carries_state(built.state):
             raise ValueError(
                 f"problem: {entry} has model state (BatchNorm statistics, dropout), which {study} "
                 f"does not carry; {', '.join(STATE_STUDIES)} and `hessian-lab sharpness` take it"
             )
-        # nothing to carry (a linen module with dropout, or a `train` argument): the stateless
-        # build, with dropout off as in every study
+        # nothing to carry (a module with dropout and no other state, or a linen `train`
+        # argument): the stateless build, with dropout off as in every study
         built = hp.build(fn, data=ds, args=args, seed=seed, data_description=about, label=entry)
     return built
 

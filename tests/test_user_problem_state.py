@@ -296,6 +296,42 @@ def test_an_equinox_module_with_dropout_builds_with_dropout_off(tmp_path):
     assert isinstance(params, eqx.Module)
 
 
+def test_an_nnx_module_with_dropout_is_taken_by_the_studies_without_state(tmp_path):
+    # its only state is the Dropout's random streams, which dropout off never reads
+    from hessian_lab.studies import problems_user as pu
+
+    (tmp_path / "nnx_drop.py").write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "from flax import nnx\n"
+        "class Net(nnx.Module):\n"
+        "    def __init__(self, rngs):\n"
+        "        dtype = jnp.result_type(float)\n"
+        "        self.a = nnx.Linear(5, 4, param_dtype=dtype, rngs=rngs)\n"
+        "        self.drop = nnx.Dropout(0.5, rngs=rngs)\n"
+        "        self.b = nnx.Linear(4, 2, param_dtype=dtype, rngs=rngs)\n"
+        "    def __call__(self, x):\n"
+        "        return self.b(self.drop(jnp.tanh(self.a(x))))\n"
+        "def loss(out, y):\n"
+        "    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(1)\n"
+        "    x = rng.normal(size=(96, 5))\n"
+        "    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)\n"
+        "    return Net(nnx.Rngs(0)), loss, (x, y)\n"
+    )
+    prob = pu.user_problem(f"{tmp_path}/nnx_drop.py:make", study="catapult")
+    assert prob.state is None
+    params = prob.model.init(jax.random.key(0))
+    x, y = prob.data
+    a, b = params["a"], params["b"]
+    out = jnp.tanh(x @ a["kernel"][...] + a["bias"][...][None]) @ b["kernel"][...]
+    out = out + b["bias"][...][None]
+    want = 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+    np.testing.assert_allclose(prob.loss_fn(params, (x, y)), want, rtol=1e-12)
+    stateful = pu.user_problem(f"{tmp_path}/nnx_drop.py:make", stateful=True)
+    assert stateful.state is not None  # the studies that carry state keep its random streams
+
+
 def test_edge_of_stability_on_a_dropout_only_problem_trains_and_measures_without_dropout(
     tmp_path,
 ):
