@@ -262,6 +262,19 @@ def test_a_dropout_only_linen_module_builds_with_and_without_state(tmp_path):
     np.testing.assert_allclose(prob.loss_fn(params, (x, y)), want, rtol=1e-12)
 
 
+def _loss_and_make(net: str) -> str:
+    """The tail of a problem file: the MSE loss and ``make()`` returning ``net`` on _data()."""
+    return (
+        "def loss(out, y):\n"
+        "    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(1)\n"
+        "    x = rng.normal(size=(96, 5))\n"
+        "    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)\n"
+        f"    return {net}, loss, (x, y)\n"
+    )
+
+
 def test_an_equinox_module_with_dropout_builds_with_dropout_off(tmp_path):
     eqx = pytest.importorskip("equinox")
     from hessian_lab import problem
@@ -278,13 +291,7 @@ def test_an_equinox_module_with_dropout_builds_with_dropout_off(tmp_path):
         "        self.drop = eqx.nn.Dropout(0.5)\n"
         "    def __call__(self, x, *, key=None):\n"
         "        return self.b(self.drop(jnp.tanh(self.a(x)), key=key))\n"
-        "def loss(out, y):\n"
-        "    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))\n"
-        "def make():\n"
-        "    rng = np.random.default_rng(1)\n"
-        "    x = rng.normal(size=(96, 5))\n"
-        "    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)\n"
-        "    return Net(jax.random.key(0)), loss, (x, y)\n"
+        + _loss_and_make("Net(jax.random.key(0))")
     )
     prob = problem.build(f"{tmp_path}/eqx_drop.py:make")  # Dropout without a key: it raised
     params = prob.model.init(jax.random.key(0))
@@ -311,13 +318,7 @@ def test_an_nnx_module_with_dropout_is_taken_by_the_studies_without_state(tmp_pa
         "        self.b = nnx.Linear(4, 2, param_dtype=dtype, rngs=rngs)\n"
         "    def __call__(self, x):\n"
         "        return self.b(self.drop(jnp.tanh(self.a(x))))\n"
-        "def loss(out, y):\n"
-        "    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))\n"
-        "def make():\n"
-        "    rng = np.random.default_rng(1)\n"
-        "    x = rng.normal(size=(96, 5))\n"
-        "    y = np.stack([np.tanh(x[:, 0] - x[:, 1]), x[:, 2] * x[:, 3]], axis=-1)\n"
-        "    return Net(nnx.Rngs(0)), loss, (x, y)\n"
+        + _loss_and_make("Net(nnx.Rngs(0))")
     )
     prob = pu.user_problem(f"{tmp_path}/nnx_drop.py:make", study="catapult")
     assert prob.state is None
