@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from . import tree as tu
 from ._conv_layout import in_loop
+from ._matvec import check_bool
 from ._operators import Operator, all_finite, ggn, hvp, poison, shape_struct
 from ._stateful import check_chunking
 
@@ -188,8 +189,7 @@ def full_data_hvp(
       [0.333..., 0.333..., 0.333...]
     """
     tu.check_finite(params, "params")
-    if not isinstance(linearize, bool):
-        raise ValueError(f"linearize: must be True or False, got {linearize!r}")
+    check_bool(linearize, "linearize")
     n = num_examples(data)
     check_chunking(loss_fn, _check_chunk_size(chunk_size, n, data), n)
     like = shape_struct(params)

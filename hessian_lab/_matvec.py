@@ -214,6 +214,13 @@ def check_key(key: Any, name: str = "key") -> None:
     raise ValueError(f"{name}: must be a PRNG key from jax.random.key(seed), got {got}")
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """Raise ValueError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: must be True or False, got {value!r}")
+    return value
+
+
 def check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
     """Raise ValueError unless ``value`` is an int in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

@@ -163,18 +163,28 @@ def adam_preconditioner(
 
 
 def preconditioned_sharpness(
-    matvec, precond: PyTree, v0: PyTree, /, *, k: int = 1, num_iters: int = 20
+    matvec,
+    precond: PyTree,
+    v0: PyTree,
+    /,
+    *,
+    k: int = 1,
+    num_iters: int = 20,
+    exact_residuals: bool = True,
 ) -> EigResult:
     """Return the top-``k`` eigenpairs of ``P^-1/2 H P^-1/2`` for a diagonal ``P``, by Lanczos.
 
     The symmetric form has the eigenvalues of ``P^-1 H``; eigenvectors are returned in the
-    whitened coordinates (``P^1/2`` times those of ``P^-1 H``). Cost: ``num_iters`` matvecs.
+    whitened coordinates (``P^1/2`` times those of ``P^-1 H``). Cost: as
+    :func:`hessian_lab.top_eigs`: ``num_iters`` matvecs, plus ``k`` for the residuals unless
+    ``exact_residuals=False``.
 
     Args:
       matvec: the Hessian operator ``v -> H v`` (e.g. :func:`hessian_lab.full_data_hvp`).
       precond: diagonal ``P`` as a pytree like the parameters, all entries positive (e.g. from
         :func:`adam_preconditioner`; a frozen or any other diagonal preconditioner works too).
-      v0: start vector; ``k``, ``num_iters`` as in :func:`hessian_lab.top_eigs`.
+      v0: start vector; ``k``, ``num_iters``, ``exact_residuals`` as in
+        :func:`hessian_lab.top_eigs`.
 
     Raises:
       ValueError: ``precond`` does not match ``v0`` or (when concrete) is not positive and finite.
@@ -188,4 +198,4 @@ def preconditioned_sharpness(
     mul = lambda a, b: jax.tree.map(jnp.multiply, a, b)  # noqa: E731
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), v0)
     op = Operator(lambda v: mul(inv_sqrt, matvec(mul(inv_sqrt, v))), like, "preconditioned")
-    return top_eigs(op, v0, k=k, num_iters=num_iters)
+    return top_eigs(op, v0, k=k, num_iters=num_iters, exact_residuals=exact_residuals)

@@ -135,10 +135,12 @@ def _top_eig_callback(make_matvec, *, name, every, k, num_iters, key, precond=No
 
     def update(v0, info):
         matvec = make_matvec(info)
+        # The residual from the basis: a measurement costs num_iters products, not num_iters + k
+        kw = {"k": k, "num_iters": num_iters, "exact_residuals": False}
         if precond is None:
-            res = top_eigs(matvec, v0, k=k, num_iters=num_iters)
+            res = top_eigs(matvec, v0, **kw)
         else:
-            res = preconditioned_top_eigs(matvec, precond(info), v0, k=k, num_iters=num_iters)
+            res = preconditioned_top_eigs(matvec, precond(info), v0, **kw)
         v1 = jax.tree.map(lambda x: x[0], res.vectors)
         return v1, _eig_metrics(res, name, k) | _lr_events(_float(res.values[0]), info, name)
 
@@ -163,7 +165,8 @@ def sharpness(
     Uses ``hessian_lab.top_eigs(full_data_hvp(loss_fn, params, data, chunk_size=...), v0)``,
     warm-started from the previous top eigenvector (the state). Cost: ``num_iters`` Hessian-vector
     products over the dataset per run. Metrics: ``sharpness`` (largest algebraic eigenvalue),
-    ``sharpness_residual``, ``sharpness_1..k-1``, ``sharpness_x_lr`` (eta_t lambda) and
+    ``sharpness_residual`` (``||H y - lambda y||``, from the run's own products:
+    ``top_eigs(..., exact_residuals=False)``), ``sharpness_1..k-1``, ``sharpness_x_lr`` (eta_t lambda) and
     ``sharpness_above_2_over_lr`` (1.0 when lambda > 2/eta_t: the GD edge of stability).
 
     Args:

@@ -60,6 +60,22 @@ def test_sharpness_equals_direct_call_and_dense_hessian():
     jax.tree.map(np.testing.assert_array_equal, v2, v1)
 
 
+def test_sharpness_residual_is_the_dense_one_at_num_iters_products():
+    """Four steps (not converged): the residual taken from the run's products is the dense
+    Hessian's ``||H y - lambda y||``, and the measurement is ``top_eigs`` at 4 products."""
+    c = cb.sharpness(LOSS, every=1, num_iters=4)
+    v0, v1, m = _run(c, _info())
+    H = np.asarray(jax.jit(lambda: testing.dense_hessian(LOSS, PARAMS, DATA))())
+    y = np.asarray(hl.tree.ravel(v1)[0])
+    true = np.linalg.norm(H @ y - float(m["sharpness"]) * y)
+    assert true > 1e-3  # far above rounding: the test can tell the two apart
+    np.testing.assert_allclose(m["sharpness_residual"], true, rtol=1e-9)
+    op = hl.full_data_hvp(LOSS, PARAMS, DATA, chunk_size=5)
+    direct = jax.jit(lambda v: hl.top_eigs(op, v, num_iters=4, exact_residuals=False))(v0)
+    assert int(direct.num_matvecs) == 4
+    np.testing.assert_allclose(m["sharpness"], direct.values[0], rtol=1e-10)
+
+
 def test_linearized_sharpness_equals_the_recomputing_one():
     # linearize=True changes how the products are paid for, not the operator
     plain = cb.sharpness(LOSS, k=2, num_iters=24, chunk_size=5)

@@ -69,6 +69,11 @@ BAD = {
     "check_iters=-1": (lambda: hl.top_eigs(A, V0, k=2, num_iters=3, check_iters=-1), "check_"),
     "check_iters=True": (lambda: hl.top_eigs(A, V0, num_iters=3, check_iters=True), "check_"),
     "check_iters=2.0": (lambda: hl.bottom_eigs(A, V0, num_iters=3, check_iters=2.0), "check_"),
+    "exact_residuals=1": (lambda: hl.top_eigs(A, V0, num_iters=3, exact_residuals=1), "exact_"),
+    "exact_residuals='no'": (
+        lambda: hl.bottom_eigs(A, V0, num_iters=3, exact_residuals="no"),
+        "exact_residuals:",
+    ),
     "power num_iters=1": (lambda: hl.power_iteration(A, V0, num_iters=1), "num_iters:"),
     "power k=0": (lambda: hl.power_iteration(A, V0, k=0), "k:"),
     "power k>D": (lambda: hl.power_iteration(A, V0, k=D + 1), "k:"),
@@ -392,3 +397,55 @@ def test_float32_residuals_are_the_true_ones():
     assert np.min(np.abs(np.linalg.eigvalsh(np.asarray(M, np.float64)) - value)) <= float(
         r.residuals[0]
     )
+
+
+def _dense_residuals(M, res):
+    """float64 ``||M y - lambda y||`` of every returned pair."""
+    Y = np.asarray(res.vectors, np.float64)
+    return np.linalg.norm(np.asarray(M, np.float64) @ Y.T - Y.T * np.asarray(res.values), axis=0)
+
+
+@pytest.mark.parametrize(
+    "lam, m, k, fn",
+    [
+        (np.linspace(-3.0, 5.0, 40), 12, 1, hl.top_eigs),  # plain run
+        (np.linspace(-3.0, 5.0, 40), 15, 3, hl.bottom_eigs),  # with the missed-value check
+        (np.repeat([3.0, 1.0, -2.0], 10), 8, 2, hl.top_eigs),  # breakdowns: restart vectors
+        (np.linspace(-1.0, 2.0, 12), 12, 2, hl.top_eigs),  # the whole space
+    ],
+)
+def test_residuals_from_the_basis_are_the_true_ones(lam, m, k, fn):
+    """``exact_residuals=False``: the same values and vectors, ``k`` products fewer, and the
+    residuals of the dense float64 recomputation (to 1e-9, plus the documented allowance)."""
+    M = spectrum(lam, seed=2)
+    v0 = jnp.linspace(1.0, 2.0, len(lam))
+    exact = fn(M, v0, k=k, num_iters=m)
+    cheap = fn(M, v0, k=k, num_iters=m, exact_residuals=False)
+    np.testing.assert_array_equal(cheap.values, exact.values)
+    np.testing.assert_array_equal(cheap.vectors, exact.vectors)
+    assert int(cheap.num_matvecs) == int(exact.num_matvecs) - k
+    true = _dense_residuals(M, cheap)
+    allowance = m**1.5 * np.finfo(np.float64).eps * np.max(np.abs(lam))
+    assert np.all(np.asarray(cheap.residuals) >= true - 1e-12)
+    np.testing.assert_allclose(cheap.residuals, true, rtol=1e-9, atol=2 * allowance)
+
+
+def test_float32_residuals_from_the_basis_bound_the_true_ones():
+    """float32: equal to the recomputed residual where it is well above rounding (a
+    Hessian-like spectrum), an upper bound where it is not (the ill-conditioned case above:
+    the wrong value is still within the reported residual of an eigenvalue)."""
+    lam = np.concatenate([[10.0, 9.0, 7.5], np.linspace(-1.0, 2.0, 57)])
+    M = spectrum(lam, seed=3).astype(jnp.float32)
+    v0 = jnp.ones(60, jnp.float32)
+    r = jax.jit(lambda M, v: hl.top_eigs(M, v, k=2, num_iters=8, exact_residuals=False))(M, v0)
+    true = _dense_residuals(M, r)
+    allowance = 8**1.5 * np.finfo(np.float32).eps * 10.0  # 10: the largest |eigenvalue|
+    assert np.all(np.asarray(r.residuals) >= true)
+    np.testing.assert_allclose(r.residuals, true, rtol=1e-3, atol=2 * allowance)
+    lam = np.logspace(-8, 8, 50)
+    M = spectrum(lam).astype(jnp.float32)
+    M = (M + M.T) / 2
+    r = hl.bottom_eigs(M, jnp.ones(50, M.dtype), k=1, num_iters=50, exact_residuals=False)
+    assert float(r.residuals[0]) >= _dense_residuals(M, r)[0]
+    gap = np.min(np.abs(np.linalg.eigvalsh(np.asarray(M, np.float64)) - float(r.values[0])))
+    assert gap <= float(r.residuals[0])
