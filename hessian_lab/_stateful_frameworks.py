@@ -33,6 +33,7 @@ from ._stateful import StatefulModel
 
 __all__ = [
     "carries_state",
+    "declares",
     "equinox_model",
     "linen_dropout_off",
     "linen_model",
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 
-def _declares(fn: Any, name: str) -> bool:
+def declares(fn: Any, name: str) -> bool:
+    """Whether ``fn``'s signature has a parameter ``name`` (False when it has no signature)."""
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -83,7 +85,7 @@ def linen_model(module: Any, x: Any) -> tuple[StatefulModel, bool]:
     ``train`` (a plain ``module.apply`` would have no dropout key, or no ``train``)."""
     import flax.linen as nn
 
-    train_kw = _declares(module.__call__, "train")
+    train_kw = declares(module.__call__, "train")
 
     dropouts = []  # the Dropout layers the module calls, seen while init is traced
 

@@ -56,8 +56,8 @@ import numpy as np
 from . import losses
 from ._problem_checks import check_shapes, unpack
 from ._stateful import StatefulModel, curvature_loss, stateful_loss
-from ._stateful_frameworks import _declares, linen_dropout_off, stateful_model
 from ._stateful_frameworks import carries_state as carries_state  # for the studies
+from ._stateful_frameworks import declares, linen_dropout_off, stateful_model
 from .models import Model, mlp
 
 __all__ = ["Problem", "build", "example_mlp", "load_entry", "parse_args", "parse_entry"]
@@ -229,7 +229,7 @@ def as_model(obj: Any, x: Any, *, name: str = "problem") -> Model:
         # as the stateful adapter calls it with dropout off: train mode, every nn.Dropout the
         # identity (so a module with dropout needs no key and one with `train` gets it)
         sample = jnp.asarray(x[:1])
-        kw = {"train": True} if _declares(obj.__call__, "train") else {}
+        kw = {"train": True} if declares(obj.__call__, "train") else {}
 
         def init(key):
             with linen_dropout_off():
