@@ -8,11 +8,11 @@ four times).
 
 Reliability: the residuals are recomputed with ``k`` extra products (the recurrence's estimate
 ``|beta_m s_mj|`` can be far too small in float32), or, with ``exact_residuals=False``, taken
-from the products already made, rounded up (:func:`basis_residuals`); a non-finite product raises eagerly and
-sets ``finite=False`` under ``jit``; and for ``k >= 2`` a short Lanczos run on the operator
-projected onto the orthogonal complement of the Krylov basis flags (``missed``) values that a
-single start vector cannot see: the other copies of a repeated eigenvalue, or directions ``v0``
-is orthogonal to.
+from the products already made, rounded up (:func:`basis_residuals`); a non-finite product
+raises eagerly and sets ``finite=False`` under ``jit``; and for ``k >= 2`` a short Lanczos
+run on the operator projected onto the orthogonal complement of the Krylov basis flags
+(``missed``) values that a single start vector cannot see: the other copies of a repeated
+eigenvalue, or directions ``v0`` is orthogonal to.
 """
 
 from __future__ import annotations

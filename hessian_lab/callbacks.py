@@ -166,8 +166,9 @@ def sharpness(
     warm-started from the previous top eigenvector (the state). Cost: ``num_iters`` Hessian-vector
     products over the dataset per run. Metrics: ``sharpness`` (largest algebraic eigenvalue),
     ``sharpness_residual`` (``||H y - lambda y||``, from the run's own products:
-    ``top_eigs(..., exact_residuals=False)``), ``sharpness_1..k-1``, ``sharpness_x_lr`` (eta_t lambda) and
-    ``sharpness_above_2_over_lr`` (1.0 when lambda > 2/eta_t: the GD edge of stability).
+    ``top_eigs(..., exact_residuals=False)``), ``sharpness_1..k-1``, ``sharpness_x_lr``
+    (eta_t lambda) and ``sharpness_above_2_over_lr`` (1.0 when lambda > 2/eta_t: the GD edge of
+    stability).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` mean over the batch.
