@@ -25,6 +25,7 @@ from ._blocks import block_spectra as block_spectra
 from ._blocks import js_distances as js_distances
 from ._blocks import leaf_paths as leaf_paths
 from ._central_flow import gd_central_flow as gd_central_flow
+from ._conv_layout import convs_as_matmuls as convs_as_matmuls
 from ._conv_layout import in_loop as in_loop
 from ._critical import CriticalResult as CriticalResult
 from ._critical import critical_sharpness as critical_sharpness
@@ -91,6 +92,7 @@ __all__ = [
     "bottom_eigs",
     "check_deterministic",
     "chunk_size_for_memory",
+    "convs_as_matmuls",
     "critical_sharpness",
     "critical_sharpness_callback",
     "curvature_loss",
