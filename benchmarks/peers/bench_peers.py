@@ -15,7 +15,9 @@ at tolerances 1e-4, 5e-5, 2e-5, 1e-5, 1e-6 (its power iteration on the whole dat
 batch, its faster mode). hessian-lab runs its linearised full-data product at 11 .. 20 Lanczos
 steps and its chunked one at 15 and 20, from the same random start as eigsh; and its linearised
 product at 3 .. 14 steps from ``hl.subsample_start``'s vector (15 Lanczos steps on n/20 or n/10
-examples, counted as that fraction of a full product each, and timed with the rest). The
+examples, counted as that fraction of a full product each, and timed with the rest). On a
+problem with convolutions it runs every setting twice: on the loss as written and on
+``hl.convs_as_matmuls(loss)`` (``--conv`` picks). The
 summary takes, per method, the fastest setting whose error is at most ``--target`` (1e-4), and
 prints the ratios. Then the floor: the FLOP rate hessian-lab's product reaches (XLA's FLOP count
 of a product, over its measured time) beside a plain float32 matrix product's on the same
@@ -58,6 +60,7 @@ HL_WARM_ITERS = (3, 4, 5, 6, 7, 8, 10, 12, 14)  # linearised full-data Lanczos s
 EIGSH_TOLS = (1e-2, 1e-3, 1e-4)
 EIGSH_NCV = (None, 10)  # ARPACK's Krylov space: scipy's default (20 for k=1) and a short one
 PYHESSIAN_TOLS = (1e-4, 5e-5, 2e-5, 1e-5, 1e-6)
+MATMUL = ", convs as matmuls"  # the suffix of hessian-lab's settings with hl.convs_as_matmuls
 
 
 def reference(p, *, chunk, iters, dtype):
@@ -72,37 +75,44 @@ def reference(p, *, chunk, iters, dtype):
     return np.asarray(top, float), float(bottom[0])
 
 
-def hessian_lab_cases(p, v0, *, chunk, key):
+def has_convolutions(p):
+    """Whether the problem's loss computes a convolution (then it runs in two variants)."""
+    return "conv_general_dilated" in str(jax.make_jaxpr(p.loss)(p.params, p.data))
+
+
+def hessian_lab_cases(p, v0, *, chunk, key, variants):
     """``name -> (run, setup s, compile s)``: the chunked and linearised products from ``v0``,
     and the linearised one from :func:`hl.subsample_start`'s vector (its subset products
-    counted as ``size / n`` of a full one each)."""
+    counted as ``size / n`` of a full one each); for each ``(suffix, loss)`` of ``variants`` (the
+    loss as written, and with ``hl.convs_as_matmuls`` where it has convolutions)."""
     cases = {}
     n = jax.tree.leaves(p.data)[0].shape[0]
     settings = [(False, chunk, iters, None) for iters in HL_CHUNKED_ITERS]
     settings += [(True, n, iters, None) for iters in HL_ITERS]
     settings += [(True, n, iters, n // d) for d in HL_SUBSETS for iters in HL_WARM_ITERS]
-    for lin, size, iters, subset in settings:
+    for suffix, loss in variants:
+        for lin, size, iters, subset in settings:
 
-        def fn(params, data, v, lin=lin, size=size, iters=iters, subset=subset):
-            op = hl.full_data_hvp(p.loss, params, data, chunk_size=size, linearize=lin)
-            if subset is None:
-                return hl.top_eigs(op, v, k=1, num_iters=iters, exact_residuals=False), 0
-            start = hl.subsample_start(p.loss, params, data, key, size=subset)
-            out = hl.top_eigs(op, start.vector, k=1, num_iters=iters, exact_residuals=False)
-            return out, start.num_matvecs
+            def fn(params, data, v, lin=lin, size=size, iters=iters, subset=subset, loss=loss):
+                op = hl.full_data_hvp(loss, params, data, chunk_size=size, linearize=lin)
+                if subset is None:
+                    return hl.top_eigs(op, v, k=1, num_iters=iters, exact_residuals=False), 0
+                start = hl.subsample_start(loss, params, data, key, size=subset)
+                out = hl.top_eigs(op, start.vector, k=1, num_iters=iters, exact_residuals=False)
+                return out, start.num_matvecs
 
-        t = time.perf_counter()
-        compiled = jax.jit(fn).lower(p.params, p.data, v0).compile()
-        t_compile = time.perf_counter() - t
+            t = time.perf_counter()
+            compiled = jax.jit(fn).lower(p.params, p.data, v0).compile()
+            t_compile = time.perf_counter() - t
 
-        def run(compiled=compiled, subset=subset):
-            out, sub = jax.block_until_ready(compiled(p.params, p.data, v0))
-            products = int(out.num_matvecs) + (0 if subset is None else int(sub) * subset / n)
-            return float(out.values[0]), products
+            def run(compiled=compiled, subset=subset):
+                out, sub = jax.block_until_ready(compiled(p.params, p.data, v0))
+                products = int(out.num_matvecs) + (0 if subset is None else int(sub) * subset / n)
+                return float(out.values[0]), products
 
-        mode = "linearized" if lin else f"chunk {chunk}"
-        start = "" if subset is None else f" from a {subset}-example start"
-        cases[f"hessian-lab {iters} steps{start}, {mode}"] = (run, 0.0, t_compile)
+            mode = "linearized" if lin else f"chunk {chunk}"
+            start = "" if subset is None else f" from a {subset}-example start"
+            cases[f"hessian-lab {iters} steps{start}, {mode}{suffix}"] = (run, 0.0, t_compile)
     return cases
 
 
@@ -189,7 +199,7 @@ def matmul_rate(size=2048, repeats=5):
     return 2 * size**3 / best / 1e9
 
 
-def product_flops(p, v0):
+def product_flops(p, loss, v0):
     """XLA's FLOP count of one linearised product: a program that linearises and takes two
     products, minus one that linearises and takes one. (Not an HVP's minus a gradient's: a
     jvp-of-grad that returns only the tangent never computes the primal weight gradients, so
@@ -200,7 +210,7 @@ def product_flops(p, v0):
         return jax.jit(fn).lower(p.params, p.data).compile().cost_analysis()["flops"]
 
     def products(params, data, vs):
-        lin = jax.linearize(lambda q: jax.grad(p.loss)(q, data), params)[1]
+        lin = jax.linearize(lambda q: jax.grad(loss)(q, data), params)[1]
         return [lin(v) for v in vs]
 
     return flops(lambda q, d: products(q, d, (v0, w))) - flops(lambda q, d: products(q, d, (v0,)))
@@ -225,7 +235,13 @@ def run_problem(p, args):
     )
     v0 = hl.tree.random_like(jax.random.key(args.seed), p.params)
     start = np.asarray(hl.tree.ravel(v0)[0])
-    cases = hessian_lab_cases(p, v0, chunk=chunk, key=jax.random.key(args.seed + 1))
+    variants = [("", p.loss)]
+    if has_convolutions(p) and "matmul" in args.conv:
+        variants = [] if "native" not in args.conv else variants
+        variants.append((MATMUL, hl.convs_as_matmuls(p.loss)))
+    cases = hessian_lab_cases(
+        p, v0, chunk=chunk, key=jax.random.key(args.seed + 1), variants=variants
+    )
     for threads in args.threads:
         cases |= curvlinops_cases(p, start, chunk=chunk, threads=threads)
         cases |= pyhessian_cases(p, threads=threads, seed=args.seed)
@@ -258,18 +274,21 @@ def run_problem(p, args):
         best[family] = min(ok) if ok else (float("nan"), "(none reached the target)")
         print(f"best {family} at {args.target:g}: {best[family][0]:.3f} s  [{best[family][1]}]")
     ours = best["hessian-lab"][0]
-    per_product, name_lin = min(
-        (t / results[name][1], name)
-        for name, t, _ in rows
-        if name.endswith("linearized") and "start" not in name
-    )
-    gflop = product_flops(p, v0) / 1e9
-    print(
-        f"floor: a linearised product is {gflop:.2f} GFLOP (XLA's count); at "
-        f"{per_product * 1e3:.0f} ms each ({name_lin}) that is {gflop / per_product:.0f} GFLOP/s; "
-        f"a float32 2048^3 matrix product here runs at {matmul_rate():.0f} GFLOP/s",
-        flush=True,
-    )
+    rate = matmul_rate()
+    for suffix, loss in variants:
+        per_product, name_lin = min(
+            (t / results[name][1], name)
+            for name, t, _ in rows
+            if name.endswith(f"linearized{suffix}") and "start" not in name
+        )
+        gflop = product_flops(p, loss, v0) / 1e9
+        print(
+            f"floor: a linearised product{suffix} is {gflop:.2f} GFLOP (XLA's count); at "
+            f"{per_product * 1e3:.0f} ms each ({name_lin}) that is "
+            f"{gflop / per_product:.0f} GFLOP/s; a float32 2048^3 matrix product here runs at "
+            f"{rate:.0f} GFLOP/s",
+            flush=True,
+        )
     print(
         f"RATIO {p.name}: curvlinops / hessian-lab = {best['curvlinops'][0] / ours:.1f}x, "
         f"PyHessian / hessian-lab = {best['PyHessian'][0] / ours:.1f}x "
@@ -295,8 +314,17 @@ def main(argv=None):
         help="the reference's precision (XLA:CPU's float64 convolutions are slow: float32 with "
         "40 steps is converged far below the 1e-4 target, and eigsh's value checks it)",
     )
+    ap.add_argument(
+        "--conv",
+        default="native,matmul",
+        help="hessian-lab's variants on a problem with convolutions: the loss as written "
+        "(native) and with hl.convs_as_matmuls (matmul); comma-separated",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    args.conv = [c.strip() for c in args.conv.split(",") if c.strip()]
+    if not args.conv or set(args.conv) - {"native", "matmul"}:
+        ap.error(f"--conv: got {args.conv}; allowed: native, matmul (comma-separated)")
     args.threads = [int(t) for t in args.threads.split(",")]
     names = [s.strip() for s in args.problems.split(",") if s.strip()]
     unknown = [s for s in names if s not in PANEL]
