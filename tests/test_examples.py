@@ -104,3 +104,34 @@ def test_my_problem_example_on_the_command_line_equals_dense():
         k=2,
     )
     np.testing.assert_allclose(got, ref, rtol=1e-8)
+
+
+def test_resnet_sharpness_on_the_command_line_with_convs_as_matmuls_equals_native(monkeypatch):
+    """--convs matmul: the same top eigenvalues (float64) as the library convolutions, whose
+    path the test above checks against a dense Hessian; a bad value is refused by name."""
+    pytest.importorskip("flax")
+    from typer.testing import CliRunner
+
+    import hessian_lab as hl
+    from hessian_lab.cli.app import app
+
+    wrapped, rewrite = [], hl.convs_as_matmuls
+
+    def spy(fn):  # the option must reach the operator: count the losses it rewrites
+        wrapped.append(fn)
+        return rewrite(fn)
+
+    monkeypatch.setattr(hl, "convs_as_matmuls", spy)
+
+    entry = f"{EXAMPLES / 'resnet_flax.py'}:make"
+    got = {}
+    for convs in ("native", "matmul"):
+        r = CliRunner().invoke(app, ["sharpness", "--problem", entry, "--n", "8", "--arg", "width=2",
+                                     "-k", "2", "--num-iters", "30", "--trace-matvecs", "4",
+                                     "--no-density", "--x64", "--json", "--convs", convs])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        got[convs] = json.loads(r.stdout.strip().splitlines()[-1])["eigenvalues"]
+    np.testing.assert_allclose(got["matmul"], got["native"], rtol=1e-9)
+    assert len(wrapped) == 1  # native left the loss alone; matmul rewrote it once
+    bad = CliRunner().invoke(app, ["sharpness", "--problem", entry, "--convs", "im2col"])
+    assert bad.exit_code == 2 and "--convs" in bad.output and "im2col" in bad.output
