@@ -235,10 +235,9 @@ def run_problem(p, args):
     )
     v0 = hl.tree.random_like(jax.random.key(args.seed), p.params)
     start = np.asarray(hl.tree.ravel(v0)[0])
-    variants = [("", p.loss)]
-    if has_convolutions(p) and "matmul" in args.conv:
-        variants = [] if "native" not in args.conv else variants
-        variants.append((MATMUL, hl.convs_as_matmuls(p.loss)))
+    conv = args.conv if has_convolutions(p) else ["native"]  # no convolution: one variant
+    choices = {"native": ("", p.loss), "matmul": (MATMUL, hl.convs_as_matmuls(p.loss))}
+    variants = [choices[c] for c in conv]
     cases = hessian_lab_cases(
         p, v0, chunk=chunk, key=jax.random.key(args.seed + 1), variants=variants
     )
