@@ -68,6 +68,23 @@ def _convs(fn, *args):
     return str(jaxpr).count("conv_general_dilated")
 
 
+def _dot_operand_ranks(fn, *args):
+    """The operand ranks of every ``dot_general`` ``fn`` computes, nested jaxprs included."""
+    ranks = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                ranks.update(v.aval.ndim for v in eqn.invars)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, tuple) else (value,):
+                    if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                        walk(getattr(sub, "jaxpr", sub))
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return ranks
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_value_gradient_and_hvp_equal_the_library_convolution_and_the_dense_hessian(case, getkey):
     loss, w, x = _problem(case, getkey())
@@ -86,6 +103,8 @@ def test_value_gradient_and_hvp_equal_the_library_convolution_and_the_dense_hess
     # and the derivatives hold no convolution either: autodiff saw only slices and products
     assert _convs(jax.grad(fast), w, x) == (0 if rewritten else 2)
     assert _convs(fast, w, x) == (0 if rewritten else 1)
+    if rewritten:  # one 2-D product per convolution, so the kernel's gradient is one 2-D product
+        assert _dot_operand_ranks(jax.grad(fast), w, x) == {2}
 
 
 def test_jit_vmap_and_nested_jit_convolutions_are_rewritten(getkey):
