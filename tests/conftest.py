@@ -29,3 +29,28 @@ def getkey():
     counter = itertools.count()
     base = jax.random.key(0)
     return lambda: jax.random.fold_in(base, next(counter))
+
+
+@pytest.fixture
+def tiny_cnn(getkey):
+    """Return ``make(depth) -> (loss_fn, params, (x, y))``: a tanh CNN on 8 random 8x8 images.
+
+    ``hl.models.cnn`` with width 2 and 3 outputs, mean squared error against random targets;
+    small enough for a dense Hessian.
+    """
+    import jax.numpy as jnp
+
+    import hessian_lab as hl
+
+    def make(depth):
+        net = hl.models.cnn((8, 8, 1), 3, depth=depth, width=2, activation="tanh")
+        params = net.init(getkey())
+        x = jax.random.normal(getkey(), (8, 8, 8, 1))
+        y = jax.random.normal(getkey(), (8, 3))
+
+        def loss_fn(p, batch):
+            return 0.5 * jnp.mean(jnp.sum((net.apply(p, batch[0]) - batch[1]) ** 2, -1))
+
+        return loss_fn, params, (x, y)
+
+    return make

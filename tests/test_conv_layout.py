@@ -127,14 +127,8 @@ def test_in_loop_is_the_function_itself_outside_a_trace_and_idempotent():
     np.testing.assert_array_equal(jax.jit(g)(jnp.ones(3)), 2 * np.ones(3))
 
 
-def test_lanczos_of_a_chunked_cnn_hessian_equals_dense_eigh_with_fast_convolutions(getkey):
-    net = hl.models.cnn((8, 8, 1), 3, depth=1, width=2, activation="tanh")
-    params = net.init(getkey())
-    x = jax.random.normal(getkey(), (8, 8, 8, 1))
-    y = jax.random.normal(getkey(), (8, 3))
-
-    def loss_fn(p, batch):
-        return 0.5 * jnp.mean(jnp.sum((net.apply(p, batch[0]) - batch[1]) ** 2, -1))
+def test_lanczos_of_a_chunked_cnn_hessian_equals_dense_eigh_with_fast_convolutions(tiny_cnn):
+    loss_fn, params, (x, y) = tiny_cnn(depth=1)
 
     def top(p):
         op = hl.full_data_hvp(loss_fn, p, (x, y), chunk_size=4)

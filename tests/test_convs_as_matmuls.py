@@ -121,14 +121,8 @@ def test_jit_vmap_and_nested_jit_convolutions_are_rewritten(getkey):
     np.testing.assert_allclose(got, [outer(w, xi) for xi in xs], rtol=1e-12)
 
 
-def test_top_eigenvalues_of_a_cnn_through_the_chunked_operator_equal_dense_eigh(getkey):
-    net = hl.models.cnn((8, 8, 1), 3, depth=2, width=2, activation="tanh")
-    params = net.init(getkey())
-    x = jax.random.normal(getkey(), (8, 8, 8, 1))
-    y = jax.random.normal(getkey(), (8, 3))
-
-    def loss_fn(p, batch):
-        return 0.5 * jnp.mean(jnp.sum((net.apply(p, batch[0]) - batch[1]) ** 2, -1))
+def test_top_eigenvalues_of_a_cnn_through_the_chunked_operator_equal_dense_eigh(tiny_cnn):
+    loss_fn, params, (x, y) = tiny_cnn(depth=2)
 
     fast = hl.convs_as_matmuls(loss_fn)
     assert _convs(loss_fn, params, (x, y)) == 2 and _convs(fast, params, (x, y)) == 0
